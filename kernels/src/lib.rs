@@ -1,0 +1,19 @@
+//! unmask-kernels: the one crate that talks to GGML.
+//!
+//! Everything unsafe in unmask lives here (and in `ffi/`): the bindings of `llama-cpp-sys-2`
+//! (which vendors ggml and llama.cpp) are wrapped in a small safe API: tensor types and their
+//! block layout ([`GgmlType`]), quantization with ggml's own routines ([`quant`]), a compute
+//! context/graph/backend wrapper ([`graph`]), and a probe of libllama ([`llama`]). The GGUF
+//! container format ([`gguf`]) is implemented here in plain Rust because it is ggml's file format
+//! and shares its type table.
+
+mod error;
+mod ggml_type;
+pub mod gguf;
+pub mod graph;
+pub mod llama;
+pub mod mapping;
+pub mod quant;
+
+pub use error::{Error, Result};
+pub use ggml_type::GgmlType;
