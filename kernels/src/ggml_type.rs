@@ -74,10 +74,12 @@ impl GgmlType {
     /// whole blocks or the size overflows.
     pub fn bytes_for(self, n_elements: u64) -> Result<u64> {
         let block = self.block_size();
-        if n_elements % block != 0 {
+        if !n_elements.is_multiple_of(block) {
             return Err(Error::Quantize {
                 ty: self.name(),
-                reason: format!("{n_elements} elements is not a multiple of the block size {block}"),
+                reason: format!(
+                    "{n_elements} elements is not a multiple of the block size {block}"
+                ),
             });
         }
         (n_elements / block)

@@ -92,7 +92,8 @@ impl Graph {
     /// A graph with room for `max_tensors` tensor descriptions.
     pub fn new(max_tensors: usize) -> Result<Self> {
         // SAFETY: size queries without side effects.
-        let mem_size = unsafe { sys::ggml_tensor_overhead() * max_tensors + sys::ggml_graph_overhead() };
+        let mem_size =
+            unsafe { sys::ggml_tensor_overhead() * max_tensors + sys::ggml_graph_overhead() };
         let params = sys::ggml_init_params {
             mem_size,
             mem_buffer: std::ptr::null_mut(),
@@ -129,7 +130,10 @@ impl Graph {
             return Err(Error::Ggml("graph is already allocated".into()));
         }
         if self.tensors.len() >= self.capacity {
-            return Err(Error::Ggml(format!("graph capacity of {} tensors exceeded", self.capacity)));
+            return Err(Error::Ggml(format!(
+                "graph capacity of {} tensors exceeded",
+                self.capacity
+            )));
         }
         Ok(())
     }
@@ -146,12 +150,22 @@ impl Graph {
         if shape.is_empty() || shape.len() > 4 || shape.iter().any(|&d| d <= 0) {
             return Err(Error::Ggml(format!("invalid shape {shape:?}")));
         }
-        if shape[0] as u64 % ty.block_size() != 0 {
-            return Err(Error::Ggml(format!("row length {} does not fit {ty} blocks", shape[0])));
+        if !(shape[0] as u64).is_multiple_of(ty.block_size()) {
+            return Err(Error::Ggml(format!(
+                "row length {} does not fit {ty} blocks",
+                shape[0]
+            )));
         }
         // SAFETY: shape has 1..=4 positive entries and the type id is valid; the context has
         // room (checked above), so ggml's internal asserts hold.
-        let raw = unsafe { sys::ggml_new_tensor(self.ctx.as_ptr(), ty.id(), shape.len() as i32, shape.as_ptr()) };
+        let raw = unsafe {
+            sys::ggml_new_tensor(
+                self.ctx.as_ptr(),
+                ty.id(),
+                shape.len() as i32,
+                shape.as_ptr(),
+            )
+        };
         self.push(raw)
     }
 
@@ -160,7 +174,9 @@ impl Graph {
         self.check_room()?;
         let (sa, sb) = (self.shape(a)?, self.shape(b)?);
         if sa[0] != sb[0] || sb[2] % sa[2] != 0 || sb[3] % sa[3] != 0 {
-            return Err(Error::Ggml(format!("cannot multiply shapes {sa:?} and {sb:?}")));
+            return Err(Error::Ggml(format!(
+                "cannot multiply shapes {sa:?} and {sb:?}"
+            )));
         }
         // SAFETY: both tensors belong to this context and ggml_can_mul_mat holds (checked above).
         let raw = unsafe { sys::ggml_mul_mat(self.ctx.as_ptr(), self.raw(a)?, self.raw(b)?) };
@@ -179,8 +195,10 @@ impl Graph {
         // SAFETY: `out` belongs to this context, as does the graph.
         unsafe { sys::ggml_build_forward_expand(graph.as_ptr(), out) };
         // SAFETY: context and backend are live; NULL (allocation failure) is handled.
-        let buffer = NonNull::new(unsafe { sys::ggml_backend_alloc_ctx_tensors(self.ctx.as_ptr(), backend.raw.as_ptr()) })
-            .ok_or_else(|| Error::Ggml("cannot allocate tensor memory".into()))?;
+        let buffer = NonNull::new(unsafe {
+            sys::ggml_backend_alloc_ctx_tensors(self.ctx.as_ptr(), backend.raw.as_ptr())
+        })
+        .ok_or_else(|| Error::Ggml("cannot allocate tensor memory".into()))?;
         self.graph = Some(graph);
         self.buffer = Some(buffer);
         Ok(())
@@ -188,13 +206,17 @@ impl Graph {
 
     fn allocated_tensor(&self, id: TensorId, len: usize) -> Result<*mut sys::ggml_tensor> {
         if self.buffer.is_none() {
-            return Err(Error::Ggml("allocate the graph before touching data".into()));
+            return Err(Error::Ggml(
+                "allocate the graph before touching data".into(),
+            ));
         }
         let t = self.raw(id)?;
         // SAFETY: `t` is a tensor of our context.
         let nbytes = unsafe { sys::ggml_nbytes(t) };
         if nbytes != len {
-            return Err(Error::Ggml(format!("tensor holds {nbytes} bytes, buffer has {len}")));
+            return Err(Error::Ggml(format!(
+                "tensor holds {nbytes} bytes, buffer has {len}"
+            )));
         }
         Ok(t)
     }
@@ -217,16 +239,23 @@ impl Graph {
         if unsafe { (*t).type_ } != sys::GGML_TYPE_F32 {
             return Err(Error::Ggml("tensor is not f32".into()));
         }
-        unsafe { sys::ggml_backend_tensor_get(t, out.as_mut_ptr().cast(), 0, std::mem::size_of_val(out)) };
+        unsafe {
+            sys::ggml_backend_tensor_get(t, out.as_mut_ptr().cast(), 0, std::mem::size_of_val(out))
+        };
         Ok(())
     }
 
     pub fn compute(&mut self, backend: &mut CpuBackend) -> Result<()> {
-        let graph = self.graph.ok_or_else(|| Error::Ggml("graph is not allocated".into()))?;
+        let graph = self
+            .graph
+            .ok_or_else(|| Error::Ggml("graph is not allocated".into()))?;
         // SAFETY: graph and its tensors are allocated on a backend of the same kind.
-        let status = unsafe { sys::ggml_backend_graph_compute(backend.raw.as_ptr(), graph.as_ptr()) };
+        let status =
+            unsafe { sys::ggml_backend_graph_compute(backend.raw.as_ptr(), graph.as_ptr()) };
         if status != sys::GGML_STATUS_SUCCESS {
-            return Err(Error::Ggml(format!("graph computation failed with status {status}")));
+            return Err(Error::Ggml(format!(
+                "graph computation failed with status {status}"
+            )));
         }
         Ok(())
     }

@@ -22,7 +22,11 @@ static INIT: Once = Once::new();
 /// llama.cpp's log lines, kept so that a failed load can say why (llama.cpp returns only NULL).
 static LOG: Mutex<String> = Mutex::new(String::new());
 
-unsafe extern "C" fn capture_log(_level: sys::ggml_log_level, text: *const c_char, _user: *mut c_void) {
+unsafe extern "C" fn capture_log(
+    _level: sys::ggml_log_level,
+    text: *const c_char,
+    _user: *mut c_void,
+) {
     if text.is_null() {
         return;
     }
@@ -51,7 +55,9 @@ fn read_meta(model: *const sys::llama_model, key: &str) -> Option<String> {
     let key = CString::new(key).ok()?;
     let mut buf = vec![0u8; 256];
     // SAFETY: `model` is live, `key` NUL-terminated, and `buf` has the size we pass.
-    let n = unsafe { sys::llama_model_meta_val_str(model, key.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = unsafe {
+        sys::llama_model_meta_val_str(model, key.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    };
     if n < 0 {
         return None;
     }
@@ -74,8 +80,14 @@ pub fn probe_model(path: &Path) -> Result<LlamaModelInfo> {
     let model = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), params) };
     if model.is_null() {
         let log = LOG.lock().map(|l| l.clone()).unwrap_or_default();
-        let reason: Vec<&str> = log.lines().filter(|l| l.contains("error") || l.contains("failed")).collect();
-        return Err(Error::Llama(format!("llama_model_load_from_file failed: {}", reason.join(" | "))));
+        let reason: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("error") || l.contains("failed"))
+            .collect();
+        return Err(Error::Llama(format!(
+            "llama_model_load_from_file failed: {}",
+            reason.join(" | ")
+        )));
     }
     // SAFETY: `model` is a live model until freed below; the vocab pointer belongs to it.
     let info = unsafe {

@@ -26,17 +26,25 @@ pub fn map_range(file: &File, offset: u64, len: u64) -> Result<MappedBytes> {
         .metadata()
         .map_err(|e| Error::io("reading file size", e))?
         .len();
-    let end = offset.checked_add(len).filter(|&e| e <= file_len).ok_or_else(|| {
-        Error::io(
-            format!("byte range {offset}+{len} lies outside the {file_len}-byte file"),
-            std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
-        )
-    })?;
+    let end = offset
+        .checked_add(len)
+        .filter(|&e| e <= file_len)
+        .ok_or_else(|| {
+            Error::io(
+                format!("byte range {offset}+{len} lies outside the {file_len}-byte file"),
+                std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            )
+        })?;
     if len == 0 || end == offset {
         // Zero-length mappings are not allowed by the OS; an empty view is equivalent.
         return Ok(MappedBytes { map: None });
     }
-    let len = usize::try_from(len).map_err(|_| Error::io("mapping", std::io::Error::from(std::io::ErrorKind::OutOfMemory)))?;
+    let len = usize::try_from(len).map_err(|_| {
+        Error::io(
+            "mapping",
+            std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+        )
+    })?;
     // SAFETY: a read-only private mapping of a range checked to lie within the file. Mapped
     // files can change under us if another process modifies them; callers treat model files as
     // immutable while converting, as llama.cpp does, and the data is only ever read as bytes.

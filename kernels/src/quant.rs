@@ -34,12 +34,12 @@ fn check_quantizable(ty: GgmlType, n_elements: usize, n_per_row: usize) -> Resul
     if !QUANTIZABLE.contains(&ty) {
         return Err(fail("not a supported target type".into()));
     }
-    if n_per_row == 0 || n_elements % n_per_row != 0 {
+    if n_per_row == 0 || !n_elements.is_multiple_of(n_per_row) {
         return Err(fail(format!(
             "{n_elements} elements do not form rows of {n_per_row}"
         )));
     }
-    if n_per_row as u64 % ty.block_size() != 0 {
+    if !(n_per_row as u64).is_multiple_of(ty.block_size()) {
         return Err(fail(format!(
             "row length {n_per_row} is not a multiple of the block size {}",
             ty.block_size()
@@ -51,21 +51,32 @@ fn check_quantizable(ty: GgmlType, n_elements: usize, n_per_row: usize) -> Resul
 /// Bytes that `n_rows` rows of `n_per_row` elements take in `ty`.
 pub fn quantized_size(ty: GgmlType, n_rows: usize, n_per_row: usize) -> Result<usize> {
     let row_bytes = check_quantizable(ty, n_per_row, n_per_row)?;
-    row_bytes.checked_mul(n_rows).ok_or_else(|| Error::Quantize {
-        ty: ty.name(),
-        reason: "size overflows".into(),
-    })
+    row_bytes
+        .checked_mul(n_rows)
+        .ok_or_else(|| Error::Quantize {
+            ty: ty.name(),
+            reason: "size overflows".into(),
+        })
 }
 
 /// Quantizes whole rows of `src` into `dst` (which must be exactly `quantized_size` bytes), in
 /// parallel. Non-finite input is refused: ggml's k-quant searches assume finite values.
-pub fn quantize_rows_into(ty: GgmlType, src: &[f32], n_per_row: usize, dst: &mut [u8]) -> Result<()> {
+pub fn quantize_rows_into(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    dst: &mut [u8],
+) -> Result<()> {
     let row_bytes = check_quantizable(ty, src.len(), n_per_row)?;
     let n_rows = src.len() / n_per_row;
     if dst.len() != row_bytes * n_rows {
         return Err(Error::Quantize {
             ty: ty.name(),
-            reason: format!("output buffer has {} bytes, need {}", dst.len(), row_bytes * n_rows),
+            reason: format!(
+                "output buffer has {} bytes, need {}",
+                dst.len(),
+                row_bytes * n_rows
+            ),
         });
     }
     if let Some(index) = src.iter().position(|v| !v.is_finite()) {
@@ -112,10 +123,13 @@ pub fn quantize_rows(ty: GgmlType, src: &[f32], n_per_row: usize) -> Result<Vec<
 /// Converts `data` (whole blocks of `ty`) to f32 with ggml's dequantizer, appending to `out`.
 pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut Vec<f32>) -> Result<()> {
     let block_bytes = ty.type_size() as usize;
-    if data.len() % block_bytes != 0 {
+    if !data.len().is_multiple_of(block_bytes) {
         return Err(Error::Quantize {
             ty: ty.name(),
-            reason: format!("{} bytes is not a whole number of {block_bytes}-byte blocks", data.len()),
+            reason: format!(
+                "{} bytes is not a whole number of {block_bytes}-byte blocks",
+                data.len()
+            ),
         });
     }
     let n = data.len() / block_bytes * ty.block_size() as usize;
@@ -154,7 +168,9 @@ mod tests {
     use super::*;
 
     fn ramp(n: usize) -> Vec<f32> {
-        (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect()
+        (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
     }
 
     #[test]
@@ -164,7 +180,11 @@ mod tests {
             let q = quantize_rows(ty, &src, 512).unwrap();
             assert_eq!(q.len(), quantized_size(ty, 4, 512).unwrap());
             let back = dequantize(ty, &q).unwrap();
-            let rmse = (src.iter().zip(&back).map(|(a, b)| (a - b).powi(2)).sum::<f32>()
+            let rmse = (src
+                .iter()
+                .zip(&back)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f32>()
                 / src.len() as f32)
                 .sqrt();
             let bound = match ty {

@@ -22,5 +22,7 @@ pub const MAX_TENSOR_NAME: usize = 64;
 pub const ALIGNMENT_KEY: &str = "general.alignment";
 
 pub(crate) fn align_up(value: u64, alignment: u64) -> Option<u64> {
-    value.checked_add(alignment - 1).map(|v| v / alignment * alignment)
+    value
+        .checked_add(alignment - 1)
+        .map(|v| v / alignment * alignment)
 }

@@ -114,7 +114,10 @@ impl GgufFile {
 }
 
 fn map_read_only(file: &File) -> Result<Mmap> {
-    let len = file.metadata().map_err(|e| Error::io("reading file size", e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("reading file size", e))?
+        .len();
     // Linux cannot map an empty file; it is simply a truncated header.
     if len == 0 {
         return Err(Error::InvalidGguf {
@@ -138,8 +141,11 @@ struct Parsed {
     data_offset: u64,
 }
 
-/// Parses and validates a whole GGUF image. Public for fuzzing and in-memory tests.
-pub fn parse_header(bytes: &[u8]) -> Result<(Vec<(String, GgufValue)>, Vec<TensorInfo>)> {
+/// Metadata and tensor table of a GGUF image.
+pub type Header = (Vec<(String, GgufValue)>, Vec<TensorInfo>);
+
+/// Parses and validates a whole GGUF image held in memory (for fuzzing and in-memory tests).
+pub fn parse_header(bytes: &[u8]) -> Result<Header> {
     parse(bytes).map(|p| (p.metadata, p.tensors))
 }
 
@@ -151,7 +157,10 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
     }
     let version = r.u32("version")?;
     if !(2..=3).contains(&version) {
-        return Err(r.error_at(4, format!("unsupported GGUF version {version} (need 2 or 3)")));
+        return Err(r.error_at(
+            4,
+            format!("unsupported GGUF version {version} (need 2 or 3)"),
+        ));
     }
     let n_tensors = r.u64("tensor count")?;
     let n_kv = r.u64("metadata count")?;
@@ -193,14 +202,20 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
         let at = r.pos;
         let name = r.string("tensor name")?;
         if name.is_empty() || name.len() >= MAX_TENSOR_NAME {
-            return Err(r.error_at(at, format!("tensor name {name:?} is empty or longer than 63 bytes")));
+            return Err(r.error_at(
+                at,
+                format!("tensor name {name:?} is empty or longer than 63 bytes"),
+            ));
         }
         if seen_names.insert(name.clone(), ()).is_some() {
             return Err(r.error_at(at, format!("duplicate tensor `{name}`")));
         }
         let n_dims = r.u32("dimension count")? as usize;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(r.error_at(at, format!("tensor `{name}` has {n_dims} dimensions (1..=4)")));
+            return Err(r.error_at(
+                at,
+                format!("tensor `{name}` has {n_dims} dimensions (1..=4)"),
+            ));
         }
         let mut shape = Vec::with_capacity(n_dims);
         for _ in 0..n_dims {
@@ -212,9 +227,18 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
         let offset = r.u64("tensor offset")?;
         let size = tensor_size(&name, &shape, ty).map_err(|m| r.error_at(at, m))?;
         if offset % alignment != 0 {
-            return Err(r.error_at(at, format!("tensor `{name}` offset {offset} is not aligned to {alignment}")));
+            return Err(r.error_at(
+                at,
+                format!("tensor `{name}` offset {offset} is not aligned to {alignment}"),
+            ));
         }
-        tensors.push(TensorInfo { name, shape, ty, offset, size });
+        tensors.push(TensorInfo {
+            name,
+            shape,
+            ty,
+            offset,
+            size,
+        });
     }
 
     let header_end = r.pos as u64;
@@ -222,11 +246,20 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
         .ok_or_else(|| r.error_at(header_end, "data offset overflows".into()))?;
     let file_len = bytes.len() as u64;
     if !tensors.is_empty() && data_offset > file_len {
-        return Err(r.error_at(file_len, format!("file ends before its data section at {data_offset}")));
+        return Err(r.error_at(
+            file_len,
+            format!("file ends before its data section at {data_offset}"),
+        ));
     }
     let data_len = file_len.saturating_sub(data_offset);
     check_extents(&tensors, data_len, data_offset)?;
-    Ok(Parsed { version, metadata, tensors, alignment, data_offset })
+    Ok(Parsed {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_offset,
+    })
 }
 
 fn tensor_size(name: &str, shape: &[u64], ty: GgmlType) -> Result<u64, String> {
@@ -240,7 +273,7 @@ fn tensor_size(name: &str, shape: &[u64], ty: GgmlType) -> Result<u64, String> {
             .filter(|&n| n <= i64::MAX as u64)
             .ok_or_else(|| format!("tensor `{name}` shape {shape:?} overflows"))?;
     }
-    if shape[0] % ty.block_size() != 0 {
+    if !shape[0].is_multiple_of(ty.block_size()) {
         return Err(format!(
             "tensor `{name}` row length {} is not a multiple of {}'s block size {}",
             shape[0],
@@ -299,7 +332,10 @@ impl<'a> Cursor<'a> {
         if n > self.remaining() {
             return Err(self.error_at(
                 self.pos,
-                format!("truncated: {what} needs {n} bytes, {} left", self.remaining()),
+                format!(
+                    "truncated: {what} needs {n} bytes, {} left",
+                    self.remaining()
+                ),
             ));
         }
         let slice = &self.bytes[self.pos..self.pos + n];
@@ -328,7 +364,10 @@ impl<'a> Cursor<'a> {
             Some(total) if total <= self.remaining() as u64 => Ok(()),
             _ => Err(self.error_at(
                 self.pos,
-                format!("{count} {what} cannot fit in the {} bytes left", self.remaining()),
+                format!(
+                    "{count} {what} cannot fit in the {} bytes left",
+                    self.remaining()
+                ),
             )),
         }
     }
@@ -340,7 +379,13 @@ impl<'a> Cursor<'a> {
             .ok()
             .filter(|&l| l <= self.remaining())
             .ok_or_else(|| {
-                self.error_at(at, format!("{what} length {len} exceeds the {} bytes left", self.remaining()))
+                self.error_at(
+                    at,
+                    format!(
+                        "{what} length {len} exceeds the {} bytes left",
+                        self.remaining()
+                    ),
+                )
             })?;
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec())
@@ -363,7 +408,10 @@ impl<'a> Cursor<'a> {
             type_id::STRING => GgufValue::String(self.string(key)?),
             type_id::ARRAY => GgufValue::Array(self.array_value(key)?),
             other => {
-                return Err(self.error_at(self.pos - 4, format!("key `{key}` has unknown value type {other}")))
+                return Err(self.error_at(
+                    self.pos - 4,
+                    format!("key `{key}` has unknown value type {other}"),
+                ))
             }
         })
     }
@@ -373,7 +421,10 @@ impl<'a> Cursor<'a> {
         match self.array::<1>(key)?[0] {
             0 => Ok(false),
             1 => Ok(true),
-            b => Err(self.error_at(at, format!("key `{key}`: boolean byte {b} is neither 0 nor 1"))),
+            b => Err(self.error_at(
+                at,
+                format!("key `{key}`: boolean byte {b} is neither 0 nor 1"),
+            )),
         }
     }
 
@@ -386,8 +437,17 @@ impl<'a> Cursor<'a> {
             type_id::U16 | type_id::I16 => 2,
             type_id::U32 | type_id::I32 | type_id::F32 => 4,
             type_id::U64 | type_id::I64 | type_id::F64 | type_id::STRING => 8,
-            type_id::ARRAY => return Err(self.error_at(at, format!("key `{key}`: nested arrays are not supported"))),
-            other => return Err(self.error_at(at, format!("key `{key}`: unknown array element type {other}"))),
+            type_id::ARRAY => {
+                return Err(
+                    self.error_at(at, format!("key `{key}`: nested arrays are not supported"))
+                )
+            }
+            other => {
+                return Err(self.error_at(
+                    at,
+                    format!("key `{key}`: unknown array element type {other}"),
+                ))
+            }
         };
         self.check_count(count, min_size, &format!("elements of `{key}`"))?;
         let n = count as usize;

@@ -209,7 +209,10 @@ impl GgufArray {
             GgufArray::U32(v) => v.iter().map(|&x| x.into()).collect(),
             GgufArray::I32(v) => v.iter().map(|&x| x.into()).collect(),
             GgufArray::I64(v) => v.clone(),
-            GgufArray::U64(v) => v.iter().map(|&x| i64::try_from(x).ok()).collect::<Option<_>>()?,
+            GgufArray::U64(v) => v
+                .iter()
+                .map(|&x| i64::try_from(x).ok())
+                .collect::<Option<_>>()?,
             _ => return None,
         })
     }

@@ -1,6 +1,6 @@
 use super::value::{GgufArray, GgufValue};
-use super::{align_up, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, MAX_TENSOR_NAME};
 use super::TensorInfo;
+use super::{align_up, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, MAX_TENSOR_NAME};
 use crate::{Error, GgmlType, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -35,15 +35,19 @@ impl GgufWriter {
     /// Declares the next tensor. `shape` is in ggml order (row length first).
     pub fn add_tensor(&mut self, name: &str, shape: &[u64], ty: GgmlType) -> Result<()> {
         if name.is_empty() || name.len() >= MAX_TENSOR_NAME {
-            return Err(Error::Writer(format!("tensor name {name:?} must be 1..=63 bytes")));
+            return Err(Error::Writer(format!(
+                "tensor name {name:?} must be 1..=63 bytes"
+            )));
         }
         if shape.is_empty() || shape.len() > MAX_DIMS || shape.contains(&0) {
-            return Err(Error::Writer(format!("tensor `{name}` has invalid shape {shape:?}")));
+            return Err(Error::Writer(format!(
+                "tensor `{name}` has invalid shape {shape:?}"
+            )));
         }
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(Error::Writer(format!("tensor `{name}` declared twice")));
         }
-        if shape[0] % ty.block_size() != 0 {
+        if !shape[0].is_multiple_of(ty.block_size()) {
             return Err(Error::Writer(format!(
                 "tensor `{name}`: row length {} does not fit {ty} blocks of {}",
                 shape[0],
@@ -84,7 +88,10 @@ impl GgufWriter {
         // We always write the default alignment; drop any different value carried over from an
         // input file so that readers compute the same offsets as we did.
         self.metadata.retain(|(k, _)| k != ALIGNMENT_KEY);
-        self.metadata.push((ALIGNMENT_KEY.into(), GgufValue::U32(DEFAULT_ALIGNMENT as u32)));
+        self.metadata.push((
+            ALIGNMENT_KEY.into(),
+            GgufValue::U32(DEFAULT_ALIGNMENT as u32),
+        ));
 
         let temp_path = temp_path_for(path);
         let file = OpenOptions::new()
@@ -112,7 +119,10 @@ impl GgufWriter {
 }
 
 fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -138,11 +148,15 @@ impl GgufDataWriter {
     /// Appends bytes of the current tensor; a tensor may arrive in several pieces.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
         let Some(t) = self.tensors.get(self.current) else {
-            return Err(Error::Writer("more data than the declared tensors hold".into()));
+            return Err(Error::Writer(
+                "more data than the declared tensors hold".into(),
+            ));
         };
         let (name, size, offset) = (t.name.clone(), t.size, t.offset);
         if self.written_in_current + bytes.len() as u64 > size {
-            return Err(Error::Writer(format!("tensor `{name}` given more than its {size} bytes")));
+            return Err(Error::Writer(format!(
+                "tensor `{name}` given more than its {size} bytes"
+            )));
         }
         if self.written_in_current == 0 {
             self.pad_to(offset)?;
@@ -159,11 +173,19 @@ impl GgufDataWriter {
     /// Flushes, syncs and renames the temporary file onto the final path.
     pub fn finish(mut self) -> Result<()> {
         if let Some(t) = self.tensors.get(self.current) {
-            return Err(Error::Writer(format!("tensor `{}` was not fully written", t.name)));
+            return Err(Error::Writer(format!(
+                "tensor `{}` was not fully written",
+                t.name
+            )));
         }
         let context = format!("writing {}", self.temp_path.display());
-        let file = self.file.take().ok_or_else(|| Error::Writer("already finished".into()))?;
-        let file = file.into_inner().map_err(|e| Error::io(&context, e.into_error()))?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::Writer("already finished".into()))?;
+        let file = file
+            .into_inner()
+            .map_err(|e| Error::io(&context, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&context, e))?;
         drop(file);
         if !self.overwrite && self.final_path.exists() {
@@ -178,7 +200,10 @@ impl GgufDataWriter {
     }
 
     fn raw_write(&mut self, bytes: &[u8]) -> Result<()> {
-        let file = self.file.as_mut().ok_or_else(|| Error::Writer("already finished".into()))?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Error::Writer("already finished".into()))?;
         file.write_all(bytes)
             .map_err(|e| Error::io(format!("writing {}", self.temp_path.display()), e))?;
         self.position += bytes.len() as u64;

@@ -1,0 +1,291 @@
+//! The Dream architecture's GGUF layout, shared with llama.cpp's `dream` loader: tensor names on
+//! both sides of the conversion, the expected shapes, and the metadata keys.
+
+use crate::config::DreamConfig;
+use crate::{Error, Result};
+use unmask_kernels::gguf::{GgufFile, GgufValue};
+
+pub const ARCH: &str = "dream";
+
+pub mod keys {
+    pub const ARCHITECTURE: &str = "general.architecture";
+    pub const NAME: &str = "general.name";
+    pub const FILE_TYPE: &str = "general.file_type";
+    pub const QUANTIZATION_VERSION: &str = "general.quantization_version";
+    pub const CONTEXT_LENGTH: &str = "dream.context_length";
+    pub const EMBEDDING_LENGTH: &str = "dream.embedding_length";
+    pub const BLOCK_COUNT: &str = "dream.block_count";
+    pub const FEED_FORWARD_LENGTH: &str = "dream.feed_forward_length";
+    pub const HEAD_COUNT: &str = "dream.attention.head_count";
+    pub const HEAD_COUNT_KV: &str = "dream.attention.head_count_kv";
+    pub const ROPE_FREQ_BASE: &str = "dream.rope.freq_base";
+    pub const RMS_EPS: &str = "dream.attention.layer_norm_rms_epsilon";
+    pub const CAUSAL: &str = "dream.attention.causal";
+    pub const VOCAB_SIZE: &str = "dream.vocab_size";
+    pub const TOKENIZER_MODEL: &str = "tokenizer.ggml.model";
+    pub const TOKENIZER_PRE: &str = "tokenizer.ggml.pre";
+    pub const TOKENS: &str = "tokenizer.ggml.tokens";
+    pub const TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
+    pub const MERGES: &str = "tokenizer.ggml.merges";
+    pub const BOS_ID: &str = "tokenizer.ggml.bos_token_id";
+    pub const EOS_ID: &str = "tokenizer.ggml.eos_token_id";
+    pub const PAD_ID: &str = "tokenizer.ggml.padding_token_id";
+    pub const MASK_ID: &str = "tokenizer.ggml.mask_token_id";
+    pub const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
+    pub const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
+    /// The original `tokenizer.json`, verbatim, so the runtime rebuilds the exact tokenizer.
+    pub const TOKENIZER_JSON: &str = "unmask.tokenizer_json";
+    /// Prefix of sampling defaults taken from `generation_config.json`.
+    pub const GENERATION_PREFIX: &str = "unmask.generation.";
+    pub const QUANT_POLICY: &str = "unmask.quantize.policy";
+}
+
+/// The role of a tensor, which decides its quantization type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    TokenEmbd,
+    Output,
+    Norm,
+    Bias,
+    AttnQ,
+    AttnK,
+    AttnV,
+    AttnOutput,
+    FfnGate,
+    FfnUp,
+    FfnDown,
+}
+
+/// A tensor the Dream architecture needs, with its names in both formats.
+#[derive(Clone, Debug)]
+pub struct TensorSpec {
+    pub hf_name: String,
+    pub gguf_name: String,
+    /// PyTorch (row-major) order, as in safetensors: `[out, in]` for linear weights.
+    pub hf_shape: Vec<u64>,
+    pub role: Role,
+    pub layer: Option<u64>,
+}
+
+impl TensorSpec {
+    /// ggml order, the reverse of PyTorch's.
+    pub fn gguf_shape(&self) -> Vec<u64> {
+        self.hf_shape.iter().rev().copied().collect()
+    }
+}
+
+/// Every tensor of a Dream model in the order we write them (llama.cpp's converter order).
+pub fn tensor_specs(c: &DreamConfig) -> Vec<TensorSpec> {
+    let (h, ff, v, kv) = (c.hidden_size, c.intermediate_size, c.vocab_size, c.kv_dim());
+    let spec = |hf: String, gguf: String, shape: Vec<u64>, role, layer| TensorSpec {
+        hf_name: hf,
+        gguf_name: gguf,
+        hf_shape: shape,
+        role,
+        layer,
+    };
+    let mut out = vec![spec(
+        "model.embed_tokens.weight".into(),
+        "token_embd.weight".into(),
+        vec![v, h],
+        Role::TokenEmbd,
+        None,
+    )];
+    for i in 0..c.num_hidden_layers {
+        let (p, b) = (format!("model.layers.{i}."), format!("blk.{i}."));
+        let l = Some(i);
+        out.extend([
+            spec(
+                format!("{p}input_layernorm.weight"),
+                format!("{b}attn_norm.weight"),
+                vec![h],
+                Role::Norm,
+                l,
+            ),
+            spec(
+                format!("{p}self_attn.q_proj.weight"),
+                format!("{b}attn_q.weight"),
+                vec![h, h],
+                Role::AttnQ,
+                l,
+            ),
+            spec(
+                format!("{p}self_attn.q_proj.bias"),
+                format!("{b}attn_q.bias"),
+                vec![h],
+                Role::Bias,
+                l,
+            ),
+            spec(
+                format!("{p}self_attn.k_proj.weight"),
+                format!("{b}attn_k.weight"),
+                vec![kv, h],
+                Role::AttnK,
+                l,
+            ),
+            spec(
+                format!("{p}self_attn.k_proj.bias"),
+                format!("{b}attn_k.bias"),
+                vec![kv],
+                Role::Bias,
+                l,
+            ),
+            spec(
+                format!("{p}self_attn.v_proj.weight"),
+                format!("{b}attn_v.weight"),
+                vec![kv, h],
+                Role::AttnV,
+                l,
+            ),
+            spec(
+                format!("{p}self_attn.v_proj.bias"),
+                format!("{b}attn_v.bias"),
+                vec![kv],
+                Role::Bias,
+                l,
+            ),
+            spec(
+                format!("{p}self_attn.o_proj.weight"),
+                format!("{b}attn_output.weight"),
+                vec![h, h],
+                Role::AttnOutput,
+                l,
+            ),
+            spec(
+                format!("{p}post_attention_layernorm.weight"),
+                format!("{b}ffn_norm.weight"),
+                vec![h],
+                Role::Norm,
+                l,
+            ),
+            spec(
+                format!("{p}mlp.gate_proj.weight"),
+                format!("{b}ffn_gate.weight"),
+                vec![ff, h],
+                Role::FfnGate,
+                l,
+            ),
+            spec(
+                format!("{p}mlp.up_proj.weight"),
+                format!("{b}ffn_up.weight"),
+                vec![ff, h],
+                Role::FfnUp,
+                l,
+            ),
+            spec(
+                format!("{p}mlp.down_proj.weight"),
+                format!("{b}ffn_down.weight"),
+                vec![h, ff],
+                Role::FfnDown,
+                l,
+            ),
+        ]);
+    }
+    out.push(spec(
+        "model.norm.weight".into(),
+        "output_norm.weight".into(),
+        vec![h],
+        Role::Norm,
+        None,
+    ));
+    if !c.tie_word_embeddings {
+        out.push(spec(
+            "lm_head.weight".into(),
+            "output.weight".into(),
+            vec![v, h],
+            Role::Output,
+            None,
+        ));
+    }
+    out
+}
+
+/// The hyper-parameters of a GGUF file of the `dream` architecture (ours or llama.cpp's).
+pub fn config_from_gguf(file: &GgufFile) -> Result<DreamConfig> {
+    let path = std::path::PathBuf::from("<gguf metadata>");
+    let bad = |message: String| Error::Config {
+        path: path.clone(),
+        message,
+    };
+    let arch = file
+        .get(keys::ARCHITECTURE)
+        .and_then(GgufValue::as_str)
+        .unwrap_or("");
+    if arch != ARCH {
+        return Err(Error::NotDream {
+            path: path.clone(),
+            reason: format!("general.architecture is {arch:?}, expected \"dream\""),
+        });
+    }
+    let int = |key: &str| -> Result<u64> {
+        file.get(key)
+            .and_then(GgufValue::as_u64)
+            .ok_or_else(|| bad(format!("`{key}` is missing or not an unsigned integer")))
+    };
+    let float = |key: &str| -> Result<f64> {
+        file.get(key)
+            .and_then(GgufValue::as_f64)
+            .ok_or_else(|| bad(format!("`{key}` is missing or not a number")))
+    };
+    let token = |key: &str| {
+        file.get(key)
+            .and_then(GgufValue::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    let vocab_size = match file.get(keys::VOCAB_SIZE).and_then(GgufValue::as_u64) {
+        Some(v) => v,
+        None => file
+            .get(keys::TOKENS)
+            .and_then(GgufValue::as_array)
+            .map(|a| a.len() as u64)
+            .ok_or_else(|| {
+                bad(format!(
+                    "neither `{}` nor `{}` is present",
+                    keys::VOCAB_SIZE,
+                    keys::TOKENS
+                ))
+            })?,
+    };
+    let config = DreamConfig {
+        hidden_size: int(keys::EMBEDDING_LENGTH)?,
+        intermediate_size: int(keys::FEED_FORWARD_LENGTH)?,
+        num_hidden_layers: int(keys::BLOCK_COUNT)?,
+        num_attention_heads: int(keys::HEAD_COUNT)?,
+        num_key_value_heads: file
+            .get(keys::HEAD_COUNT_KV)
+            .and_then(GgufValue::as_u64)
+            .map_or_else(|| int(keys::HEAD_COUNT), Ok)?,
+        vocab_size,
+        max_position_embeddings: int(keys::CONTEXT_LENGTH)?,
+        rope_theta: file
+            .get(keys::ROPE_FREQ_BASE)
+            .and_then(GgufValue::as_f64)
+            .unwrap_or(10000.0),
+        rms_norm_eps: float(keys::RMS_EPS)?,
+        tie_word_embeddings: file.tensor("output.weight").is_none(),
+        bos_token_id: token(keys::BOS_ID),
+        eos_token_id: token(keys::EOS_ID),
+        pad_token_id: token(keys::PAD_ID),
+        mask_token_id: token(keys::MASK_ID),
+    };
+    config.validate().map_err(bad)?;
+    Ok(config)
+}
+
+/// Writes the architecture keys of `c` (the tokenizer keys are written separately).
+pub fn architecture_metadata(c: &DreamConfig) -> Vec<(&'static str, GgufValue)> {
+    let u32v = |v: u64| GgufValue::U32(v.min(u32::MAX as u64) as u32);
+    vec![
+        (keys::ARCHITECTURE, GgufValue::String(ARCH.into())),
+        (keys::CONTEXT_LENGTH, u32v(c.max_position_embeddings)),
+        (keys::EMBEDDING_LENGTH, u32v(c.hidden_size)),
+        (keys::BLOCK_COUNT, u32v(c.num_hidden_layers)),
+        (keys::FEED_FORWARD_LENGTH, u32v(c.intermediate_size)),
+        (keys::HEAD_COUNT, u32v(c.num_attention_heads)),
+        (keys::HEAD_COUNT_KV, u32v(c.num_key_value_heads)),
+        (keys::ROPE_FREQ_BASE, GgufValue::F32(c.rope_theta as f32)),
+        (keys::RMS_EPS, GgufValue::F32(c.rms_norm_eps as f32)),
+        (keys::CAUSAL, GgufValue::Bool(false)),
+        (keys::VOCAB_SIZE, u32v(c.vocab_size)),
+    ]
+}
