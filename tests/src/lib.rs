@@ -1,0 +1,72 @@
+//! Shared helpers for unmask's integration tests: synthetic checkpoints in temporary folders,
+//! conversions through the library, and the Python interpreter that runs the independent
+//! reference checks.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use unmask_quantize::convert::{convert, ConvertOptions, ConvertReport};
+use unmask_quantize::synth::{Preset, SynthModel};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The Python interpreter with the reference packages (`.ci/run` creates `.venv`). A missing
+/// interpreter fails the test with instructions: a reference check that cannot run has not passed.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("UNMASK_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    assert!(
+        path.exists(),
+        "Python reference environment not found at {}; run `bash .ci/run` once (it creates .venv) \
+         or set UNMASK_PYTHON",
+        path.display()
+    );
+    path
+}
+
+/// Runs a script from `tests/python/` with arguments, returning its output.
+pub fn run_python(script: &str, args: &[&str]) -> Output {
+    let script = repo_root().join("tests/python").join(script);
+    Command::new(python())
+        .arg(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()))
+}
+
+/// Writes the synthetic tiny checkpoint (seed `seed`) into `dir`.
+pub fn write_tiny_hf(dir: &Path, seed: u64) -> PathBuf {
+    let model = SynthModel::new(Preset::Tiny, seed).expect("synth tiny");
+    model.write_hf(dir, 1 << 30).expect("write tiny HF folder");
+    dir.to_path_buf()
+}
+
+/// Converts `input` to `output` with the named target type, overwriting.
+pub fn convert_to(input: &Path, output: &Path, target: &str) -> ConvertReport {
+    let options = ConvertOptions {
+        target: target.parse().expect("target type"),
+        overwrite: true,
+        progress: false,
+    };
+    convert(input, output, &options).unwrap_or_else(|e| panic!("convert {} -> {target}: {e}", input.display()))
+}
+
+/// Every `--type` the quantize tool accepts.
+pub const ALL_TARGETS: [&str; 10] = unmask_quantize::policy::TARGET_NAMES;
+
+/// A lossless description of a process's output for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
