@@ -1,0 +1,62 @@
+//! Matrix-product throughput of the linked ggml CPU build (`cargo bench -p unmask-tests --bench
+//! matmul`): a 4096x4096 weight in each type times a 4096x256 f32 activation (a 256-token canvas),
+//! on 2 threads by default (`UNMASK_BENCH_THREADS`). Prints GFLOP/s and each type's speed
+//! relative to f32 in the same run.
+
+use std::time::Instant;
+use unmask_kernels::graph::{cpu_features, CpuBackend, Graph};
+use unmask_kernels::{quant, GgmlType};
+
+fn main() {
+    let threads: usize = std::env::var("UNMASK_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let (k, n, m) = (4096usize, 4096usize, 256usize);
+    let weights: Vec<f32> = (0..k * n)
+        .map(|i| (((i * 2_654_435_761) % 10_007) as f32 / 10_007.0 - 0.5) * 0.1)
+        .collect();
+    let input: Vec<f32> = (0..k * m)
+        .map(|i| ((i * 40_503) % 997) as f32 / 997.0 - 0.5)
+        .collect();
+    println!("ggml CPU build features: {}", cpu_features().join(" "));
+    println!("matmul [{k} x {n}] weight x [{k} x {m}] f32 input, {threads} threads");
+    let mut baseline = None;
+    for ty in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        let data = quant::quantize_rows(ty, &weights, k).expect("quantize");
+        let mut backend = CpuBackend::new(threads).expect("backend");
+        let mut g = Graph::new(4).expect("graph");
+        let w = g.new_tensor(ty, &[k as i64, n as i64]).expect("w");
+        let x = g
+            .new_tensor(GgmlType::F32, &[k as i64, m as i64])
+            .expect("x");
+        let y = g.mul_mat(w, x).expect("mul_mat");
+        g.allocate(y, &backend).expect("allocate");
+        g.set_bytes(w, &data).expect("set w");
+        g.set_f32(x, &input).expect("set x");
+        g.compute(&mut backend).expect("warm-up");
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            g.compute(&mut backend).expect("compute");
+            times.push(start.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let gflops = 2.0 * (k * n * m) as f64 / median / 1e9;
+        let base = *baseline.get_or_insert(gflops);
+        println!(
+            "  {:<5} {:>8.1} GFLOP/s  ({:.2}x f32)  median of 5: {:.1} ms",
+            ty.name(),
+            gflops,
+            gflops / base,
+            median * 1e3
+        );
+    }
+}
