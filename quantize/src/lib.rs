@@ -8,6 +8,7 @@ pub mod config;
 pub mod convert;
 pub mod dream;
 mod error;
+pub mod gguf_tokenizer;
 pub mod hf;
 pub mod info;
 pub mod policy;

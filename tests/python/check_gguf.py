@@ -335,7 +335,8 @@ def check_hparams(reader: GGUFReader, config: dict, report: Report) -> None:
     check_scalar(reader, f"{ARCH}.attention.causal", GGUFValueType.BOOL, False, report)
 
 
-def check_tokenizer(reader: GGUFReader, config: dict, hf_dir: Path, report: Report) -> None:
+def check_tokenizer(reader: GGUFReader, config: dict, hf_dir: Path, report: Report,
+                    tokenizer_json: bool = True) -> None:
     check_scalar(reader, "tokenizer.ggml.model", GGUFValueType.STRING, "gpt2", report)
     check_scalar(reader, "tokenizer.ggml.pre", GGUFValueType.STRING, "qwen2", report)
     vocab = config.get("vocab_size")
@@ -350,7 +351,10 @@ def check_tokenizer(reader: GGUFReader, config: dict, hf_dir: Path, report: Repo
         if config.get(cfg_key) is not None:
             check_scalar(reader, key, GGUFValueType.UINT32, int(config[cfg_key]), report,
                          f" (config {cfg_key})")
-    check_tokenizer_json(reader, hf_dir, report)
+    if tokenizer_json:
+        check_tokenizer_json(reader, hf_dir, report)
+    elif reader.get_field("unmask.tokenizer_json") is not None:
+        report.error("unmask.tokenizer_json present in a file expected to come from llama.cpp")
 
 
 def check_tokenizer_json(reader: GGUFReader, hf_dir: Path, report: Report) -> None:
@@ -371,10 +375,11 @@ def check_tokenizer_json(reader: GGUFReader, hf_dir: Path, report: Report) -> No
                      f"({len(stored)} vs {len(source)} bytes, first difference at byte {first})")
 
 
-def check_metadata(reader: GGUFReader, config: dict, hf_dir: Path, report: Report) -> None:
+def check_metadata(reader: GGUFReader, config: dict, hf_dir: Path, report: Report,
+                   tokenizer_json: bool = True) -> None:
     check_scalar(reader, "general.architecture", GGUFValueType.STRING, ARCH, report)
     check_hparams(reader, config, report)
-    check_tokenizer(reader, config, hf_dir, report)
+    check_tokenizer(reader, config, hf_dir, report, tokenizer_json)
 
 
 # --------------------------------------------------------------------------
@@ -651,7 +656,8 @@ def check_tensors(reader: GGUFReader, config: dict, source: SourceWeights,
 # --------------------------------------------------------------------------
 
 
-def run_checks(gguf_path: Path, hf_dir: Path, expect: str | None) -> Report:
+def run_checks(gguf_path: Path, hf_dir: Path, expect: str | None,
+               tokenizer_json: bool = True) -> Report:
     """Run every check and return the report (errors are collected)."""
     if not gguf_path.is_file():
         raise UsageError(f"GGUF file not found: {gguf_path}")
@@ -673,7 +679,7 @@ def run_checks(gguf_path: Path, hf_dir: Path, expect: str | None) -> Report:
     except Exception as exc:  # any parse failure is a failed check
         report.error(f"cannot read GGUF: {exc}")
         return report
-    check_metadata(reader, config, hf_dir, report)
+    check_metadata(reader, config, hf_dir, report, tokenizer_json)
     check_tensors(reader, config, source, expect, report)
     return report
 
@@ -685,13 +691,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--expect-type", choices=sorted(EXPECT_TYPES),
                         help="output type the GGUF was requested with")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no-tokenizer-json", action="store_true",
+                        help="the file descends from a llama.cpp GGUF: expect no unmask.tokenizer_json")
     return parser.parse_args(argv)  # exits with status 2 on usage errors
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        report = run_checks(args.gguf, args.hf, args.expect_type)
+        report = run_checks(args.gguf, args.hf, args.expect_type, not args.no_tokenizer_json)
     except UsageError as exc:
         print(f"usage error: {exc}", file=sys.stderr)
         return 2

@@ -55,7 +55,8 @@ pub fn convert_to(input: &Path, output: &Path, target: &str) -> ConvertReport {
         overwrite: true,
         progress: false,
     };
-    convert(input, output, &options).unwrap_or_else(|e| panic!("convert {} -> {target}: {e}", input.display()))
+    convert(input, output, &options)
+        .unwrap_or_else(|e| panic!("convert {} -> {target}: {e}", input.display()))
 }
 
 /// Every `--type` the quantize tool accepts.

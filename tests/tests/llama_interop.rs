@@ -14,7 +14,11 @@ fn libllama_loads_every_type_we_write() {
         let info = probe_model(&out).unwrap_or_else(|e| panic!("{target}: {e}"));
         assert_eq!(info.architecture, "dream", "{target}");
         assert_eq!(info.n_params, report.n_parameters, "{target}");
-        assert_eq!((info.n_vocab, info.n_layer, info.n_embd, info.n_ctx_train), (512, 2, 256, 4096), "{target}");
+        assert_eq!(
+            (info.n_vocab, info.n_layer, info.n_embd, info.n_ctx_train),
+            (512, 2, 256, 4096),
+            "{target}"
+        );
     }
 }
 

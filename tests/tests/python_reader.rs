@@ -13,7 +13,14 @@ fn python_gguf_reads_every_type_we_write() {
         convert_to(&hf, &out, target);
         let result = run_python(
             "check_gguf.py",
-            &["--gguf", out.to_str().unwrap(), "--hf", hf.to_str().unwrap(), "--expect-type", target],
+            &[
+                "--gguf",
+                out.to_str().unwrap(),
+                "--hf",
+                hf.to_str().unwrap(),
+                "--expect-type",
+                target,
+            ],
         );
         assert!(result.status.success(), "{target}: {}", describe(&result));
     }
@@ -34,10 +41,21 @@ fn the_python_check_fails_on_a_corrupted_tensor() {
     std::fs::write(&out, bytes).unwrap();
     let result = run_python(
         "check_gguf.py",
-        &["--gguf", out.to_str().unwrap(), "--hf", hf.to_str().unwrap(), "--expect-type", "f32"],
+        &[
+            "--gguf",
+            out.to_str().unwrap(),
+            "--hf",
+            hf.to_str().unwrap(),
+            "--expect-type",
+            "f32",
+        ],
     );
     assert_eq!(result.status.code(), Some(1), "{}", describe(&result));
-    assert!(String::from_utf8_lossy(&result.stdout).contains("output.weight"), "{}", describe(&result));
+    assert!(
+        String::from_utf8_lossy(&result.stdout).contains("output.weight"),
+        "{}",
+        describe(&result)
+    );
 }
 
 #[test]

@@ -16,7 +16,13 @@ fn tensor_bytes(path: &Path) -> Vec<(String, String, Vec<u8>)> {
     let file = GgufFile::open(path).unwrap();
     file.tensors()
         .iter()
-        .map(|t| (t.name.clone(), t.ty.name().to_string(), file.tensor_data(t).to_vec()))
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.ty.name().to_string(),
+                file.tensor_data(t).to_vec(),
+            )
+        })
         .collect()
 }
 
@@ -33,12 +39,25 @@ fn f32_gguf_is_bit_identical_to_the_safetensors_source() {
     for spec in specs {
         let (file, entry) = checkpoint.find(&spec.hf_name).unwrap();
         let mut source = Vec::new();
-        decode_to_f32(&spec.hf_name, entry.dtype, &file.map(entry).unwrap(), &mut source).unwrap();
+        decode_to_f32(
+            &spec.hf_name,
+            entry.dtype,
+            &file.map(entry).unwrap(),
+            &mut source,
+        )
+        .unwrap();
         let info = gguf.tensor(&spec.gguf_name).unwrap();
         assert_eq!(info.shape, spec.gguf_shape(), "{}", spec.gguf_name);
         let ours = dequantize(info.ty, gguf.tensor_data(info)).unwrap();
-        let same_bits = source.iter().zip(&ours).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same_bits && source.len() == ours.len(), "{} differs", spec.gguf_name);
+        let same_bits = source
+            .iter()
+            .zip(&ours)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same_bits && source.len() == ours.len(),
+            "{} differs",
+            spec.gguf_name
+        );
     }
 }
 
@@ -54,8 +73,16 @@ fn requantizing_a_gguf_matches_converting_the_hf_folder() {
         convert_to(&hf, &from_hf, target);
         convert_to(&f32_file, &from_gguf, target);
         assert_eq!(tensor_bytes(&from_hf), tensor_bytes(&from_gguf), "{target}");
-        let (a, b) = (GgufFile::open(&from_hf).unwrap(), GgufFile::open(&from_gguf).unwrap());
-        let keys = |f: &GgufFile| f.metadata().iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        let (a, b) = (
+            GgufFile::open(&from_hf).unwrap(),
+            GgufFile::open(&from_gguf).unwrap(),
+        );
+        let keys = |f: &GgufFile| {
+            f.metadata()
+                .iter()
+                .map(|(k, _)| k.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(keys(&a), keys(&b), "{target}: metadata keys");
     }
 }
@@ -68,7 +95,11 @@ fn direct_synth_gguf_equals_the_hf_route() {
     convert_to(&hf, &via_hf, "q4_k_m");
     let direct = dir.path().join("direct.gguf");
     let model = SynthModel::new(Preset::Tiny, 33).unwrap();
-    let options = ConvertOptions { target: "q4_k_m".parse().unwrap(), overwrite: false, progress: false };
+    let options = ConvertOptions {
+        target: "q4_k_m".parse().unwrap(),
+        overwrite: false,
+        progress: false,
+    };
     convert_synth(&model, &direct, &options).unwrap();
     assert_eq!(tensor_bytes(&via_hf), tensor_bytes(&direct));
 }
@@ -76,7 +107,11 @@ fn direct_synth_gguf_equals_the_hf_route() {
 #[test]
 fn different_seeds_give_different_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let options = ConvertOptions { target: "f32".parse().unwrap(), overwrite: false, progress: false };
+    let options = ConvertOptions {
+        target: "f32".parse().unwrap(),
+        overwrite: false,
+        progress: false,
+    };
     let a = dir.path().join("a.gguf");
     let b = dir.path().join("b.gguf");
     convert_synth(&SynthModel::new(Preset::Tiny, 1).unwrap(), &a, &options).unwrap();

@@ -1,0 +1,96 @@
+//! Files made the way llama.cpp's converter makes them (`tests/python/make_llamacpp_gguf.py`,
+//! written with PyPI's `gguf` writer, llama.cpp's tensor order and no unmask keys) are read by
+//! unmask: they requantize, the result passes the independent checker, libllama loads both, and
+//! the tokenizer rebuilt from the `tokenizer.ggml.*` arrays encodes exactly like the original.
+
+use std::str::FromStr;
+use unmask_kernels::gguf::GgufFile;
+use unmask_kernels::llama::probe_model;
+use unmask_quantize::gguf_tokenizer::{load_tokenizer, TokenizerSource};
+use unmask_tests::{convert_to, describe, run_python, write_tiny_hf};
+
+const SAMPLES: [&str; 6] = [
+    "def add(a, b):\n    return a + b\n",
+    "<|im_start|>user\nWrite a function.\n<|im_end|>\n<|im_start|>assistant\n",
+    "  leading spaces, tabs\tand\r\nwindows newlines  ",
+    "naïve café, 数字 123456, emoji 🙂",
+    "<|mask|><|mask|><|dlm_pad|><|endoftext|>",
+    "",
+];
+
+#[test]
+fn llama_cpp_style_files_requantize_and_keep_their_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = write_tiny_hf(&dir.path().join("hf"), 41);
+    let original = tokenizers::Tokenizer::from_file(hf.join("tokenizer.json")).unwrap();
+    for outtype in ["f16", "f32", "bf16", "q8_0"] {
+        let llama_file = dir.path().join(format!("llama-{outtype}.gguf"));
+        let made = run_python(
+            "make_llamacpp_gguf.py",
+            &[
+                hf.to_str().unwrap(),
+                llama_file.to_str().unwrap(),
+                "--outtype",
+                outtype,
+            ],
+        );
+        assert!(made.status.success(), "{}", describe(&made));
+        assert_eq!(probe_model(&llama_file).unwrap().architecture, "dream");
+
+        let (rebuilt, source) = load_tokenizer(&GgufFile::open(&llama_file).unwrap()).unwrap();
+        assert_eq!(source, TokenizerSource::Rebuilt);
+        for text in SAMPLES {
+            let want = original.encode(text, false).unwrap();
+            let got = rebuilt.encode(text, false).unwrap();
+            assert_eq!(want.get_ids(), got.get_ids(), "{outtype}: {text:?}");
+            assert_eq!(rebuilt.decode(got.get_ids(), false).unwrap(), text);
+        }
+
+        for target in ["q8_0", "q4_k_m"] {
+            let ours = dir.path().join(format!("ours-{outtype}-{target}.gguf"));
+            convert_to(&llama_file, &ours, target);
+            assert_eq!(probe_model(&ours).unwrap().architecture, "dream");
+            // f16 / q8_0 sources already lost precision; judge the requantized file against the
+            // HF source only where the source was lossless.
+            if outtype == "f32" || outtype == "bf16" {
+                let check = run_python(
+                    "check_gguf.py",
+                    &[
+                        "--gguf",
+                        ours.to_str().unwrap(),
+                        "--hf",
+                        hf.to_str().unwrap(),
+                        "--expect-type",
+                        target,
+                        "--no-tokenizer-json",
+                    ],
+                );
+                assert!(
+                    check.status.success(),
+                    "{outtype} -> {target}: {}",
+                    describe(&check)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn our_files_carry_the_verbatim_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = write_tiny_hf(&dir.path().join("hf"), 42);
+    let out = dir.path().join("ours.gguf");
+    convert_to(&hf, &out, "q8_0");
+    let (tokenizer, source) = load_tokenizer(&GgufFile::open(&out).unwrap()).unwrap();
+    assert_eq!(source, TokenizerSource::Verbatim);
+    let original = tokenizers::Tokenizer::from_str(
+        &std::fs::read_to_string(hf.join("tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    for text in SAMPLES {
+        assert_eq!(
+            tokenizer.encode(text, false).unwrap().get_ids(),
+            original.encode(text, false).unwrap().get_ids()
+        );
+    }
+}
