@@ -1,18 +1,28 @@
-//! A small safe layer over ggml's context, graph and CPU backend. A [`Graph`] owns a ggml
-//! context holding tensor descriptions, the compute graph over them and the backend buffer that
-//! stores their data; tensors are addressed by [`TensorId`] handles, so no raw pointer escapes.
+//! A small safe layer over ggml's context, compute graph, graph allocator and CPU backend.
+//!
+//! A [`Graph`] owns a ggml context of tensor descriptions, the compute graph over them and the
+//! memory the graph allocator (`ggml_gallocr`) assigns to inputs and intermediates, reusing
+//! buffers between operations. Tensors are addressed by [`TensorId`] handles; weights come from
+//! [`Weights`](crate::weights::Weights), which the graph borrows for its lifetime. Every operation
+//! checks the shape rules ggml would otherwise enforce with an abort. Build once, then set inputs
+//! and [`compute`](Graph::compute) as often as needed: nothing is allocated per computation.
 
+use crate::weights::{WeightRef, Weights};
 use crate::{Error, GgmlType, Result};
 use llama_cpp_sys_2 as sys;
+use std::marker::PhantomData;
 use std::ptr::NonNull;
+
+/// ggml's GGML_ROPE_TYPE_NEOX: rotate the two halves of each head against each other.
+const ROPE_TYPE_NEOX: i32 = 2;
 
 /// The CPU backend with a fixed number of threads.
 pub struct CpuBackend {
     raw: NonNull<sys::ggml_backend>,
 }
 
-// SAFETY: a ggml backend may be moved between threads; it is used by one thread at a time
-// (every method takes `&mut self` or is called while the `Graph` borrows it mutably).
+// SAFETY: a ggml backend may move between threads; it is used by one thread at a time (every
+// computation takes `&mut CpuBackend`).
 unsafe impl Send for CpuBackend {}
 
 impl CpuBackend {
@@ -27,7 +37,7 @@ impl CpuBackend {
 
     pub fn set_threads(&mut self, n_threads: usize) {
         let n = n_threads.clamp(1, 512) as i32;
-        // SAFETY: `raw` is a live CPU backend created above.
+        // SAFETY: `raw` is a live CPU backend.
         unsafe { sys::ggml_backend_cpu_set_n_threads(self.raw.as_ptr(), n) };
     }
 }
@@ -41,63 +51,54 @@ impl Drop for CpuBackend {
 
 /// Which SIMD paths the linked ggml was compiled with (they are fixed at build time).
 pub fn cpu_features() -> Vec<&'static str> {
-    let mut out = Vec::new();
     // SAFETY: these report compile-time flags and take no arguments.
-    unsafe {
-        if sys::ggml_cpu_has_avx2() != 0 {
-            out.push("AVX2");
-        }
-        if sys::ggml_cpu_has_fma() != 0 {
-            out.push("FMA");
-        }
-        if sys::ggml_cpu_has_f16c() != 0 {
-            out.push("F16C");
-        }
-        if sys::ggml_cpu_has_avx512() != 0 {
-            out.push("AVX512");
-        }
-        if sys::ggml_cpu_has_avx512_vnni() != 0 {
-            out.push("AVX512_VNNI");
-        }
-        if sys::ggml_cpu_has_avx512_bf16() != 0 {
-            out.push("AVX512_BF16");
-        }
-        if sys::ggml_cpu_has_amx_int8() != 0 {
-            out.push("AMX_INT8");
-        }
-    }
-    out
+    let flags = unsafe {
+        [
+            ("AVX2", sys::ggml_cpu_has_avx2()),
+            ("FMA", sys::ggml_cpu_has_fma()),
+            ("F16C", sys::ggml_cpu_has_f16c()),
+            ("AVX512", sys::ggml_cpu_has_avx512()),
+            ("AVX512_VNNI", sys::ggml_cpu_has_avx512_vnni()),
+            ("AVX512_BF16", sys::ggml_cpu_has_avx512_bf16()),
+            ("AMX_INT8", sys::ggml_cpu_has_amx_int8()),
+        ]
+    };
+    flags
+        .into_iter()
+        .filter(|(_, on)| *on != 0)
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// Handle of a tensor inside one [`Graph`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TensorId(usize);
 
-/// A ggml context + compute graph + backend buffer. Build tensors and operations, then
-/// [`allocate`](Graph::allocate) once, then set inputs and [`compute`](Graph::compute) as often as
-/// needed: buffers are reused, nothing is allocated per computation.
-pub struct Graph {
+pub struct Graph<'w> {
     ctx: NonNull<sys::ggml_context>,
     graph: Option<NonNull<sys::ggml_cgraph>>,
-    buffer: Option<NonNull<sys::ggml_backend_buffer>>,
+    galloc: Option<NonNull<sys::ggml_gallocr>>,
     tensors: Vec<NonNull<sys::ggml_tensor>>,
     capacity: usize,
+    _weights: PhantomData<&'w Weights>,
 }
 
-// SAFETY: the context, graph and buffer are owned exclusively by this value; ggml has no
-// thread affinity for them.
-unsafe impl Send for Graph {}
+// SAFETY: the context, graph and allocator are owned exclusively by this value; ggml has no
+// thread affinity for them; borrowed weights are immutable.
+unsafe impl Send for Graph<'_> {}
 
-impl Graph {
-    /// A graph with room for `max_tensors` tensor descriptions.
+impl<'w> Graph<'w> {
+    /// A graph with room for `max_tensors` tensor descriptions (inputs, views and results).
     pub fn new(max_tensors: usize) -> Result<Self> {
         // SAFETY: size queries without side effects.
-        let mem_size =
-            unsafe { sys::ggml_tensor_overhead() * max_tensors + sys::ggml_graph_overhead() };
+        let mem_size = unsafe {
+            sys::ggml_tensor_overhead() * max_tensors
+                + sys::ggml_graph_overhead_custom(max_tensors, false)
+        };
         let params = sys::ggml_init_params {
             mem_size,
             mem_buffer: std::ptr::null_mut(),
-            // Only descriptions live in the context; data goes to a backend buffer.
+            // Only descriptions live in the context; data goes to allocator buffers.
             no_alloc: true,
         };
         // SAFETY: valid parameters; NULL is handled.
@@ -106,9 +107,10 @@ impl Graph {
         Ok(Graph {
             ctx,
             graph: None,
-            buffer: None,
+            galloc: None,
             tensors: Vec::new(),
             capacity: max_tensors,
+            _weights: PhantomData,
         })
     }
 
@@ -125,7 +127,7 @@ impl Graph {
             .ok_or_else(|| Error::Ggml(format!("unknown tensor handle {}", id.0)))
     }
 
-    fn check_room(&self) -> Result<()> {
+    fn ctx_for_new(&self) -> Result<*mut sys::ggml_context> {
         if self.graph.is_some() {
             return Err(Error::Ggml("graph is already allocated".into()));
         }
@@ -135,18 +137,28 @@ impl Graph {
                 self.capacity
             )));
         }
-        Ok(())
+        Ok(self.ctx.as_ptr())
     }
 
     /// Shape of a tensor in ggml order.
     pub fn shape(&self, id: TensorId) -> Result<[i64; 4]> {
-        // SAFETY: `raw` returned a tensor of our live context.
+        // SAFETY: `raw` returned a live tensor (ours or a borrowed weight).
         Ok(unsafe { (*self.raw(id)?).ne })
     }
 
-    /// A new input or weight tensor, ggml order (row length first), 1 to 4 dimensions.
-    pub fn new_tensor(&mut self, ty: GgmlType, shape: &[i64]) -> Result<TensorId> {
-        self.check_room()?;
+    fn type_of(&self, id: TensorId) -> Result<u32> {
+        // SAFETY: as in `shape`.
+        Ok(unsafe { (*self.raw(id)?).type_ })
+    }
+
+    fn is_contiguous(&self, id: TensorId) -> Result<bool> {
+        // SAFETY: as in `shape`.
+        Ok(unsafe { sys::ggml_is_contiguous(self.raw(id)?) })
+    }
+
+    /// A new input tensor (its data is set before each computation), ggml order, 1 to 4 dims.
+    pub fn input(&mut self, ty: GgmlType, shape: &[i64]) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
         if shape.is_empty() || shape.len() > 4 || shape.iter().any(|&d| d <= 0) {
             return Err(Error::Ggml(format!("invalid shape {shape:?}")));
         }
@@ -156,63 +168,247 @@ impl Graph {
                 shape[0]
             )));
         }
-        // SAFETY: shape has 1..=4 positive entries and the type id is valid; the context has
-        // room (checked above), so ggml's internal asserts hold.
-        let raw = unsafe {
-            sys::ggml_new_tensor(
-                self.ctx.as_ptr(),
-                ty.id(),
-                shape.len() as i32,
-                shape.as_ptr(),
-            )
-        };
+        // SAFETY: 1..=4 positive dims, a valid type and room in the context.
+        let raw = unsafe { sys::ggml_new_tensor(ctx, ty.id(), shape.len() as i32, shape.as_ptr()) };
+        // SAFETY: freshly created tensor of our context.
+        unsafe { sys::ggml_set_input(raw) };
         self.push(raw)
     }
 
-    /// `a @ b` in ggml's convention: a [k, n], b [k, m] -> [n, m].
+    /// Makes a weight usable in this graph (the graph borrows the weights).
+    pub fn weight(&mut self, weight: WeightRef<'w>) -> TensorId {
+        self.tensors.push(weight.raw());
+        TensorId(self.tensors.len() - 1)
+    }
+
+    /// Rows of `a` picked by the i32 indices in `ids`: [n0, n1] x [n] -> [n0, n].
+    pub fn get_rows(&mut self, a: TensorId, ids: TensorId) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        let (sa, si) = (self.shape(a)?, self.shape(ids)?);
+        if self.type_of(ids)? != sys::GGML_TYPE_I32 || si[1] != 1 || sa[2] != 1 {
+            return Err(Error::Ggml(format!(
+                "get_rows needs a matrix and an i32 vector, got {sa:?} and {si:?}"
+            )));
+        }
+        // SAFETY: shapes and types checked as ggml_get_rows asserts them.
+        let raw = unsafe { sys::ggml_get_rows(ctx, self.raw(a)?, self.raw(ids)?) };
+        self.push(raw)
+    }
+
+    /// RMS normalisation over rows (no weight).
+    pub fn rms_norm(&mut self, a: TensorId, eps: f32) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        // SAFETY: any f32 tensor is accepted by ggml_rms_norm.
+        let raw = unsafe { sys::ggml_rms_norm(ctx, self.raw(a)?, eps) };
+        self.push(raw)
+    }
+
+    fn check_broadcast(&self, a: TensorId, b: TensorId, op: &str) -> Result<()> {
+        let (sa, sb) = (self.shape(a)?, self.shape(b)?);
+        if sa.iter().zip(&sb).any(|(x, y)| x % y != 0) {
+            return Err(Error::Ggml(format!(
+                "{op}: {sb:?} does not broadcast onto {sa:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Element-wise `a * b`, `b` broadcast over `a`.
+    pub fn mul(&mut self, a: TensorId, b: TensorId) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        self.check_broadcast(a, b, "mul")?;
+        // SAFETY: ggml_can_repeat(b, a) checked above.
+        let raw = unsafe { sys::ggml_mul(ctx, self.raw(a)?, self.raw(b)?) };
+        self.push(raw)
+    }
+
+    /// Element-wise `a + b`, `b` broadcast over `a`.
+    pub fn add(&mut self, a: TensorId, b: TensorId) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        self.check_broadcast(a, b, "add")?;
+        // SAFETY: ggml_can_repeat(b, a) checked above.
+        let raw = unsafe { sys::ggml_add(ctx, self.raw(a)?, self.raw(b)?) };
+        self.push(raw)
+    }
+
+    /// `a @ b` in ggml's convention: a [k, n, h], b [k, m, h*r] -> [n, m, h*r] (a broadcast).
     pub fn mul_mat(&mut self, a: TensorId, b: TensorId) -> Result<TensorId> {
-        self.check_room()?;
+        let ctx = self.ctx_for_new()?;
         let (sa, sb) = (self.shape(a)?, self.shape(b)?);
         if sa[0] != sb[0] || sb[2] % sa[2] != 0 || sb[3] % sa[3] != 0 {
             return Err(Error::Ggml(format!(
                 "cannot multiply shapes {sa:?} and {sb:?}"
             )));
         }
-        // SAFETY: both tensors belong to this context and ggml_can_mul_mat holds (checked above).
-        let raw = unsafe { sys::ggml_mul_mat(self.ctx.as_ptr(), self.raw(a)?, self.raw(b)?) };
+        // SAFETY: ggml_can_mul_mat holds (checked above).
+        let raw = unsafe { sys::ggml_mul_mat(ctx, self.raw(a)?, self.raw(b)?) };
         self.push(raw)
     }
 
-    /// Fixes the graph that computes `output` and allocates every tensor on `backend`.
-    pub fn allocate(&mut self, output: TensorId, backend: &CpuBackend) -> Result<()> {
+    /// A contiguous tensor viewed with another shape of the same element count.
+    pub fn reshape(&mut self, a: TensorId, shape: &[i64]) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        let sa = self.shape(a)?;
+        let count: i64 = sa.iter().product();
+        if !self.is_contiguous(a)?
+            || shape.iter().product::<i64>() != count
+            || !(2..=3).contains(&shape.len())
+        {
+            return Err(Error::Ggml(format!("cannot reshape {sa:?} to {shape:?}")));
+        }
+        let raw = self.raw(a)?;
+        // SAFETY: contiguous source with the same element count.
+        let out = unsafe {
+            if shape.len() == 2 {
+                sys::ggml_reshape_2d(ctx, raw, shape[0], shape[1])
+            } else {
+                sys::ggml_reshape_3d(ctx, raw, shape[0], shape[1], shape[2])
+            }
+        };
+        self.push(out)
+    }
+
+    /// Dimension `i` of `a` becomes dimension `axes[i]` of the result (a strided view).
+    pub fn permute(&mut self, a: TensorId, axes: [i32; 4]) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        let mut seen = [false; 4];
+        for &x in &axes {
+            if !(0..4).contains(&x) || std::mem::replace(&mut seen[x as usize], true) {
+                return Err(Error::Ggml(format!("invalid permutation {axes:?}")));
+            }
+        }
+        // SAFETY: a valid permutation of the four axes.
+        let raw =
+            unsafe { sys::ggml_permute(ctx, self.raw(a)?, axes[0], axes[1], axes[2], axes[3]) };
+        self.push(raw)
+    }
+
+    /// A contiguous copy of a (possibly strided) tensor.
+    pub fn cont(&mut self, a: TensorId) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        // SAFETY: ggml_cont accepts any tensor.
+        let raw = unsafe { sys::ggml_cont(ctx, self.raw(a)?) };
+        self.push(raw)
+    }
+
+    /// NeoX-style ("rotate half") rotary embedding of `a` [head_dim, heads, tokens] at the i32
+    /// `positions` [tokens], with base `theta` and no scaling.
+    pub fn rope_neox(
+        &mut self,
+        a: TensorId,
+        positions: TensorId,
+        theta: f32,
+        n_ctx_orig: i32,
+    ) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        let (sa, sp) = (self.shape(a)?, self.shape(positions)?);
+        if self.type_of(positions)? != sys::GGML_TYPE_I32 || sp[0] != sa[2] || sa[0] % 2 != 0 {
+            return Err(Error::Ggml(format!(
+                "rope: tensor {sa:?} and positions {sp:?} do not fit"
+            )));
+        }
+        // SAFETY: positions is an i32 vector with one entry per token and n_dims = head_dim is
+        // even; the remaining arguments are ggml's "no scaling" values.
+        let raw = unsafe {
+            sys::ggml_rope_ext(
+                ctx,
+                self.raw(a)?,
+                self.raw(positions)?,
+                std::ptr::null_mut(),
+                sa[0] as i32,
+                ROPE_TYPE_NEOX,
+                n_ctx_orig,
+                theta,
+                1.0,
+                0.0,
+                1.0,
+                0.0,
+                0.0,
+            )
+        };
+        self.push(raw)
+    }
+
+    /// Row-wise softmax of `a * scale`, without mask.
+    pub fn soft_max(&mut self, a: TensorId, scale: f32) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        // SAFETY: no mask, so no shape constraints beyond a valid tensor.
+        let raw =
+            unsafe { sys::ggml_soft_max_ext(ctx, self.raw(a)?, std::ptr::null_mut(), scale, 0.0) };
+        self.push(raw)
+    }
+
+    /// `silu(gate) * up` (SwiGLU), element-wise on equal shapes.
+    pub fn swiglu(&mut self, gate: TensorId, up: TensorId) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        if self.shape(gate)? != self.shape(up)? {
+            return Err(Error::Ggml("swiglu needs equal shapes".into()));
+        }
+        // SAFETY: equal shapes, as ggml_swiglu_split asserts.
+        let raw = unsafe { sys::ggml_swiglu_split(ctx, self.raw(gate)?, self.raw(up)?) };
+        self.push(raw)
+    }
+
+    /// Fixes the graph that computes `outputs` and allocates its inputs and intermediates on the
+    /// backend's buffer type, reusing memory between operations.
+    pub fn allocate(&mut self, outputs: &[TensorId], backend: &CpuBackend) -> Result<()> {
         if self.graph.is_some() {
             return Err(Error::Ggml("graph is already allocated".into()));
         }
-        let out = self.raw(output)?;
-        // SAFETY: the context was sized with ggml_graph_overhead for one default graph.
-        let graph = NonNull::new(unsafe { sys::ggml_new_graph(self.ctx.as_ptr()) })
-            .ok_or_else(|| Error::Ggml("graph creation failed".into()))?;
-        // SAFETY: `out` belongs to this context, as does the graph.
-        unsafe { sys::ggml_build_forward_expand(graph.as_ptr(), out) };
-        // SAFETY: context and backend are live; NULL (allocation failure) is handled.
-        let buffer = NonNull::new(unsafe {
-            sys::ggml_backend_alloc_ctx_tensors(self.ctx.as_ptr(), backend.raw.as_ptr())
+        // SAFETY: the context was sized with ggml_graph_overhead_custom for `capacity` nodes.
+        let graph = NonNull::new(unsafe {
+            sys::ggml_new_graph_custom(self.ctx.as_ptr(), self.capacity, false)
         })
-        .ok_or_else(|| Error::Ggml("cannot allocate tensor memory".into()))?;
+        .ok_or_else(|| Error::Ggml("graph creation failed".into()))?;
+        for &out in outputs {
+            let t = self.raw(out)?;
+            // SAFETY: `t` is a tensor of this graph; outputs must not be overwritten by the
+            // allocator, and the graph has room for all nodes (capacity >= tensors).
+            unsafe {
+                sys::ggml_set_output(t);
+                sys::ggml_build_forward_expand(graph.as_ptr(), t);
+            }
+        }
+        // SAFETY: backend is live; the allocator is freed in Drop.
+        let galloc = NonNull::new(unsafe {
+            sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(
+                backend.raw.as_ptr(),
+            ))
+        })
+        .ok_or_else(|| Error::Ggml("cannot create the graph allocator".into()))?;
+        self.galloc = Some(galloc);
+        // SAFETY: graph and allocator are live; weights already have memory and are skipped.
+        if !unsafe { sys::ggml_gallocr_alloc_graph(galloc.as_ptr(), graph.as_ptr()) } {
+            return Err(Error::Ggml(
+                "cannot allocate the compute graph's memory".into(),
+            ));
+        }
         self.graph = Some(graph);
-        self.buffer = Some(buffer);
         Ok(())
     }
 
+    /// Bytes of compute memory the allocator holds.
+    pub fn compute_buffer_size(&self) -> usize {
+        // SAFETY: buffer 0 is the only buffer of a single-backend allocator.
+        self.galloc.map_or(0, |g| unsafe {
+            sys::ggml_gallocr_get_buffer_size(g.as_ptr(), 0)
+        })
+    }
+
     fn allocated_tensor(&self, id: TensorId, len: usize) -> Result<*mut sys::ggml_tensor> {
-        if self.buffer.is_none() {
+        if self.graph.is_none() {
             return Err(Error::Ggml(
                 "allocate the graph before touching data".into(),
             ));
         }
         let t = self.raw(id)?;
-        // SAFETY: `t` is a tensor of our context.
-        let nbytes = unsafe { sys::ggml_nbytes(t) };
+        // SAFETY: `t` is a live tensor.
+        let (nbytes, data) = unsafe { (sys::ggml_nbytes(t), (*t).data) };
+        if data.is_null() {
+            return Err(Error::Ggml(
+                "tensor has no memory (not an input or output)".into(),
+            ));
+        }
         if nbytes != len {
             return Err(Error::Ggml(format!(
                 "tensor holds {nbytes} bytes, buffer has {len}"
@@ -221,7 +417,7 @@ impl Graph {
         Ok(t)
     }
 
-    /// Copies raw bytes (in the tensor's own type) into a tensor.
+    /// Copies raw bytes (in the tensor's own type) into an input tensor.
     pub fn set_bytes(&mut self, id: TensorId, bytes: &[u8]) -> Result<()> {
         let t = self.allocated_tensor(id, bytes.len())?;
         // SAFETY: the tensor is allocated and exactly `bytes.len()` bytes long.
@@ -233,23 +429,35 @@ impl Graph {
         self.set_bytes(id, bytemuck::cast_slice(values))
     }
 
-    pub fn get_f32(&self, id: TensorId, out: &mut [f32]) -> Result<()> {
-        let t = self.allocated_tensor(id, std::mem::size_of_val(out))?;
-        // SAFETY: the tensor is allocated and has exactly out.len() * 4 bytes.
-        if unsafe { (*t).type_ } != sys::GGML_TYPE_F32 {
-            return Err(Error::Ggml("tensor is not f32".into()));
-        }
+    pub fn set_i32(&mut self, id: TensorId, values: &[i32]) -> Result<()> {
+        self.set_bytes(id, bytemuck::cast_slice(values))
+    }
+
+    /// Borrows an f32 result in place (CPU memory): no copy of large logits tensors.
+    pub fn read_f32(&self, id: TensorId) -> Result<&[f32]> {
+        let t = self.raw(id)?;
+        // SAFETY: `t` is a live tensor; we check its type, contiguity and that its buffer is
+        // host memory before viewing it as a slice, which lives as long as `&self` (computing
+        // needs `&mut self`, so the data cannot change while borrowed).
         unsafe {
-            sys::ggml_backend_tensor_get(t, out.as_mut_ptr().cast(), 0, std::mem::size_of_val(out))
-        };
-        Ok(())
+            let n = sys::ggml_nelements(t) as usize;
+            let t_ref = &*t;
+            if t_ref.type_ != sys::GGML_TYPE_F32 || !sys::ggml_is_contiguous(t) {
+                return Err(Error::Ggml("read_f32 needs a contiguous f32 tensor".into()));
+            }
+            let _ = self.allocated_tensor(id, n * 4)?;
+            if t_ref.buffer.is_null() || !sys::ggml_backend_buffer_is_host(t_ref.buffer) {
+                return Err(Error::Ggml("tensor is not in host memory".into()));
+            }
+            Ok(std::slice::from_raw_parts(t_ref.data as *const f32, n))
+        }
     }
 
     pub fn compute(&mut self, backend: &mut CpuBackend) -> Result<()> {
         let graph = self
             .graph
             .ok_or_else(|| Error::Ggml("graph is not allocated".into()))?;
-        // SAFETY: graph and its tensors are allocated on a backend of the same kind.
+        // SAFETY: graph and its tensors are allocated on a CPU buffer type.
         let status =
             unsafe { sys::ggml_backend_graph_compute(backend.raw.as_ptr(), graph.as_ptr()) };
         if status != sys::GGML_STATUS_SUCCESS {
@@ -261,12 +469,12 @@ impl Graph {
     }
 }
 
-impl Drop for Graph {
+impl Drop for Graph<'_> {
     fn drop(&mut self) {
-        // SAFETY: buffer and context are owned by us and freed exactly once, buffer first.
+        // SAFETY: allocator and context are owned by us and freed exactly once.
         unsafe {
-            if let Some(buffer) = self.buffer.take() {
-                sys::ggml_backend_buffer_free(buffer.as_ptr());
+            if let Some(g) = self.galloc.take() {
+                sys::ggml_gallocr_free(g.as_ptr());
             }
             sys::ggml_free(self.ctx.as_ptr());
         }
@@ -284,15 +492,14 @@ mod tests {
         let b: Vec<f32> = (0..k * m).map(|i| (i % 5) as f32 * 0.5).collect();
         let mut backend = CpuBackend::new(2).unwrap();
         let mut g = Graph::new(8).unwrap();
-        let ta = g.new_tensor(GgmlType::F32, &[k as i64, n as i64]).unwrap();
-        let tb = g.new_tensor(GgmlType::F32, &[k as i64, m as i64]).unwrap();
+        let ta = g.input(GgmlType::F32, &[k as i64, n as i64]).unwrap();
+        let tb = g.input(GgmlType::F32, &[k as i64, m as i64]).unwrap();
         let tc = g.mul_mat(ta, tb).unwrap();
-        g.allocate(tc, &backend).unwrap();
+        g.allocate(&[tc], &backend).unwrap();
         g.set_f32(ta, &a).unwrap();
         g.set_f32(tb, &b).unwrap();
         g.compute(&mut backend).unwrap();
-        let mut c = vec![0.0; n * m];
-        g.get_f32(tc, &mut c).unwrap();
+        let c = g.read_f32(tc).unwrap();
         for j in 0..m {
             for i in 0..n {
                 let want: f32 = (0..k).map(|x| a[i * k + x] * b[j * k + x]).sum();
@@ -303,12 +510,15 @@ mod tests {
 
     #[test]
     fn shape_errors_do_not_reach_ggml_asserts() {
-        let mut g = Graph::new(4).unwrap();
-        let a = g.new_tensor(GgmlType::F32, &[8, 2]).unwrap();
-        let b = g.new_tensor(GgmlType::F32, &[9, 2]).unwrap();
+        let mut g = Graph::new(8).unwrap();
+        let a = g.input(GgmlType::F32, &[8, 2]).unwrap();
+        let b = g.input(GgmlType::F32, &[9, 2]).unwrap();
         assert!(g.mul_mat(a, b).is_err());
-        assert!(g.new_tensor(GgmlType::Q4_K, &[100, 2]).is_err());
-        assert!(g.new_tensor(GgmlType::F32, &[0]).is_err());
+        assert!(g.add(a, b).is_err());
+        assert!(g.input(GgmlType::Q4_K, &[100, 2]).is_err());
+        assert!(g.input(GgmlType::F32, &[0]).is_err());
+        assert!(g.permute(a, [0, 0, 1, 2]).is_err());
+        assert!(g.reshape(a, &[5, 3]).is_err());
         assert!(g.set_f32(a, &[0.0; 16]).is_err(), "data before allocation");
     }
 }

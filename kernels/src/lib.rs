@@ -14,6 +14,8 @@ pub mod graph;
 pub mod llama;
 pub mod mapping;
 pub mod quant;
+pub mod score;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use ggml_type::GgmlType;

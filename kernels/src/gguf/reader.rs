@@ -95,6 +95,11 @@ impl GgufFile {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
+    /// The whole mapped file.
+    pub fn mapped_bytes(&self) -> &[u8] {
+        &self.map
+    }
+
     /// Maps just this tensor's bytes with a mapping of their own, which releases its pages when
     /// dropped: streaming over every tensor this way keeps the resident set bounded.
     pub fn map_tensor(&self, info: &TensorInfo) -> Result<crate::mapping::MappedBytes> {

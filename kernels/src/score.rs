@@ -1,0 +1,384 @@
+//! Fused scoring of one logits row, the per-position work of a denoising step: temperature,
+//! top-p and top-k filtering, softmax, the argmax or a sample, and the confidence (probability,
+//! margin or negative entropy), all computed by reading the row a few times and never writing a
+//! softmaxed copy of the vocabulary. Semantics follow Dream's `sample_tokens` exactly (MODEL.md
+//! §4): filters in that order, removed tokens get probability 0, `entropy = sum p*ln(p + 1e-10)`.
+
+/// How a position's certainty is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confidence {
+    /// Probability of the chosen token (`maskgit_plus`).
+    Probability,
+    /// Top-1 minus top-2 probability (`topk_margin`).
+    Margin,
+    /// Negative entropy of the filtered distribution (`entropy`).
+    NegEntropy,
+}
+
+/// The filters applied before the softmax.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Filter {
+    /// Logits are divided by this when > 0; 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Nucleus filter; `None` or >= 1 disables it.
+    pub top_p: Option<f32>,
+    /// Keep the `k` largest logits (ties at the k-th value kept); `None` disables it.
+    pub top_k: Option<usize>,
+}
+
+impl Filter {
+    pub const GREEDY: Filter = Filter {
+        temperature: 0.0,
+        top_p: None,
+        top_k: None,
+    };
+
+    fn nucleus(&self) -> Option<f32> {
+        self.top_p.filter(|&p| p < 1.0)
+    }
+}
+
+/// A scored position.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scored {
+    pub token: u32,
+    pub confidence: f32,
+}
+
+/// Reusable buffers for the filtered path (one per worker thread).
+#[derive(Default)]
+pub struct Scratch {
+    candidates: Vec<(f32, u32)>,
+}
+
+const ENTROPY_EPS: f32 = 1e-10;
+
+/// Scores one logits row. `uniform` is a draw in [0, 1) used to sample when the temperature is
+/// positive; with temperature 0 the argmax (first index on ties) is taken.
+pub fn score_row(
+    logits: &[f32],
+    filter: &Filter,
+    kind: Confidence,
+    uniform: f64,
+    scratch: &mut Scratch,
+) -> Scored {
+    let t = filter.temperature;
+    let scale = |x: f32| if t > 0.0 { x / t } else { x };
+    if logits.is_empty() {
+        return Scored {
+            token: 0,
+            confidence: f32::NEG_INFINITY,
+        };
+    }
+    if filter.nucleus().is_none() && filter.top_k.is_none() {
+        return score_unfiltered(logits, scale, t > 0.0, kind, uniform);
+    }
+    let kept = filtered_candidates(logits, scale, filter, &mut scratch.candidates);
+    score_candidates(kept, t > 0.0, kind, uniform)
+}
+
+fn score_unfiltered(
+    logits: &[f32],
+    scale: impl Fn(f32) -> f32,
+    sample: bool,
+    kind: Confidence,
+    uniform: f64,
+) -> Scored {
+    // Pass 1: maximum (first index wins ties, as torch.max on CPU) and the runner-up value.
+    let (mut best, mut best_i, mut second) = (f32::NEG_INFINITY, 0usize, f32::NEG_INFINITY);
+    for (i, &l) in logits.iter().enumerate() {
+        let x = scale(l);
+        if x > best {
+            second = best;
+            best = x;
+            best_i = i;
+        } else if x > second {
+            second = x;
+        }
+    }
+    // Pass 2: the softmax denominator.
+    let sum: f64 = logits
+        .iter()
+        .map(|&l| f64::from((scale(l) - best).exp()))
+        .sum();
+    let inv = (1.0 / sum) as f32;
+    let token = if sample {
+        let target = uniform * sum;
+        let mut acc = 0f64;
+        let mut chosen = best_i;
+        for (i, &l) in logits.iter().enumerate() {
+            let e = f64::from((scale(l) - best).exp());
+            if e > 0.0 {
+                chosen = i;
+            }
+            acc += e;
+            if acc > target {
+                break;
+            }
+        }
+        chosen
+    } else {
+        best_i
+    };
+    let p = |x: f32| (x - best).exp() * inv;
+    let confidence = match kind {
+        Confidence::Probability => p(scale(logits[token])),
+        Confidence::Margin => p(best) - if second.is_finite() { p(second) } else { 0.0 },
+        Confidence::NegEntropy => {
+            let total: f64 = logits
+                .iter()
+                .map(|&l| {
+                    let q = p(scale(l));
+                    f64::from(q * (q + ENTROPY_EPS).ln())
+                })
+                .sum();
+            total as f32
+        }
+    };
+    Scored {
+        token: token as u32,
+        confidence,
+    }
+}
+
+/// The tokens that survive top-p then top-k, sorted by descending logit (lower id first on
+/// ties), as (scaled logit, id). Only a small candidate set is ever sorted: the threshold below
+/// the maximum is widened until the candidates hold more than `top_p` of the probability mass.
+fn filtered_candidates<'a>(
+    logits: &[f32],
+    scale: impl Fn(f32) -> f32 + Copy,
+    filter: &Filter,
+    out: &'a mut Vec<(f32, u32)>,
+) -> &'a [(f32, u32)] {
+    let max = logits
+        .iter()
+        .map(|&l| scale(l))
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .iter()
+        .map(|&l| f64::from((scale(l) - max).exp()))
+        .sum();
+    let top_p = filter.nucleus();
+    let needed_k = filter.top_k.unwrap_or(0);
+    let mut width = 4.0f32;
+    loop {
+        let floor = max - width;
+        out.clear();
+        out.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (scale(l), i as u32))
+                .filter(|&(x, _)| x >= floor || !floor.is_finite()),
+        );
+        let mass: f64 = out
+            .iter()
+            .map(|&(x, _)| f64::from((x - max).exp()))
+            .sum::<f64>()
+            / sum;
+        let enough_mass = top_p.is_none_or(|p| (mass as f32) > p);
+        let enough_count = top_p.is_some() || out.len() >= needed_k;
+        if (enough_mass && enough_count) || out.len() == logits.len() || !floor.is_finite() {
+            break;
+        }
+        width *= 2.0;
+        if width > 256.0 {
+            width = f32::INFINITY;
+        }
+    }
+    out.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut keep = out.len();
+    if let Some(p) = top_p {
+        // Dream removes sorted token j when the cumulative probability up to j-1 exceeds top_p.
+        let mut cumulative = 0f64;
+        for (j, &(x, _)) in out.iter().enumerate() {
+            if j > 0 && (cumulative as f32) > p {
+                keep = j;
+                break;
+            }
+            cumulative += f64::from((x - max).exp()) / sum;
+        }
+    }
+    if let Some(k) = filter.top_k {
+        if k > 0 && k < keep {
+            let kth = out[k - 1].0;
+            keep = out[..keep].iter().take_while(|&&(x, _)| x >= kth).count();
+        }
+    }
+    &out[..keep]
+}
+
+fn score_candidates(kept: &[(f32, u32)], sample: bool, kind: Confidence, uniform: f64) -> Scored {
+    let max = kept[0].0;
+    let sum: f64 = kept.iter().map(|&(x, _)| f64::from((x - max).exp())).sum();
+    let inv = (1.0 / sum) as f32;
+    let p = |x: f32| (x - max).exp() * inv;
+    let chosen = if sample {
+        let target = uniform * sum;
+        let mut acc = 0f64;
+        let mut chosen = 0;
+        for (j, &(x, _)) in kept.iter().enumerate() {
+            chosen = j;
+            acc += f64::from((x - max).exp());
+            if acc > target {
+                break;
+            }
+        }
+        chosen
+    } else {
+        0
+    };
+    let confidence = match kind {
+        Confidence::Probability => p(kept[chosen].0),
+        Confidence::Margin => p(kept[0].0) - kept.get(1).map_or(0.0, |&(x, _)| p(x)),
+        Confidence::NegEntropy => kept
+            .iter()
+            .map(|&(x, _)| {
+                let q = p(x);
+                f64::from(q * (q + ENTROPY_EPS).ln())
+            })
+            .sum::<f64>() as f32,
+    };
+    Scored {
+        token: kept[chosen].1,
+        confidence,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Straightforward reference: materialise everything, as PyTorch does.
+    fn reference(logits: &[f32], f: &Filter) -> Vec<f64> {
+        let mut x: Vec<f64> = logits
+            .iter()
+            .map(|&l| {
+                f64::from(if f.temperature > 0.0 {
+                    l / f.temperature
+                } else {
+                    l
+                })
+            })
+            .collect();
+        let softmax = |x: &[f64]| {
+            let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = x.iter().map(|v| (v - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / s).collect::<Vec<_>>()
+        };
+        if let Some(p) = f.top_p.filter(|&p| p < 1.0) {
+            let probs = softmax(&x);
+            let mut order: Vec<usize> = (0..x.len()).collect();
+            order.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
+            let mut cum = 0.0;
+            let mut remove = vec![false; x.len()];
+            for (j, &i) in order.iter().enumerate() {
+                if j > 0 && cum > f64::from(p) {
+                    remove[i] = true;
+                }
+                cum += probs[i];
+            }
+            for (v, r) in x.iter_mut().zip(remove) {
+                if r {
+                    *v = f64::NEG_INFINITY;
+                }
+            }
+        }
+        if let Some(k) = f.top_k {
+            let mut sorted = x.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let kth = sorted[k.min(sorted.len()) - 1];
+            for v in x.iter_mut() {
+                if *v < kth {
+                    *v = f64::NEG_INFINITY;
+                }
+            }
+        }
+        softmax(&x)
+    }
+
+    fn row(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 12.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn greedy_confidences_match_the_materialised_softmax() {
+        let mut scratch = Scratch::default();
+        for seed in 0..20 {
+            let logits = row(1000, seed);
+            for filter in [
+                Filter::GREEDY,
+                Filter {
+                    temperature: 0.0,
+                    top_p: Some(0.9),
+                    top_k: None,
+                },
+                Filter {
+                    temperature: 0.0,
+                    top_p: Some(0.5),
+                    top_k: Some(7),
+                },
+                Filter {
+                    temperature: 0.0,
+                    top_p: None,
+                    top_k: Some(3),
+                },
+            ] {
+                let probs = reference(&logits, &filter);
+                let argmax =
+                    (0..probs.len()).fold(0, |b, i| if probs[i] > probs[b] { i } else { b });
+                let mut sorted = probs.clone();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                let entropy: f64 = probs.iter().map(|&p| p * (p + 1e-10).ln()).sum();
+                let want = [
+                    (Confidence::Probability, probs[argmax]),
+                    (Confidence::Margin, sorted[0] - sorted[1]),
+                    (Confidence::NegEntropy, entropy),
+                ];
+                for (kind, expected) in want {
+                    let s = score_row(&logits, &filter, kind, 0.0, &mut scratch);
+                    assert_eq!(s.token as usize, argmax, "{filter:?}");
+                    assert!(
+                        (f64::from(s.confidence) - expected).abs() < 1e-5,
+                        "{kind:?} {filter:?}: {} vs {expected}",
+                        s.confidence
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sampling_follows_the_filtered_distribution() {
+        let logits = row(50, 3);
+        let filter = Filter {
+            temperature: 0.7,
+            top_p: Some(0.8),
+            top_k: Some(20),
+        };
+        let probs = reference(&logits, &filter);
+        let mut counts = vec![0usize; logits.len()];
+        let mut scratch = Scratch::default();
+        let n = 20000;
+        for i in 0..n {
+            let u = (i as f64 + 0.5) / n as f64;
+            counts[score_row(&logits, &filter, Confidence::Probability, u, &mut scratch).token
+                as usize] += 1;
+        }
+        for (c, p) in counts.iter().zip(&probs) {
+            assert!((*c as f64 / n as f64 - p).abs() < 2e-3, "{c} vs {p}");
+            if *p == 0.0 {
+                assert_eq!(*c, 0);
+            }
+        }
+    }
+}

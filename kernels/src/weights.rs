@@ -1,0 +1,141 @@
+//! Model weights for the CPU backend, zero-copy: every tensor of a GGUF file becomes a ggml
+//! tensor whose data points into the file's read-only memory map, as llama.cpp does with mmap.
+//! Loading costs no copy and no allocation; pages are read from disk when first touched, and
+//! the resident set stays close to the file size.
+
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::{Error, Result};
+use llama_cpp_sys_2 as sys;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+/// All tensors of a GGUF file, bound to its memory map.
+pub struct Weights {
+    file: Arc<GgufFile>,
+    ctx: NonNull<sys::ggml_context>,
+    buffer: NonNull<sys::ggml_backend_buffer>,
+    by_name: HashMap<String, NonNull<sys::ggml_tensor>>,
+}
+
+// SAFETY: after construction the tensors are never mutated; ggml only reads weight data, so
+// sharing them between threads (several graphs computing at once) is sound.
+unsafe impl Send for Weights {}
+unsafe impl Sync for Weights {}
+
+/// A borrowed weight tensor, usable in a [`Graph`](crate::graph::Graph).
+#[derive(Clone, Copy)]
+pub struct WeightRef<'a> {
+    raw: NonNull<sys::ggml_tensor>,
+    _weights: PhantomData<&'a Weights>,
+}
+
+impl WeightRef<'_> {
+    pub(crate) fn raw(&self) -> NonNull<sys::ggml_tensor> {
+        self.raw
+    }
+}
+
+impl Weights {
+    /// Binds every tensor of `file` to its bytes in the memory map.
+    pub fn map_cpu(file: Arc<GgufFile>) -> Result<Self> {
+        let n = file.tensors().len();
+        // SAFETY: size query.
+        let mem_size = unsafe { sys::ggml_tensor_overhead() } * (n + 1);
+        let params = sys::ggml_init_params {
+            mem_size,
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc: true,
+        };
+        // SAFETY: valid parameters; NULL is handled.
+        let ctx = NonNull::new(unsafe { sys::ggml_init(params) })
+            .ok_or_else(|| Error::Ggml("ggml_init failed".into()))?;
+        let bytes = file.mapped_bytes();
+        // SAFETY: the mapping is page aligned (>= ggml's 32-byte tensor alignment) and lives as
+        // long as `file`, which we keep. ggml never writes to weight tensors, so handing it the
+        // read-only mapping as a "host buffer" is sound; the buffer only wraps, never frees it.
+        let buffer = NonNull::new(unsafe {
+            sys::ggml_backend_cpu_buffer_from_ptr(
+                bytes.as_ptr() as *mut std::ffi::c_void,
+                bytes.len(),
+            )
+        });
+        let Some(buffer) = buffer else {
+            // SAFETY: freeing the context we just created.
+            unsafe { sys::ggml_free(ctx.as_ptr()) };
+            return Err(Error::Ggml(
+                "cannot wrap the mapped file in a CPU buffer".into(),
+            ));
+        };
+        let mut weights = Weights {
+            file: file.clone(),
+            ctx,
+            buffer,
+            by_name: HashMap::with_capacity(n),
+        };
+        for info in file.tensors() {
+            let tensor = weights.bind(info)?;
+            weights.by_name.insert(info.name.clone(), tensor);
+        }
+        Ok(weights)
+    }
+
+    fn bind(&self, info: &TensorInfo) -> Result<NonNull<sys::ggml_tensor>> {
+        let mut ne = [1i64; 4];
+        for (d, &v) in ne.iter_mut().zip(&info.shape) {
+            *d = v as i64;
+        }
+        // SAFETY: the shape was validated by the GGUF reader (1..=4 positive dims, whole blocks,
+        // no overflow) and the type id is one ggml knows; the context has room for every tensor.
+        let t = NonNull::new(unsafe {
+            sys::ggml_new_tensor(
+                self.ctx.as_ptr(),
+                info.ty.id(),
+                info.shape.len() as i32,
+                ne.as_ptr(),
+            )
+        })
+        .ok_or_else(|| Error::Ggml(format!("cannot describe tensor {}", info.name)))?;
+        let offset = (self.file.data_offset() + info.offset) as usize;
+        // SAFETY: the reader checked offset + size against the file length, so the tensor's
+        // bytes lie inside the buffer; ggml_nbytes equals info.size for the validated shape.
+        let status = unsafe {
+            let base = self.file.mapped_bytes().as_ptr() as *mut u8;
+            sys::ggml_backend_tensor_alloc(
+                self.buffer.as_ptr(),
+                t.as_ptr(),
+                base.add(offset).cast(),
+            )
+        };
+        if status != sys::GGML_STATUS_SUCCESS {
+            return Err(Error::Ggml(format!(
+                "cannot bind tensor {} to the mapping",
+                info.name
+            )));
+        }
+        Ok(t)
+    }
+
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    /// The tensor called `name`, if the file has it.
+    pub fn get(&self, name: &str) -> Option<WeightRef<'_>> {
+        self.by_name.get(name).map(|&raw| WeightRef {
+            raw,
+            _weights: PhantomData,
+        })
+    }
+}
+
+impl Drop for Weights {
+    fn drop(&mut self) {
+        // SAFETY: buffer (a wrapper that does not own the mapping) and context are ours.
+        unsafe {
+            sys::ggml_backend_buffer_free(self.buffer.as_ptr());
+            sys::ggml_free(self.ctx.as_ptr());
+        }
+    }
+}
