@@ -3,15 +3,15 @@
 //! A [`Graph`] owns a ggml context of tensor descriptions, the compute graph over them and the
 //! memory the graph allocator (`ggml_gallocr`) assigns to inputs and intermediates, reusing
 //! buffers between operations. Tensors are addressed by [`TensorId`] handles; weights come from
-//! [`Weights`](crate::weights::Weights), which the graph borrows for its lifetime. Every operation
+//! [`Weights`], which the graph keeps alive by holding an `Arc`. Every operation
 //! checks the shape rules ggml would otherwise enforce with an abort. Build once, then set inputs
 //! and [`compute`](Graph::compute) as often as needed: nothing is allocated per computation.
 
-use crate::weights::{WeightRef, Weights};
+use crate::weights::Weights;
 use crate::{Error, GgmlType, Result};
 use llama_cpp_sys_2 as sys;
-use std::marker::PhantomData;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 /// ggml's GGML_ROPE_TYPE_NEOX: rotate the two halves of each head against each other.
 const ROPE_TYPE_NEOX: i32 = 2;
@@ -74,20 +74,20 @@ pub fn cpu_features() -> Vec<&'static str> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TensorId(usize);
 
-pub struct Graph<'w> {
+pub struct Graph {
     ctx: NonNull<sys::ggml_context>,
     graph: Option<NonNull<sys::ggml_cgraph>>,
     galloc: Option<NonNull<sys::ggml_gallocr>>,
     tensors: Vec<NonNull<sys::ggml_tensor>>,
     capacity: usize,
-    _weights: PhantomData<&'w Weights>,
+    weights: Vec<Arc<Weights>>,
 }
 
 // SAFETY: the context, graph and allocator are owned exclusively by this value; ggml has no
 // thread affinity for them; borrowed weights are immutable.
-unsafe impl Send for Graph<'_> {}
+unsafe impl Send for Graph {}
 
-impl<'w> Graph<'w> {
+impl Graph {
     /// A graph with room for `max_tensors` tensor descriptions (inputs, views and results).
     pub fn new(max_tensors: usize) -> Result<Self> {
         // SAFETY: size queries without side effects.
@@ -110,7 +110,7 @@ impl<'w> Graph<'w> {
             galloc: None,
             tensors: Vec::new(),
             capacity: max_tensors,
-            _weights: PhantomData,
+            weights: Vec::new(),
         })
     }
 
@@ -175,10 +175,19 @@ impl<'w> Graph<'w> {
         self.push(raw)
     }
 
-    /// Makes a weight usable in this graph (the graph borrows the weights).
-    pub fn weight(&mut self, weight: WeightRef<'w>) -> TensorId {
-        self.tensors.push(weight.raw());
-        TensorId(self.tensors.len() - 1)
+    /// Makes the weight `name` of `weights` usable in this graph, which keeps the weights alive.
+    pub fn weight(&mut self, weights: &Arc<Weights>, name: &str) -> Result<TensorId> {
+        if self.graph.is_some() {
+            return Err(Error::Ggml("graph is already allocated".into()));
+        }
+        let raw = weights
+            .raw(name)
+            .ok_or_else(|| Error::Ggml(format!("weight `{name}` is not in the model file")))?;
+        if !self.weights.iter().any(|w| Arc::ptr_eq(w, weights)) {
+            self.weights.push(weights.clone());
+        }
+        self.tensors.push(raw);
+        Ok(TensorId(self.tensors.len() - 1))
     }
 
     /// Rows of `a` picked by the i32 indices in `ids`: [n0, n1] x [n] -> [n0, n].
@@ -469,7 +478,7 @@ impl<'w> Graph<'w> {
     }
 }
 
-impl Drop for Graph<'_> {
+impl Drop for Graph {
     fn drop(&mut self) {
         // SAFETY: allocator and context are owned by us and freed exactly once.
         unsafe {

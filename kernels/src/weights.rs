@@ -7,7 +7,6 @@ use crate::gguf::{GgufFile, TensorInfo};
 use crate::{Error, Result};
 use llama_cpp_sys_2 as sys;
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -23,19 +22,6 @@ pub struct Weights {
 // sharing them between threads (several graphs computing at once) is sound.
 unsafe impl Send for Weights {}
 unsafe impl Sync for Weights {}
-
-/// A borrowed weight tensor, usable in a [`Graph`](crate::graph::Graph).
-#[derive(Clone, Copy)]
-pub struct WeightRef<'a> {
-    raw: NonNull<sys::ggml_tensor>,
-    _weights: PhantomData<&'a Weights>,
-}
-
-impl WeightRef<'_> {
-    pub(crate) fn raw(&self) -> NonNull<sys::ggml_tensor> {
-        self.raw
-    }
-}
 
 impl Weights {
     /// Binds every tensor of `file` to its bytes in the memory map.
@@ -121,12 +107,13 @@ impl Weights {
         &self.file
     }
 
-    /// The tensor called `name`, if the file has it.
-    pub fn get(&self, name: &str) -> Option<WeightRef<'_>> {
-        self.by_name.get(name).map(|&raw| WeightRef {
-            raw,
-            _weights: PhantomData,
-        })
+    /// Whether the file has a tensor called `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    pub(crate) fn raw(&self, name: &str) -> Option<NonNull<sys::ggml_tensor>> {
+        self.by_name.get(name).copied()
     }
 }
 

@@ -1,0 +1,44 @@
+//! The Instruct prompt format (MODEL.md §5) and the post-processing of an answer.
+
+use crate::model::Model;
+use crate::{Error, Result};
+
+/// ChatML with Dream's default system prompt. Note the newline before `<|im_end|>` after the
+/// query: DiffuCoder's template puts it there.
+pub fn instruct_prompt(query: &str) -> String {
+    format!(
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{query}\n<|im_end|>\n<|im_start|>assistant\n"
+    )
+}
+
+/// Whether the model's tokenizer knows the chat markers (so `--chat` defaults on).
+pub fn supports_chat(model: &Model) -> bool {
+    model.special.im_start.is_some() && model.special.im_end.is_some()
+}
+
+/// Token ids of `text` (no BOS: Dream prepends none); special tokens in the text are recognised.
+pub fn encode(model: &Model, text: &str) -> Result<Vec<u32>> {
+    let encoding = model
+        .tokenizer
+        .encode(text, false)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    Ok(encoding.get_ids().to_vec())
+}
+
+/// The answer in `generated`: cut at the first `<|dlm_pad|>`, `<|im_end|>` or `<|endoftext|>`.
+pub fn answer_ids<'a>(model: &Model, generated: &'a [u32]) -> &'a [u32] {
+    let stops = model.special.stops();
+    let end = generated
+        .iter()
+        .position(|t| stops.contains(t))
+        .unwrap_or(generated.len());
+    &generated[..end]
+}
+
+/// Decodes the answer (special tokens left out).
+pub fn answer_text(model: &Model, generated: &[u32]) -> Result<String> {
+    model
+        .tokenizer
+        .decode(answer_ids(model, generated), true)
+        .map_err(|e| Error::Tokenizer(e.to_string()))
+}

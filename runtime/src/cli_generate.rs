@@ -1,0 +1,193 @@
+//! `unmask generate`.
+
+use anyhow::{bail, Context, Result};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use unmask_runtime::chat::{answer_text, encode, instruct_prompt, supports_chat};
+use unmask_runtime::order::{global_ar_ness, local_ar_ness};
+use unmask_runtime::{Algorithm, Control, GenerateParams, Generator, Model, StepEvent};
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// The model (GGUF made by unmask-quantize or llama.cpp's converter).
+    #[arg(short, long)]
+    model: PathBuf,
+    /// The prompt (with --chat, the user's message).
+    #[arg(short, long, conflicts_with_all = ["file", "prompt_ids"])]
+    prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(short, long, conflicts_with = "prompt_ids")]
+    file: Option<PathBuf>,
+    /// The prompt as comma-separated token ids, used as is (no chat template).
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    /// Length of the canvas to fill (the answer is cut at the first end token).
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Denoising steps (at most max-new-tokens; fewer steps commit several tokens per step).
+    #[arg(long, default_value_t = 256)]
+    steps: usize,
+    /// Which positions to commit: origin, maskgit_plus, topk_margin or entropy.
+    #[arg(long, default_value = "entropy")]
+    alg: Algorithm,
+    /// Sampling temperature; 0 takes the most likely token.
+    #[arg(long, default_value_t = 0.4)]
+    temperature: f32,
+    /// Nucleus filter (1 disables it).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Keep only the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Temperature of the choice of positions (0: the most confident ones).
+    #[arg(long, default_value_t = 0.0)]
+    alg_temp: f32,
+    /// Final time of the schedule linspace(1, eps, steps + 1).
+    #[arg(long, default_value_t = 1e-3)]
+    eps: f32,
+    /// Denoise in blocks of this many tokens, left to right (semi-autoregressive).
+    #[arg(long)]
+    block_length: Option<usize>,
+    /// Seed of unmask's own random generator (PyTorch's stream cannot be reproduced).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Threads for the forward pass and the scoring.
+    #[arg(short, long, default_value_t = default_threads())]
+    threads: usize,
+    /// Use the prompt as is, without the Instruct chat template (on by default when the model's
+    /// tokenizer has <|im_start|>).
+    #[arg(long)]
+    no_chat: bool,
+    /// Show the canvas filling in, live, on the terminal.
+    #[arg(long)]
+    visual: bool,
+    /// Report the decoding order's AR-ness (MODEL.md §6).
+    #[arg(long)]
+    order: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get())
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let model = Arc::new(
+        Model::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?,
+    );
+    let prompt_ids = match (&args.prompt_ids, &args.prompt, &args.file) {
+        (Some(ids), _, _) => ids.clone(),
+        (None, Some(text), _) => prompt_tokens(&model, text, args.no_chat)?,
+        (None, None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            prompt_tokens(&model, &text, args.no_chat)?
+        }
+        (None, None, None) => bail!("give a prompt with -p TEXT, -f FILE or --prompt-ids"),
+    };
+    let params = GenerateParams {
+        max_new_tokens: args.max_new_tokens,
+        steps: args.steps,
+        alg: args.alg,
+        temperature: args.temperature,
+        top_p: Some(args.top_p).filter(|&p| p < 1.0),
+        top_k: args.top_k,
+        alg_temp: args.alg_temp,
+        eps: args.eps,
+        block_length: args.block_length,
+        seed: args.seed,
+    };
+    let mut generator = Generator::new(model.clone(), args.threads)?;
+    let visual = args.visual && std::io::stderr().is_terminal();
+    let mut on_step = |event: &StepEvent| {
+        if visual {
+            draw_canvas(&model, event);
+        }
+        Control::Continue
+    };
+    let result = generator.generate(&prompt_ids, &params, &mut on_step)?;
+    let text = answer_text(&model, &result.tokens)?;
+    let order: Vec<usize> = result.commits.iter().flatten().copied().collect();
+    let tokens_per_second = result.tokens.len() as f64 / result.seconds.max(1e-9);
+    if args.json {
+        let mut json = serde_json::json!({
+            "prompt_tokens": prompt_ids.len(),
+            "tokens": result.tokens,
+            "text": text,
+            "steps": result.steps,
+            "forward_passes": result.forward_passes,
+            "seconds": result.seconds,
+            "tokens_per_second": tokens_per_second,
+            "commits": result.commits,
+        });
+        if args.order {
+            json["ar_ness"] = ar_ness_json(&order);
+        }
+        println!("{json}");
+    } else {
+        println!("{text}");
+        eprintln!(
+            "{} tokens, {} steps ({} forward passes) in {:.2} s: {:.1} tokens/s",
+            result.tokens.len(),
+            result.steps,
+            result.forward_passes,
+            result.seconds,
+            tokens_per_second
+        );
+        if args.order {
+            eprintln!("decoding order: {}", ar_ness_json(&order));
+        }
+    }
+    Ok(())
+}
+
+fn ar_ness_json(order: &[usize]) -> serde_json::Value {
+    serde_json::json!({
+        "local_1": local_ar_ness(order, 1),
+        "local_2": local_ar_ness(order, 2),
+        "global_1": global_ar_ness(order, 1),
+        "global_2": global_ar_ness(order, 2),
+    })
+}
+
+fn prompt_tokens(model: &Model, text: &str, no_chat: bool) -> Result<Vec<u32>> {
+    let text = if !no_chat && supports_chat(model) {
+        instruct_prompt(text)
+    } else {
+        text.to_string()
+    };
+    Ok(encode(model, &text)?)
+}
+
+/// Redraws the generated part of the canvas: committed text, masks as `░`.
+fn draw_canvas(model: &Model, event: &StepEvent) {
+    let mask = model.special.mask;
+    let mut shown = String::new();
+    let mut run: Vec<u32> = Vec::new();
+    let flush = |run: &mut Vec<u32>, shown: &mut String| {
+        if !run.is_empty() {
+            shown.push_str(&model.tokenizer.decode(run, false).unwrap_or_default());
+            run.clear();
+        }
+    };
+    for &t in &event.canvas[event.prompt_len..] {
+        if t == mask {
+            flush(&mut run, &mut shown);
+            shown.push('░');
+        } else {
+            run.push(t);
+        }
+    }
+    flush(&mut run, &mut shown);
+    let mut err = std::io::stderr().lock();
+    let _ = write!(
+        err,
+        "\x1b[2J\x1b[H step {}/{}\n{shown}\n",
+        event.step + 1,
+        event.total_steps
+    );
+    let _ = err.flush();
+}

@@ -1,0 +1,518 @@
+//! The denoising loop of MODEL.md §4: a fixed canvas of prompt + masks; at each step the masked
+//! positions are scored from the shifted logits and the most confident ones (or, for `origin`,
+//! random ones) are committed, never to be re-masked. Block-wise scheduling denoises the canvas
+//! in blocks, left to right.
+
+use crate::forward::Forward;
+use crate::model::Model;
+use crate::rng::Rng;
+use crate::schedule::{reveal_probability, timesteps, transfer_count};
+use crate::{Error, Result};
+use rayon::prelude::*;
+use std::sync::Arc;
+use std::time::Instant;
+use unmask_kernels::graph::CpuBackend;
+use unmask_kernels::score::{score_row, Confidence, Filter, Scored, Scratch};
+
+/// How positions are chosen for commitment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Each masked position is revealed with probability `1 - s/t` (random order).
+    Origin,
+    /// Confidence = probability of the predicted token.
+    MaskgitPlus,
+    /// Confidence = top-1 minus top-2 probability.
+    TopkMargin,
+    /// Confidence = negative entropy of the predictive distribution.
+    Entropy,
+}
+
+impl std::str::FromStr for Algorithm {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "origin" => Ok(Algorithm::Origin),
+            "maskgit_plus" => Ok(Algorithm::MaskgitPlus),
+            "topk_margin" => Ok(Algorithm::TopkMargin),
+            "entropy" => Ok(Algorithm::Entropy),
+            other => Err(Error::Params(format!(
+                "unknown algorithm `{other}` (origin, maskgit_plus, topk_margin, entropy)"
+            ))),
+        }
+    }
+}
+
+impl Algorithm {
+    fn confidence(self) -> Confidence {
+        match self {
+            Algorithm::TopkMargin => Confidence::Margin,
+            Algorithm::Entropy => Confidence::NegEntropy,
+            Algorithm::Origin | Algorithm::MaskgitPlus => Confidence::Probability,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateParams {
+    pub max_new_tokens: usize,
+    pub steps: usize,
+    pub alg: Algorithm,
+    pub temperature: f32,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    /// Temperature of the softmax over confidences when choosing positions; 0 = top-k.
+    pub alg_temp: f32,
+    pub eps: f32,
+    /// Block-wise (semi-autoregressive) schedule: blocks of this many new tokens.
+    pub block_length: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for GenerateParams {
+    /// DiffuCoder-Instruct's recommended settings (MODEL.md §4).
+    fn default() -> Self {
+        GenerateParams {
+            max_new_tokens: 256,
+            steps: 256,
+            alg: Algorithm::Entropy,
+            temperature: 0.4,
+            top_p: Some(0.95),
+            top_k: None,
+            alg_temp: 0.0,
+            eps: 1e-3,
+            block_length: None,
+            seed: 0,
+        }
+    }
+}
+
+impl GenerateParams {
+    /// Rejects settings the algorithm cannot honour, with a message naming the parameter.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Params(m));
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens must be at least 1".into());
+        }
+        if self.steps == 0 {
+            return bad("steps must be at least 1".into());
+        }
+        if self.steps > self.max_new_tokens {
+            return bad(format!(
+                "steps ({}) cannot exceed the number of new tokens ({}): a step would commit nothing",
+                self.steps, self.max_new_tokens
+            ));
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(format!("temperature {} must be >= 0", self.temperature));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return bad(format!("top_p {p} must be in (0, 1]"));
+            }
+        }
+        if self.top_k == Some(0) {
+            return bad("top_k must be at least 1".into());
+        }
+        if !(self.alg_temp.is_finite() && self.alg_temp >= 0.0) {
+            return bad(format!("alg_temp {} must be >= 0", self.alg_temp));
+        }
+        if !(self.eps > 0.0 && self.eps < 1.0) {
+            return bad(format!("eps {} must be in (0, 1)", self.eps));
+        }
+        if let Some(b) = self.block_length {
+            if b == 0 || !self.max_new_tokens.is_multiple_of(b) {
+                return bad(format!(
+                    "block_length {b} must divide max_new_tokens {}",
+                    self.max_new_tokens
+                ));
+            }
+            let blocks = self.max_new_tokens / b;
+            if !self.steps.is_multiple_of(blocks) {
+                return bad(format!(
+                    "steps {} must be a multiple of the number of blocks ({blocks})",
+                    self.steps
+                ));
+            }
+            if self.steps / blocks > b {
+                return bad(format!(
+                    "{} steps per block exceed the block length {b}",
+                    self.steps / blocks
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn filter(&self) -> Filter {
+        Filter {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+        }
+    }
+}
+
+/// What the step callback sees.
+pub struct StepEvent<'a> {
+    /// Step index over the whole run (blocks included), from 0.
+    pub step: usize,
+    pub total_steps: usize,
+    /// (position, token) committed in this step, by increasing position.
+    pub committed: &'a [(usize, u32)],
+    /// The whole canvas after this step (prompt included).
+    pub canvas: &'a [u32],
+    pub prompt_len: usize,
+}
+
+/// The callback's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Cancel,
+}
+
+/// The outcome of a generation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    /// The generated ids (the canvas after the prompt), before any post-processing.
+    pub tokens: Vec<u32>,
+    pub canvas: Vec<u32>,
+    pub prompt_len: usize,
+    /// Steps completed (equal to the requested steps unless cancelled).
+    pub steps: usize,
+    /// Forward passes run; steps that provably commit nothing skip theirs.
+    pub forward_passes: usize,
+    /// Positions committed at each step.
+    pub commits: Vec<Vec<usize>>,
+    pub cancelled: bool,
+    pub seconds: f64,
+}
+
+/// Generation state for one model: the CPU backend, worker threads and the graphs for the last
+/// canvas length, reused across steps and across calls.
+pub struct Generator {
+    model: Arc<Model>,
+    backend: CpuBackend,
+    pool: rayon::ThreadPool,
+    forward: Option<Forward>,
+}
+
+impl Generator {
+    pub fn new(model: Arc<Model>, threads: usize) -> Result<Self> {
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::Model(format!("cannot start {threads} worker threads: {e}")))?;
+        Ok(Generator {
+            model,
+            backend: CpuBackend::new(threads)?,
+            pool,
+            forward: None,
+        })
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The graphs for a canvas of `len` tokens (built on first use, then reused).
+    pub fn forward_for(&mut self, len: usize) -> Result<&mut Forward> {
+        if self.forward.as_ref().is_none_or(|f| f.len != len) {
+            self.forward = None; // free the old graphs before building new ones
+            self.forward = Some(Forward::new(&self.model, len, &self.backend)?);
+        }
+        Ok(self.forward.as_mut().expect("just built"))
+    }
+
+    /// Logits of every position of `tokens` (unshifted, row-major): the raw forward pass.
+    pub fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check_tokens(tokens)?;
+        let len = tokens.len();
+        if len == 0 || len > self.model.context_length() {
+            return Err(Error::ContextOverflow {
+                prompt: len,
+                new: 0,
+                context: self.model.context_length(),
+            });
+        }
+        self.forward_for(len)?;
+        let Generator {
+            forward, backend, ..
+        } = self;
+        forward
+            .as_mut()
+            .expect("built above")
+            .all_logits(tokens, backend)
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        match tokens.iter().find(|&&t| t as usize >= self.model.n_vocab) {
+            Some(&t) => Err(Error::BadToken(t)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the denoising loop for `prompt`, calling `on_step` after every step.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_step: &mut dyn FnMut(&StepEvent) -> Control,
+    ) -> Result<Generation> {
+        params.validate()?;
+        self.check_tokens(prompt)?;
+        if prompt.is_empty() {
+            return Err(Error::Params(
+                "the prompt must hold at least one token".into(),
+            ));
+        }
+        let context = self.model.context_length();
+        if prompt.len() + params.max_new_tokens > context {
+            return Err(Error::ContextOverflow {
+                prompt: prompt.len(),
+                new: params.max_new_tokens,
+                context,
+            });
+        }
+        let start = Instant::now();
+        let mask = self.model.special.mask;
+        let n_vocab = self.model.n_vocab;
+        let mut canvas: Vec<u32> = prompt.to_vec();
+        canvas.resize(prompt.len() + params.max_new_tokens, mask);
+        let len = canvas.len();
+        self.forward_for(len)?;
+        let Generator {
+            forward,
+            backend,
+            pool,
+            ..
+        } = self;
+        let forward = forward.as_mut().expect("built above");
+
+        let block = params.block_length.unwrap_or(params.max_new_tokens);
+        let n_blocks = params.max_new_tokens / block;
+        let steps_per_block = params.steps / n_blocks;
+        let ts = timesteps(steps_per_block, params.eps);
+        let filter = params.filter();
+        let kind = params.alg.confidence();
+        let mut rng = Rng::new(params.seed);
+        let mut out = Generation {
+            tokens: Vec::new(),
+            canvas: Vec::new(),
+            prompt_len: prompt.len(),
+            steps: 0,
+            forward_passes: 0,
+            commits: Vec::new(),
+            cancelled: false,
+            seconds: 0.0,
+        };
+        'blocks: for b in 0..n_blocks {
+            let lo = prompt.len() + b * block;
+            let hi = lo + block;
+            for i in 0..steps_per_block {
+                let masked: Vec<usize> = (lo..hi).filter(|&p| canvas[p] == mask).collect();
+                // Positions whose predictions this step can use: all masked ones, or for `origin`
+                // those that win their reveal draw.
+                let (candidates, k) = if params.alg == Algorithm::Origin {
+                    let p = reveal_probability(i, steps_per_block, &ts);
+                    let chosen: Vec<usize> = masked
+                        .iter()
+                        .copied()
+                        .filter(|_| rng.uniform() < f64::from(p))
+                        .collect();
+                    let n = chosen.len();
+                    (chosen, n)
+                } else {
+                    let k = transfer_count(masked.len(), i, steps_per_block, &ts);
+                    (masked, k)
+                };
+                let mut committed: Vec<(usize, u32)> = Vec::new();
+                if k > 0 && !candidates.is_empty() {
+                    forward.run_body(&canvas, backend)?;
+                    out.forward_passes += 1;
+                    let uniforms: Vec<f64> = candidates.iter().map(|_| rng.uniform()).collect();
+                    // The logits shift: position p is predicted by the hidden state at p - 1.
+                    let rows: Vec<usize> = candidates.iter().map(|&p| p - 1).collect();
+                    let mut scored: Vec<Scored> = Vec::with_capacity(rows.len());
+                    forward.logits_rows(&rows, backend, |first, logits| {
+                        let chunk: Vec<Scored> = pool.install(|| {
+                            logits
+                                .par_chunks(n_vocab)
+                                .enumerate()
+                                .map_init(Scratch::default, |scratch, (j, row)| {
+                                    score_row(row, &filter, kind, uniforms[first + j], scratch)
+                                })
+                                .collect()
+                        });
+                        scored.extend(chunk);
+                        Ok(())
+                    })?;
+                    let chosen = if params.alg == Algorithm::Origin {
+                        (0..candidates.len()).collect()
+                    } else {
+                        choose_positions(&scored, k, params.alg_temp, &mut rng)
+                    };
+                    for j in chosen {
+                        canvas[candidates[j]] = scored[j].token;
+                        committed.push((candidates[j], scored[j].token));
+                    }
+                    committed.sort_unstable();
+                }
+                out.steps += 1;
+                out.commits
+                    .push(committed.iter().map(|&(p, _)| p).collect());
+                let event = StepEvent {
+                    step: b * steps_per_block + i,
+                    total_steps: params.steps,
+                    committed: &committed,
+                    canvas: &canvas,
+                    prompt_len: prompt.len(),
+                };
+                if on_step(&event) == Control::Cancel {
+                    out.cancelled = true;
+                    break 'blocks;
+                }
+            }
+        }
+        out.tokens = canvas[prompt.len()..].to_vec();
+        out.canvas = canvas;
+        out.seconds = start.elapsed().as_secs_f64();
+        Ok(out)
+    }
+}
+
+/// Indices (into `scored`) of the `k` positions to commit: the most confident, ties broken by the
+/// lower position (candidates are in increasing position order), or with `alg_temp > 0` a draw of
+/// `k` without replacement from softmax(confidence / alg_temp).
+fn choose_positions(scored: &[Scored], k: usize, alg_temp: f32, rng: &mut Rng) -> Vec<usize> {
+    let k = k.min(scored.len());
+    if alg_temp == 0.0 {
+        let mut order: Vec<usize> = (0..scored.len()).collect();
+        order.sort_by(|&a, &b| {
+            scored[b]
+                .confidence
+                .total_cmp(&scored[a].confidence)
+                .then(a.cmp(&b))
+        });
+        order.truncate(k);
+        return order;
+    }
+    let scaled: Vec<f64> = scored
+        .iter()
+        .map(|s| f64::from(s.confidence / alg_temp))
+        .collect();
+    let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut weights: Vec<f64> = scaled.iter().map(|&x| (x - max).exp()).collect();
+    let mut chosen = Vec::with_capacity(k);
+    for _ in 0..k {
+        let total: f64 = weights.iter().sum();
+        let target = rng.uniform() * total;
+        let mut acc = 0.0;
+        let mut pick = weights.iter().rposition(|&w| w > 0.0).unwrap_or(0);
+        for (j, &w) in weights.iter().enumerate() {
+            acc += w;
+            if w > 0.0 && acc > target {
+                pick = j;
+                break;
+            }
+        }
+        chosen.push(pick);
+        weights[pick] = 0.0;
+    }
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(conf: &[f32]) -> Vec<Scored> {
+        conf.iter()
+            .map(|&c| Scored {
+                token: 0,
+                confidence: c,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn top_k_breaks_ties_by_lower_position() {
+        let s = scored(&[0.5, 0.9, 0.9, 0.1, 0.9]);
+        let mut rng = Rng::new(0);
+        assert_eq!(choose_positions(&s, 2, 0.0, &mut rng), vec![1, 2]);
+        assert_eq!(choose_positions(&s, 4, 0.0, &mut rng), vec![1, 2, 4, 0]);
+    }
+
+    #[test]
+    fn alg_temp_draws_distinct_positions() {
+        let s = scored(&[0.5, 0.9, 0.9, 0.1, 0.9]);
+        let mut rng = Rng::new(1);
+        for _ in 0..100 {
+            let mut c = choose_positions(&s, 3, 0.5, &mut rng);
+            c.sort();
+            c.dedup();
+            assert_eq!(c.len(), 3);
+        }
+    }
+
+    #[test]
+    fn parameter_errors_name_the_parameter() {
+        let ok = GenerateParams {
+            max_new_tokens: 8,
+            steps: 4,
+            ..Default::default()
+        };
+        assert!(ok.validate().is_ok());
+        let cases = [
+            (
+                GenerateParams {
+                    steps: 0,
+                    ..ok.clone()
+                },
+                "steps",
+            ),
+            (
+                GenerateParams {
+                    steps: 9,
+                    ..ok.clone()
+                },
+                "cannot exceed",
+            ),
+            (
+                GenerateParams {
+                    block_length: Some(3),
+                    ..ok.clone()
+                },
+                "block_length",
+            ),
+            (
+                GenerateParams {
+                    block_length: Some(2),
+                    steps: 6,
+                    ..ok.clone()
+                },
+                "multiple",
+            ),
+            (
+                GenerateParams {
+                    top_p: Some(0.0),
+                    ..ok.clone()
+                },
+                "top_p",
+            ),
+            (
+                GenerateParams {
+                    eps: 1.0,
+                    ..ok.clone()
+                },
+                "eps",
+            ),
+        ];
+        for (p, needle) in cases {
+            let err = p.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+}
