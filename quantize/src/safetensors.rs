@@ -156,7 +156,7 @@ fn parse_header(
         entries.insert(name.clone(), entry);
     }
     let mut spans: Vec<(&String, &Entry)> = entries.iter().collect();
-    spans.sort_by_key(|(_, e)| e.offset);
+    spans.sort_by_key(|(_, e)| (e.offset, e.len));
     for pair in spans.windows(2) {
         let (a, b) = (pair[0], pair[1]);
         if a.1.offset + a.1.len > b.1.offset {

@@ -71,3 +71,31 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// The `unmask` binary of this build (cargo builds every workspace binary before running tests).
+pub fn unmask_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let bin = dir.join("unmask");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --release -p unmask-runtime` first",
+        bin.display()
+    );
+    bin
+}
+
+/// Relative max-abs error: max |a - b| / max |b|.
+pub fn rel_max_abs(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from((x - y).abs()))
+        .fold(0.0, f64::max);
+    let scale = b.iter().map(|y| f64::from(y.abs())).fold(0.0, f64::max);
+    diff / scale.max(1e-30)
+}

@@ -138,6 +138,9 @@ fn index_of<'a>(names: impl Iterator<Item = &'a String>) -> HashMap<String, usiz
     names.enumerate().map(|(i, n)| (n.clone(), i)).collect()
 }
 
+/// Most entries reserved before they are read.
+const PREALLOCATE_MAX: usize = 4096;
+
 struct Parsed {
     version: u32,
     metadata: Vec<(String, GgufValue)>,
@@ -174,7 +177,9 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
     r.check_count(n_kv, 14, "metadata entries")?;
     r.check_count(n_tensors, 33, "tensor entries")?;
 
-    let mut metadata = Vec::with_capacity(n_kv as usize);
+    // Capacities are capped: a count that fits the file can still be far too many entries to
+    // reserve up front (an entry takes more memory than its smallest encoding).
+    let mut metadata = Vec::with_capacity((n_kv as usize).min(PREALLOCATE_MAX));
     let mut seen_keys = HashMap::new();
     for _ in 0..n_kv {
         let at = r.pos;
@@ -201,7 +206,7 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
         }
     };
 
-    let mut tensors = Vec::with_capacity(n_tensors as usize);
+    let mut tensors = Vec::with_capacity((n_tensors as usize).min(PREALLOCATE_MAX));
     let mut seen_names = HashMap::new();
     for _ in 0..n_tensors {
         let at = r.pos;
@@ -458,7 +463,7 @@ impl<'a> Cursor<'a> {
         let n = count as usize;
         macro_rules! read_all {
             ($variant:ident, $read:expr) => {{
-                let mut v = Vec::with_capacity(n);
+                let mut v = Vec::with_capacity(n.min(PREALLOCATE_MAX));
                 for _ in 0..n {
                     v.push($read(self)?);
                 }
