@@ -2,7 +2,9 @@
 //! `torch.linspace(1, eps, steps + 1)` and `int(num_masked * (1 - s / t))`.
 
 /// `torch.linspace(start, end, n)` for float32 on the CPU: step = (end - start) / (n - 1) in f32;
-/// the first half counts up from `start`, the second half down from `end`.
+/// the first half counts up from `start`, the second half down from `end`, each value one fused
+/// multiply-add (PyTorch's vectorised kernel compiles to FMA; plain multiply-then-add differs in
+/// the last bit for some step counts).
 pub fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     match n {
         0 => Vec::new(),
@@ -13,9 +15,9 @@ pub fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
             (0..n)
                 .map(|i| {
                     if i < halfway {
-                        start + step * i as f32
+                        step.mul_add(i as f32, start)
                     } else {
-                        end - step * (n - i - 1) as f32
+                        (-step).mul_add((n - i - 1) as f32, end)
                     }
                 })
                 .collect()
