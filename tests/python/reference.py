@@ -498,15 +498,29 @@ def cmd_logits(args) -> None:
     np.save(args.out, logits.numpy().astype(np.float32))
 
 
-def cmd_generate(args) -> None:
-    ref = load_model(args.hf)
-    params = GenParams(
+def gen_params(args) -> GenParams:
+    return GenParams(
         max_new_tokens=args.max_new_tokens, steps=args.steps, alg=args.alg,
         temperature=args.temperature, top_p=optional_top_p(args.top_p),
         top_k=optional_top_k(args.top_k), alg_temp=args.alg_temp, eps=args.eps,
         block_length=args.block_length, seed=args.seed,
     )
-    result = generate(ref, parse_ids(args.prompt_ids), params)
+
+
+def cmd_generate_many(args) -> None:
+    """Several generations with one model load (loading transformers dominates a call)."""
+    ref = load_model(args.hf)
+    parser = build_parser()
+    results = []
+    for case in json.loads(Path(args.cases).read_text()):
+        case_args = parser.parse_args(["generate", "--hf", str(args.hf), *case])
+        results.append(generate(ref, parse_ids(case_args.prompt_ids), gen_params(case_args)))
+    print(json.dumps(results))
+
+
+def cmd_generate(args) -> None:
+    ref = load_model(args.hf)
+    result = generate(ref, parse_ids(args.prompt_ids), gen_params(args))
     if args.json:
         print(json.dumps(result))
     else:
@@ -514,15 +528,20 @@ def cmd_generate(args) -> None:
 
 
 def cmd_linspace(args) -> None:
-    values = timesteps(args.steps, args.eps).tolist()
-    print(json.dumps({"steps": args.steps, "eps": args.eps, "values": values,
-                      "bits": [f32_bits(v) for v in values]}))
+    runs = []
+    for steps in args.steps:
+        values = timesteps(steps, args.eps).tolist()
+        runs.append({"steps": steps, "eps": args.eps, "values": values,
+                     "bits": [f32_bits(v) for v in values]})
+    print(json.dumps(runs[0] if len(runs) == 1 else runs))
 
 
 def cmd_schedule(args) -> None:
-    counts = plain_schedule(args.n, args.steps, args.eps)
-    print(json.dumps({"n": args.n, "steps": args.steps, "eps": args.eps,
-                      "counts": counts, "total": sum(counts)}))
+    runs = []
+    for n, steps in zip(args.n, args.steps, strict=True):
+        counts = plain_schedule(n, steps, args.eps)
+        runs.append({"n": n, "steps": steps, "eps": args.eps, "counts": counts, "total": sum(counts)})
+    print(json.dumps(runs[0] if len(runs) == 1 else runs))
 
 
 def cmd_dist(args) -> None:
@@ -575,14 +594,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("generate-many", help="several `generate` runs (JSON list of argument lists) with one model load")
+    p.add_argument("--hf", type=Path, required=True)
+    p.add_argument("--cases", type=Path, required=True, help="JSON file: a list of generate argument lists")
+    p.set_defaults(func=cmd_generate_many)
+
     p = sub.add_parser("linspace", help="float32 torch.linspace(1, eps, S+1) and its bit patterns")
-    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--steps", type=int, nargs="+", required=True, help="one or more step counts (several: JSON list)")
     p.add_argument("--eps", type=float, default=1e-3)
     p.set_defaults(func=cmd_linspace)
 
     p = sub.add_parser("schedule", help="tokens committed per step, plain algorithm, all masked")
-    p.add_argument("--n", type=int, required=True)
-    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--n", type=int, nargs="+", required=True)
+    p.add_argument("--steps", type=int, nargs="+", required=True, help="paired with --n (several: JSON list)")
     p.add_argument("--eps", type=float, default=1e-3)
     p.set_defaults(func=cmd_schedule)
 
