@@ -16,13 +16,15 @@ use std::sync::Arc;
 /// ggml's GGML_ROPE_TYPE_NEOX: rotate the two halves of each head against each other.
 const ROPE_TYPE_NEOX: i32 = 2;
 
-/// The CPU backend with a fixed number of threads.
+/// The CPU backend with a persistent pool of worker threads (ggml would otherwise start and
+/// join its threads for every graph computation, twice per denoising step).
 pub struct CpuBackend {
     raw: NonNull<sys::ggml_backend>,
+    pool: Option<NonNull<sys::ggml_threadpool>>,
 }
 
-// SAFETY: a ggml backend may move between threads; it is used by one thread at a time (every
-// computation takes `&mut CpuBackend`).
+// SAFETY: a ggml backend and its thread pool may move between threads; they are used by one
+// thread at a time (every computation takes `&mut CpuBackend`).
 unsafe impl Send for CpuBackend {}
 
 impl CpuBackend {
@@ -30,22 +32,38 @@ impl CpuBackend {
         // SAFETY: plain constructor; a NULL result is handled.
         let raw = NonNull::new(unsafe { sys::ggml_backend_cpu_init() })
             .ok_or_else(|| Error::Ggml("cannot create the CPU backend".into()))?;
-        let mut backend = CpuBackend { raw };
-        backend.set_threads(n_threads);
+        let mut backend = CpuBackend { raw, pool: None };
+        backend.set_threads(n_threads)?;
         Ok(backend)
     }
 
-    pub fn set_threads(&mut self, n_threads: usize) {
+    pub fn set_threads(&mut self, n_threads: usize) -> Result<()> {
         let n = n_threads.clamp(1, 512) as i32;
-        // SAFETY: `raw` is a live CPU backend.
-        unsafe { sys::ggml_backend_cpu_set_n_threads(self.raw.as_ptr(), n) };
+        // SAFETY: default parameters for `n` threads; the new pool is owned by us, attached to
+        // our live backend, and the previous one is freed only after it has been replaced.
+        unsafe {
+            let mut params = sys::ggml_threadpool_params_default(n);
+            let pool = NonNull::new(sys::ggml_threadpool_new(&mut params))
+                .ok_or_else(|| Error::Ggml(format!("cannot start {n} ggml threads")))?;
+            sys::ggml_backend_cpu_set_n_threads(self.raw.as_ptr(), n);
+            sys::ggml_backend_cpu_set_threadpool(self.raw.as_ptr(), pool.as_ptr());
+            if let Some(old) = self.pool.replace(pool) {
+                sys::ggml_threadpool_free(old.as_ptr());
+            }
+        }
+        Ok(())
     }
 }
 
 impl Drop for CpuBackend {
     fn drop(&mut self) {
-        // SAFETY: we own the backend and free it exactly once.
-        unsafe { sys::ggml_backend_free(self.raw.as_ptr()) };
+        // SAFETY: we own backend and pool and free each exactly once, the backend first.
+        unsafe {
+            sys::ggml_backend_free(self.raw.as_ptr());
+            if let Some(pool) = self.pool.take() {
+                sys::ggml_threadpool_free(pool.as_ptr());
+            }
+        }
     }
 }
 
@@ -81,6 +99,8 @@ pub struct Graph {
     tensors: Vec<NonNull<sys::ggml_tensor>>,
     capacity: usize,
     weights: Vec<Arc<Weights>>,
+    /// Allocated dimension 1 of tensors resized by `set_active_rows`.
+    full_rows: std::collections::HashMap<usize, i64>,
 }
 
 // SAFETY: the context, graph and allocator are owned exclusively by this value; ggml has no
@@ -111,6 +131,7 @@ impl Graph {
             tensors: Vec::new(),
             capacity: max_tensors,
             weights: Vec::new(),
+            full_rows: std::collections::HashMap::new(),
         })
     }
 
@@ -393,6 +414,37 @@ impl Graph {
             ));
         }
         self.graph = Some(graph);
+        Ok(())
+    }
+
+    /// Uses only the first `rows` columns (ggml dimension 1) of the listed tensors in the next
+    /// computations, e.g. to project fewer rows than a head graph was built for without computing
+    /// padding. `rows` may not exceed the size the graph was allocated with, so memory stays valid;
+    /// ggml plans each computation from the current shapes.
+    pub fn set_active_rows(&mut self, ids: &[TensorId], rows: i64) -> Result<()> {
+        if self.graph.is_none() {
+            return Err(Error::Ggml("allocate the graph before resizing".into()));
+        }
+        for &id in ids {
+            let t = self.raw(id)?;
+            let full = *self.full_rows.entry(id.0).or_insert_with(|| {
+                // SAFETY: `t` is a live tensor of this graph.
+                unsafe { (*t).ne[1] }
+            });
+            if rows < 1 || rows > full {
+                return Err(Error::Ggml(format!(
+                    "{rows} rows requested of a tensor built for {full}"
+                )));
+            }
+            // SAFETY: shrinking (or restoring) dimension 1 of a contiguous tensor keeps every
+            // stride and the allocation valid; dims above 1 are 1 for the tensors resized here.
+            unsafe {
+                if (*t).ne[2] != 1 || (*t).ne[3] != 1 {
+                    return Err(Error::Ggml("only matrices can be resized".into()));
+                }
+                (*t).ne[1] = rows;
+            }
+        }
         Ok(())
     }
 

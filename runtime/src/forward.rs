@@ -166,7 +166,11 @@ impl Forward {
                 self.hidden_rows[slot * h..(slot + 1) * h]
                     .copy_from_slice(&self.head_rows[row * h..(row + 1) * h]);
             }
-            self.head.set_f32(self.head_input, &self.hidden_rows)?;
+            // Only the chunk's rows are multiplied: no padding rows in the last chunk.
+            self.head
+                .set_active_rows(&[self.head_input, self.head_logits], chunk.len() as i64)?;
+            self.head
+                .set_f32(self.head_input, &self.hidden_rows[..chunk.len() * h])?;
             self.head.compute(backend)?;
             let logits = self.head.read_f32(self.head_logits)?;
             visit(

@@ -33,9 +33,7 @@ fn main() {
         let mut backend = CpuBackend::new(threads).expect("backend");
         let mut g = Graph::new(8).expect("graph");
         let w = g.input(ty, &[k as i64, n as i64]).expect("w");
-        let x = g
-            .new_tensor(GgmlType::F32, &[k as i64, m as i64])
-            .expect("x");
+        let x = g.input(GgmlType::F32, &[k as i64, m as i64]).expect("x");
         let y = g.mul_mat(w, x).expect("mul_mat");
         g.allocate(&[y], &backend).expect("allocate");
         g.set_bytes(w, &data).expect("set w");

@@ -103,20 +103,39 @@ pub fn rel_max_abs(a: &[f32], b: &[f32]) -> f64 {
 /// A NumPy `.npy` array of little-endian f32 or f64 values, as f64, with its shape.
 pub fn read_npy(path: &Path) -> (Vec<f64>, Vec<usize>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{} is not a .npy file", path.display());
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
+        "{} is not a .npy file",
+        path.display()
+    );
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
+        _ => (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        ),
     };
     let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
     assert!(header.contains("'fortran_order': False"), "{header}");
-    let shape_text = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).unwrap();
-    let shape: Vec<usize> = shape_text.split(',').filter_map(|d| d.trim().parse().ok()).collect();
+    let shape_text = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap();
+    let shape: Vec<usize> = shape_text
+        .split(',')
+        .filter_map(|d| d.trim().parse().ok())
+        .collect();
     let data = &bytes[start + header_len..];
     let values = if header.contains("'<f4'") {
-        data.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap()))).collect()
+        data.chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())))
+            .collect()
     } else if header.contains("'<f8'") {
-        data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+        data.chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     } else {
         panic!("unsupported dtype in {header}")
     };
@@ -126,7 +145,11 @@ pub fn read_npy(path: &Path) -> (Vec<f64>, Vec<usize>) {
 /// Runs `tests/python/reference.py` and returns its stdout, failing loudly on error.
 pub fn reference(args: &[&str]) -> String {
     let out = run_python("reference.py", args);
-    assert!(out.status.success(), "reference.py {args:?}: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "reference.py {args:?}: {}",
+        describe(&out)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -24,7 +24,10 @@ fn sequences() -> Vec<Vec<u32>> {
     vec![
         (0..33).map(|i| (i * 53 + 7) % 456).collect(),
         vec![5, 460, 460, 460, 460, 460, 460, 460, 17],
-        (0..12).map(|i| 300 + i).chain(std::iter::repeat_n(460, 40)).collect(),
+        (0..12)
+            .map(|i| 300 + i)
+            .chain(std::iter::repeat_n(460, 40))
+            .collect(),
     ]
 }
 
@@ -39,14 +42,25 @@ fn forward_logits_match_pytorch() {
         for (n, seq) in sequences().iter().enumerate() {
             let npy = dir.path().join(format!("ref-{n}.npy"));
             if !npy.exists() {
-                reference(&["logits", "--hf", hf.to_str().unwrap(), "--ids", &csv(seq), "--out", npy.to_str().unwrap()]);
+                reference(&[
+                    "logits",
+                    "--hf",
+                    hf.to_str().unwrap(),
+                    "--ids",
+                    &csv(seq),
+                    "--out",
+                    npy.to_str().unwrap(),
+                ]);
             }
             let (want, shape) = read_npy(&npy);
             assert_eq!(shape, vec![seq.len(), 512]);
             let want: Vec<f32> = want.into_iter().map(|v| v as f32).collect();
             let got = generator.logits(seq).unwrap();
             let err = rel_max_abs(&got, &want);
-            println!("{ty} sequence {n} ({} tokens): relative max-abs error {err:.2e}", seq.len());
+            println!(
+                "{ty} sequence {n} ({} tokens): relative max-abs error {err:.2e}",
+                seq.len()
+            );
             assert!(err <= tolerance, "{ty}: {err:.3e} > {tolerance:.0e}");
         }
     }
@@ -60,11 +74,23 @@ fn schedule_matches_torch_bit_for_bit() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let runs: serde_json::Value = serde_json::from_str(&reference(&args)).unwrap();
     for (run, &steps) in runs.as_array().unwrap().iter().zip(&step_counts) {
-        let want: Vec<u32> = run["bits"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = run["bits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u32)
+            .collect();
         let got: Vec<u32> = timesteps(steps, 1e-3).iter().map(|v| v.to_bits()).collect();
         assert_eq!(got, want, "linspace for {steps} steps");
     }
-    let pairs = [(256usize, 256usize), (256, 64), (512, 512), (100, 7), (33, 33), (64, 5)];
+    let pairs = [
+        (256usize, 256usize),
+        (256, 64),
+        (512, 512),
+        (100, 7),
+        (33, 33),
+        (64, 5),
+    ];
     let ns: Vec<String> = pairs.iter().map(|p| p.0.to_string()).collect();
     let ss: Vec<String> = pairs.iter().map(|p| p.1.to_string()).collect();
     let mut args = vec!["schedule", "--n"];
@@ -73,7 +99,12 @@ fn schedule_matches_torch_bit_for_bit() {
     args.extend(ss.iter().map(String::as_str));
     let runs: serde_json::Value = serde_json::from_str(&reference(&args)).unwrap();
     for (run, &(n, steps)) in runs.as_array().unwrap().iter().zip(&pairs) {
-        let want: Vec<usize> = run["counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap() as usize).collect();
+        let want: Vec<usize> = run["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap() as usize)
+            .collect();
         let ts = timesteps(steps, 1e-3);
         let mut masked = n;
         let got: Vec<usize> = (0..steps)
@@ -101,19 +132,57 @@ fn greedy_generation_matches_pytorch() {
     let gguf = dir.path().join("tiny-f32.gguf");
     convert_to(&hf, &gguf, "f32");
     let cases = [
-        Case { prompt: vec![10, 20, 30, 40, 50], new: 16, steps: 16, extra: vec![] },
-        Case { prompt: (100..112).collect(), new: 24, steps: 6, extra: vec![] },
-        Case { prompt: vec![7], new: 12, steps: 12, extra: vec!["--top-p", "0.9"] },
-        Case { prompt: vec![3, 1, 4, 1, 5, 9, 2, 6], new: 20, steps: 10, extra: vec!["--top-k", "5"] },
-        Case { prompt: (200..210).collect(), new: 32, steps: 8, extra: vec!["--block-length", "8"] },
-        Case { prompt: vec![44, 45], new: 30, steps: 15, extra: vec!["--block-length", "10", "--top-p", "0.8"] },
+        Case {
+            prompt: vec![10, 20, 30, 40, 50],
+            new: 16,
+            steps: 16,
+            extra: vec![],
+        },
+        Case {
+            prompt: (100..112).collect(),
+            new: 24,
+            steps: 6,
+            extra: vec![],
+        },
+        Case {
+            prompt: vec![7],
+            new: 12,
+            steps: 12,
+            extra: vec!["--top-p", "0.9"],
+        },
+        Case {
+            prompt: vec![3, 1, 4, 1, 5, 9, 2, 6],
+            new: 20,
+            steps: 10,
+            extra: vec!["--top-k", "5"],
+        },
+        Case {
+            prompt: (200..210).collect(),
+            new: 32,
+            steps: 8,
+            extra: vec!["--block-length", "8"],
+        },
+        Case {
+            prompt: vec![44, 45],
+            new: 30,
+            steps: 15,
+            extra: vec!["--block-length", "10", "--top-p", "0.8"],
+        },
     ];
     let mut runs = Vec::new();
     for alg in ["maskgit_plus", "topk_margin", "entropy"] {
         for case in &cases {
             let mut args: Vec<String> = vec![
-                "--prompt-ids".into(), csv(&case.prompt), "--max-new-tokens".into(), case.new.to_string(),
-                "--steps".into(), case.steps.to_string(), "--alg".into(), alg.into(), "--temperature".into(), "0".into(),
+                "--prompt-ids".into(),
+                csv(&case.prompt),
+                "--max-new-tokens".into(),
+                case.new.to_string(),
+                "--steps".into(),
+                case.steps.to_string(),
+                "--alg".into(),
+                alg.into(),
+                "--temperature".into(),
+                "0".into(),
             ];
             args.extend(case.extra.iter().map(|s| s.to_string()));
             if !case.extra.contains(&"--top-p") {
@@ -125,19 +194,37 @@ fn greedy_generation_matches_pytorch() {
     let cases_file = dir.path().join("cases.json");
     std::fs::write(&cases_file, serde_json::to_string(&runs).unwrap()).unwrap();
     let theirs: serde_json::Value = serde_json::from_str(&reference(&[
-        "generate-many", "--hf", hf.to_str().unwrap(), "--cases", cases_file.to_str().unwrap(),
+        "generate-many",
+        "--hf",
+        hf.to_str().unwrap(),
+        "--cases",
+        cases_file.to_str().unwrap(),
     ]))
     .unwrap();
     for (args, theirs) in runs.iter().zip(theirs.as_array().unwrap()) {
         let out = Command::new(unmask_bin())
-            .args(["generate", "-m", gguf.to_str().unwrap(), "--json", "--threads", "2"])
+            .args([
+                "generate",
+                "-m",
+                gguf.to_str().unwrap(),
+                "--json",
+                "--threads",
+                "2",
+            ])
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let ours: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(ours["tokens"], theirs["tokens"], "tokens differ: {args:?}");
-        assert_eq!(ours["commits"], theirs["commits"], "commit order differs: {args:?}");
+        assert_eq!(
+            ours["commits"], theirs["commits"],
+            "commit order differs: {args:?}"
+        );
     }
 }
 
@@ -153,13 +240,32 @@ fn check_sampling(alg: Algorithm, temperature: f32, top_p: Option<f32>, top_k: O
     let mut ids = prompt.clone();
     ids.push(460);
     let npy = dir.path().join("dist.npy");
-    let (t, p, k) = (temperature.to_string(), top_p.unwrap_or(1.0).to_string(), top_k.unwrap_or(0).to_string());
+    let (t, p, k) = (
+        temperature.to_string(),
+        top_p.unwrap_or(1.0).to_string(),
+        top_k.unwrap_or(0).to_string(),
+    );
     reference(&[
-        "dist", "--hf", hf.to_str().unwrap(), "--ids", &csv(&ids), "--position", &prompt.len().to_string(),
-        "--temperature", &t, "--top-p", &p, "--top-k", &k, "--out", npy.to_str().unwrap(),
+        "dist",
+        "--hf",
+        hf.to_str().unwrap(),
+        "--ids",
+        &csv(&ids),
+        "--position",
+        &prompt.len().to_string(),
+        "--temperature",
+        &t,
+        "--top-p",
+        &p,
+        "--top-k",
+        &k,
+        "--out",
+        npy.to_str().unwrap(),
     ]);
     let (probs, _) = read_npy(&npy);
-    let mut generator = Generator::new(Arc::new(Model::load(&gguf).unwrap()), 2).unwrap();
+    // One thread: the tests of this file run in parallel, and ggml's spinning workers slow down
+    // badly when there are more of them than cores.
+    let mut generator = Generator::new(Arc::new(Model::load(&gguf).unwrap()), 1).unwrap();
     let n = 4000;
     let mut counts = vec![0usize; probs.len()];
     for seed in 0..n {
@@ -173,7 +279,9 @@ fn check_sampling(alg: Algorithm, temperature: f32, top_p: Option<f32>, top_k: O
             seed,
             ..GenerateParams::default()
         };
-        let g = generator.generate(&prompt, &params, &mut |_| Control::Continue).unwrap();
+        let g = generator
+            .generate(&prompt, &params, &mut |_| Control::Continue)
+            .unwrap();
         counts[g.tokens[0] as usize] += 1;
     }
     let mut tv = 0.0;
@@ -181,10 +289,16 @@ fn check_sampling(alg: Algorithm, temperature: f32, top_p: Option<f32>, top_k: O
         let freq = c as f64 / n as f64;
         tv += (freq - p).abs() / 2.0;
         if p == 0.0 {
-            assert_eq!(c, 0, "token {token} has probability 0 but was drawn {c} times");
+            assert_eq!(
+                c, 0,
+                "token {token} has probability 0 but was drawn {c} times"
+            );
         } else {
             let sigma = (p * (1.0 - p) / n as f64).sqrt();
-            assert!((freq - p).abs() <= 5.0 * sigma + 1e-3, "token {token}: frequency {freq:.4} vs probability {p:.4}");
+            assert!(
+                (freq - p).abs() <= 5.0 * sigma + 1e-3,
+                "token {token}: frequency {freq:.4} vs probability {p:.4}"
+            );
         }
     }
     // Reported, not asserted: with a few hundred possible tokens and 4000 draws, sampling noise
@@ -209,18 +323,30 @@ fn origin_reveals_each_position_with_probability_one_minus_s_over_t() {
     let hf = write_tiny_hf(&dir.path().join("hf"), 64);
     let gguf = dir.path().join("tiny-f32.gguf");
     convert_to(&hf, &gguf, "f32");
-    let mut generator = Generator::new(Arc::new(Model::load(&gguf).unwrap()), 2).unwrap();
+    let mut generator = Generator::new(Arc::new(Model::load(&gguf).unwrap()), 1).unwrap();
     let (new, steps, runs) = (16usize, 4usize, 400u64);
     let ts = timesteps(steps, 1e-3);
     let p0 = f64::from(1.0 - ts[1] / ts[0]);
     let mut first_step = 0usize;
     for seed in 0..runs {
-        let params = GenerateParams { max_new_tokens: new, steps, alg: Algorithm::Origin, temperature: 0.7, seed, ..Default::default() };
-        let g = generator.generate(&[1, 2, 3], &params, &mut |_| Control::Continue).unwrap();
+        let params = GenerateParams {
+            max_new_tokens: new,
+            steps,
+            alg: Algorithm::Origin,
+            temperature: 0.7,
+            seed,
+            ..Default::default()
+        };
+        let g = generator
+            .generate(&[1, 2, 3], &params, &mut |_| Control::Continue)
+            .unwrap();
         first_step += g.commits[0].len();
     }
     let mean = first_step as f64 / runs as f64;
     let expected = new as f64 * p0;
     let sigma = (new as f64 * p0 * (1.0 - p0) / runs as f64).sqrt();
-    assert!((mean - expected).abs() < 5.0 * sigma, "mean reveals {mean:.3}, expected {expected:.3}");
+    assert!(
+        (mean - expected).abs() < 5.0 * sigma,
+        "mean reveals {mean:.3}, expected {expected:.3}"
+    );
 }

@@ -1,0 +1,196 @@
+//! `unmask generate` refuses bad input with a clear message and exit code 1, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use unmask_quantize::convert::{convert_synth, ConvertOptions};
+use unmask_quantize::synth::{Preset, SynthModel};
+
+fn unmask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_unmask"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run unmask")
+}
+
+fn tiny_model(dir: &Path) -> PathBuf {
+    let path = dir.join("tiny.gguf");
+    let options = ConvertOptions {
+        target: "q8_0".parse().unwrap(),
+        overwrite: true,
+        progress: false,
+    };
+    convert_synth(&SynthModel::new(Preset::Tiny, 9).unwrap(), &path, &options).unwrap();
+    path
+}
+
+fn assert_error(out: &Output, fragment: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1, stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(fragment),
+        "expected {fragment:?} in: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn generation_parameters_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let cases: [(&[&str], &str); 7] = [
+        (&["--steps", "0"], "steps must be at least 1"),
+        (
+            &["--max-new-tokens", "8", "--steps", "16"],
+            "cannot exceed the number of new tokens",
+        ),
+        (
+            &["--max-new-tokens", "0", "--steps", "1"],
+            "max_new_tokens must be at least 1",
+        ),
+        (
+            &[
+                "--max-new-tokens",
+                "12",
+                "--steps",
+                "12",
+                "--block-length",
+                "5",
+            ],
+            "block_length 5 must divide",
+        ),
+        (&["--top-p", "0"], "top_p 0 must be in (0, 1]"),
+        (&["--eps", "1.5"], "eps 1.5 must be in (0, 1)"),
+        (
+            &["--max-new-tokens", "5000", "--steps", "10"],
+            "exceeds the model's context of 4096 tokens",
+        ),
+    ];
+    for (extra, fragment) in cases {
+        let mut args = vec!["generate", "-m", m, "-p", "hello", "--threads", "1"];
+        args.extend_from_slice(extra);
+        assert_error(&unmask(&args), fragment);
+    }
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let long = "word ".repeat(5000);
+    let out = unmask(&[
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        &long,
+        "--max-new-tokens",
+        "8",
+        "--steps",
+        "8",
+    ]);
+    assert_error(&out, "exceeds the model's context");
+}
+
+#[test]
+fn token_ids_outside_the_vocabulary_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out = unmask(&[
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        "1,2,99999",
+        "--max-new-tokens",
+        "4",
+        "--steps",
+        "4",
+    ]);
+    assert_error(&out, "token id 99999 is outside the vocabulary");
+}
+
+#[test]
+fn files_that_are_not_dream_models_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.gguf");
+    assert_error(
+        &unmask(&["generate", "-m", missing.to_str().unwrap(), "-p", "x"]),
+        "No such file",
+    );
+
+    let garbage = dir.path().join("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a gguf file at all").unwrap();
+    assert_error(
+        &unmask(&["generate", "-m", garbage.to_str().unwrap(), "-p", "x"]),
+        "bad magic",
+    );
+
+    let model = tiny_model(dir.path());
+    let bytes = std::fs::read(&model).unwrap();
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    assert_error(
+        &unmask(&["generate", "-m", truncated.to_str().unwrap(), "-p", "x"]),
+        "runs past the end of the file",
+    );
+
+    // A valid GGUF of another architecture: rewrite "dream" in general.architecture.
+    let pos = bytes.windows(5).position(|w| w == b"dream").unwrap();
+    let mut other = bytes.clone();
+    other[pos..pos + 5].copy_from_slice(b"llama");
+    let llama = dir.path().join("llama.gguf");
+    std::fs::write(&llama, other).unwrap();
+    assert_error(
+        &unmask(&["generate", "-m", llama.to_str().unwrap(), "-p", "x"]),
+        "expected \"dream\"",
+    );
+}
+
+#[test]
+fn json_output_has_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out = unmask(&[
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "def f():",
+        "--max-new-tokens",
+        "16",
+        "--steps",
+        "8",
+        "--json",
+        "--order",
+        "--threads",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "prompt_tokens",
+        "tokens",
+        "text",
+        "steps",
+        "seconds",
+        "tokens_per_second",
+        "ar_ness",
+    ] {
+        assert!(json.get(key).is_some(), "{key} missing from {json}");
+    }
+    assert_eq!(json["tokens"].as_array().unwrap().len(), 16);
+    assert_eq!(json["steps"], 8);
+    // The chat template is on by default for a tokenizer with <|im_start|>: the prompt is longer
+    // than the three or so tokens of the bare text.
+    assert!(json["prompt_tokens"].as_u64().unwrap() > 10);
+}
