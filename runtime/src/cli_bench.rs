@@ -103,6 +103,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         result.seconds
     );
     println!(
+        "unmask: per step {:.3} s in the layers, {:.3} s in output projection + scoring ({} forward passes)",
+        result.timings.body / result.forward_passes.max(1) as f64,
+        result.timings.head_and_scoring / result.forward_passes.max(1) as f64,
+        result.forward_passes
+    );
+    println!(
         "unmask: peak RSS {rss:.1} MiB (file {file_mib:.1} MiB + compute buffers {compute_mib:.1} MiB = {:.1} MiB)",
         file_mib + compute_mib
     );

@@ -187,6 +187,17 @@ pub struct Generation {
     pub commits: Vec<Vec<usize>>,
     pub cancelled: bool,
     pub seconds: f64,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// Seconds spent in each part of the steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Timings {
+    /// The layers over the whole canvas.
+    pub body: f64,
+    /// Output projection and scoring of the rows that predict masked positions.
+    pub head_and_scoring: f64,
 }
 
 /// Generation state for one model: the CPU backend, worker threads and the graphs for the last
@@ -307,6 +318,7 @@ impl Generator {
             commits: Vec::new(),
             cancelled: false,
             seconds: 0.0,
+            timings: Timings::default(),
         };
         'blocks: for b in 0..n_blocks {
             let lo = prompt.len() + b * block;
@@ -330,8 +342,11 @@ impl Generator {
                 };
                 let mut committed: Vec<(usize, u32)> = Vec::new();
                 if k > 0 && !candidates.is_empty() {
+                    let body_start = Instant::now();
                     forward.run_body(&canvas, backend)?;
                     out.forward_passes += 1;
+                    let head_start = Instant::now();
+                    out.timings.body += (head_start - body_start).as_secs_f64();
                     let uniforms: Vec<f64> = candidates.iter().map(|_| rng.uniform()).collect();
                     // The logits shift: position p is predicted by the hidden state at p - 1.
                     let rows: Vec<usize> = candidates.iter().map(|&p| p - 1).collect();
@@ -349,6 +364,7 @@ impl Generator {
                         scored.extend(chunk);
                         Ok(())
                     })?;
+                    out.timings.head_and_scoring += head_start.elapsed().as_secs_f64();
                     let chosen = if params.alg == Algorithm::Origin {
                         (0..candidates.len()).collect()
                     } else {

@@ -14,5 +14,5 @@ pub mod rng;
 pub mod schedule;
 
 pub use error::{Error, Result};
-pub use generate::{Algorithm, Control, GenerateParams, Generation, Generator, StepEvent};
+pub use generate::{Algorithm, Control, GenerateParams, Generation, Generator, StepEvent, Timings};
 pub use model::Model;

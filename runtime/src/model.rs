@@ -57,7 +57,7 @@ pub struct Model {
 
 impl Model {
     pub fn load(path: &Path) -> Result<Self> {
-        let file = GgufFile::open(path)?;
+        let mut file = GgufFile::open(path)?;
         let config = dream::config_from_gguf(&file)?;
         let (tokenizer, tokenizer_source) = load_tokenizer(&file)?;
         let id = |t: &str| tokenizer.token_to_id(t);
@@ -77,6 +77,9 @@ impl Model {
         let defaults = read_defaults(&file);
         let n_vocab = config.vocab_size as usize;
         check_tensors(&file, &config)?;
+        // Everything needed from the metadata has been read: don't keep the vocabulary arrays
+        // and the stored tokenizer.json alive next to the weights.
+        file.drop_metadata();
         let weights = Arc::new(Weights::map_cpu(Arc::new(file))?);
         Ok(Model {
             config,

@@ -77,6 +77,13 @@ impl GgufFile {
         self.map.len() as u64
     }
 
+    /// Releases the parsed metadata (a model's vocabulary arrays and stored tokenizer take tens of
+    /// MiB) once the caller has read what it needs; tensors stay usable.
+    pub fn drop_metadata(&mut self) {
+        self.metadata = Vec::new();
+        self.key_index = HashMap::new();
+    }
+
     /// Metadata in file order.
     pub fn metadata(&self) -> &[(String, GgufValue)] {
         &self.metadata
