@@ -88,6 +88,19 @@ pub fn cpu_features() -> Vec<&'static str> {
         .collect()
 }
 
+/// A ggml context that holds only tensor descriptions (`no_alloc`): data lives in backend
+/// buffers or, for weights, in the memory-mapped file.
+pub(crate) fn descriptions_context(mem_size: usize) -> Result<NonNull<sys::ggml_context>> {
+    let params = sys::ggml_init_params {
+        mem_size,
+        mem_buffer: std::ptr::null_mut(),
+        no_alloc: true,
+    };
+    // SAFETY: valid parameters; NULL is handled.
+    NonNull::new(unsafe { sys::ggml_init(params) })
+        .ok_or_else(|| Error::Ggml("ggml_init failed".into()))
+}
+
 /// Handle of a tensor inside one [`Graph`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TensorId(usize);
@@ -115,15 +128,7 @@ impl Graph {
             sys::ggml_tensor_overhead() * max_tensors
                 + sys::ggml_graph_overhead_custom(max_tensors, false)
         };
-        let params = sys::ggml_init_params {
-            mem_size,
-            mem_buffer: std::ptr::null_mut(),
-            // Only descriptions live in the context; data goes to allocator buffers.
-            no_alloc: true,
-        };
-        // SAFETY: valid parameters; NULL is handled.
-        let ctx = NonNull::new(unsafe { sys::ggml_init(params) })
-            .ok_or_else(|| Error::Ggml("ggml_init failed".into()))?;
+        let ctx = descriptions_context(mem_size)?;
         Ok(Graph {
             ctx,
             graph: None,

@@ -29,14 +29,7 @@ impl Weights {
         let n = file.tensors().len();
         // SAFETY: size query.
         let mem_size = unsafe { sys::ggml_tensor_overhead() } * (n + 1);
-        let params = sys::ggml_init_params {
-            mem_size,
-            mem_buffer: std::ptr::null_mut(),
-            no_alloc: true,
-        };
-        // SAFETY: valid parameters; NULL is handled.
-        let ctx = NonNull::new(unsafe { sys::ggml_init(params) })
-            .ok_or_else(|| Error::Ggml("ggml_init failed".into()))?;
+        let ctx = crate::graph::descriptions_context(mem_size)?;
         let bytes = file.mapped_bytes();
         // SAFETY: the mapping is page aligned (>= ggml's 32-byte tensor alignment) and lives as
         // long as `file`, which we keep. ggml never writes to weight tensors, so handing it the
