@@ -11,6 +11,7 @@ mod error;
 mod ggml_type;
 pub mod gguf;
 pub mod graph;
+pub mod heap;
 pub mod llama;
 pub mod mapping;
 pub mod quant;

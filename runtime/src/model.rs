@@ -81,6 +81,7 @@ impl Model {
         // and the stored tokenizer.json alive next to the weights.
         file.drop_metadata();
         let weights = Arc::new(Weights::map_cpu(Arc::new(file))?);
+        unmask_kernels::heap::release_free_memory();
         Ok(Model {
             config,
             weights,
