@@ -170,8 +170,13 @@ mod tests {
             GgmlType::Q4_K
         );
         assert_eq!(
-            choose_type(t, Role::TokenEmbd, None, 24, 896, true),
+            choose_type(t, Role::TokenEmbd, None, 24, 1024, true),
             GgmlType::Q6_K
+        );
+        // llama.cpp: an output row that does not fit 256-blocks becomes q8_0 (Qwen2.5-0.5B).
+        assert_eq!(
+            choose_type(t, Role::TokenEmbd, None, 24, 896, true),
+            GgmlType::Q8_0
         );
         assert_eq!(
             choose_type(t, Role::AttnV, Some(0), 28, 3584, false),
