@@ -373,6 +373,46 @@ impl Graph {
         self.push(raw)
     }
 
+    /// Attention without mask, fused (ggml's flash attention: online softmax, no score matrix):
+    /// q [d, tokens, heads], k and v [d, keys, kv_heads] (heads a multiple of kv_heads, which are
+    /// shared by consecutive groups of query heads) -> [d, heads, tokens].
+    pub fn attention(
+        &mut self,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        scale: f32,
+    ) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        let (sq, sk, sv) = (self.shape(q)?, self.shape(k)?, self.shape(v)?);
+        if sq[0] != sk[0]
+            || sk != sv
+            || sk[2] == 0
+            || sq[2] % sk[2] != 0
+            || sq[3] != 1
+            || sk[3] != 1
+        {
+            return Err(Error::Ggml(format!(
+                "attention: q {sq:?}, k {sk:?}, v {sv:?} do not fit"
+            )));
+        }
+        // SAFETY: shapes checked as ggml_flash_attn_ext asserts them; no mask, no ALiBi, no
+        // soft-capping.
+        let raw = unsafe {
+            sys::ggml_flash_attn_ext(
+                ctx,
+                self.raw(q)?,
+                self.raw(k)?,
+                self.raw(v)?,
+                std::ptr::null_mut(),
+                scale,
+                0.0,
+                0.0,
+            )
+        };
+        self.push(raw)
+    }
+
     /// `silu(gate) * up` (SwiGLU), element-wise on equal shapes.
     pub fn swiglu(&mut self, gate: TensorId, up: TensorId) -> Result<TensorId> {
         let ctx = self.ctx_for_new()?;

@@ -87,16 +87,11 @@ impl Forward {
                 c.rope_theta as f32,
                 c.max_position_embeddings as i32,
             )?;
-            // [head_dim, tokens, heads]: scores per head, K shared by groups of query heads.
+            // [head_dim, tokens, heads]; K/V heads shared by groups of query heads.
             let q = g.permute(q, [0, 2, 1, 3])?;
             let k = g.permute(k, [0, 2, 1, 3])?;
-            let scores = g.mul_mat(k, q)?; // [keys, queries, heads]
-            let probs = g.soft_max(scores, scale)?;
-            let v_t = g.permute(v, [1, 2, 0, 3])?; // [tokens, head_dim, kv heads]
-            let v_t = g.cont(v_t)?;
-            let attended = g.mul_mat(v_t, probs)?; // [head_dim, queries, heads]
-            let attended = g.permute(attended, [0, 2, 1, 3])?;
-            let attended = g.cont(attended)?;
+            let v = g.permute(v, [0, 2, 1, 3])?;
+            let attended = g.attention(q, k, v, scale)?; // [head_dim, heads, tokens]
             let attended = g.reshape(attended, &[h, l])?;
             let out = g.mul_mat(wo, attended)?;
             let hres = g.add(x, out)?;

@@ -8,8 +8,8 @@ use unmask_kernels::llama::LlamaForward;
 use unmask_runtime::{Generator, Model};
 use unmask_tests::{convert_to, rel_max_abs, write_tiny_hf};
 
-/// Relative max-abs error allowed, per weight type.
-const TOLERANCE: [(&str, f64); 4] = [("f32", 1.0), ("f16", 1.0), ("q8_0", 1.0), ("q4_k", 1.0)];
+/// Relative max-abs error allowed, per weight type (measured: 1.5e-3, 1.8e-3, 1.9e-2, 3.3e-2).
+const TOLERANCE: [(&str, f64); 4] = [("f32", 3e-3), ("f16", 3e-3), ("q8_0", 3e-2), ("q4_k", 5e-2)];
 
 #[test]
 fn logits_agree_with_libllama() {
