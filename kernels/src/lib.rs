@@ -7,6 +7,7 @@
 //! container format ([`gguf`]) is implemented here in plain Rust because it is ggml's file format
 //! and shares its type table.
 
+pub mod backend;
 mod error;
 mod ggml_type;
 pub mod gguf;

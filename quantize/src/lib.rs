@@ -14,6 +14,7 @@ pub mod info;
 pub mod policy;
 pub mod safetensors;
 pub mod synth;
+pub mod synth_tokenizer;
 pub mod tokenizer_meta;
 
 pub use error::{Error, Result};

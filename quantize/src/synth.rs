@@ -6,7 +6,7 @@
 use crate::config::DreamConfig;
 use crate::dream::{self, Role, TensorSpec};
 use crate::safetensors::Dtype;
-use crate::{tokenizer_meta, Error, Result};
+use crate::{Error, Result};
 use rayon::prelude::*;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -52,7 +52,7 @@ pub struct SynthModel {
 impl SynthModel {
     pub fn new(preset: Preset, seed: u64) -> Result<Self> {
         let tokenizer_json = match preset {
-            Preset::Tiny => tokenizer_meta::synth_tokenizer_json(),
+            Preset::Tiny => crate::synth_tokenizer::synth_tokenizer_json(),
             _ => {
                 let mut text = String::new();
                 std::io::Read::read_to_string(

@@ -7,10 +7,10 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 
 use tokenizers::Tokenizer;
+use unmask_quantize::synth_tokenizer::{synth_tokenizer_json, SYNTH_SPECIAL_TOKENS};
 use unmask_quantize::tokenizer_meta::{
-    synth_tokenizer_json, tokenizer_from_vocab, vocab_from_tokenizer_json, GgufVocab,
-    SYNTH_SPECIAL_TOKENS, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNUSED,
-    TOKEN_TYPE_USER_DEFINED,
+    tokenizer_from_vocab, vocab_from_tokenizer_json, GgufVocab, TOKEN_TYPE_CONTROL,
+    TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNUSED, TOKEN_TYPE_USER_DEFINED,
 };
 use unmask_quantize::Error;
 

@@ -7,7 +7,8 @@
 use crate::model::Model;
 use crate::Result;
 use std::sync::Arc;
-use unmask_kernels::graph::{CpuBackend, Graph, TensorId};
+use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::graph::{Graph, TensorId};
 use unmask_kernels::GgmlType;
 
 /// Rows of the output projection computed per head pass.

@@ -11,7 +11,7 @@ use crate::{Error, Result};
 use rayon::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
-use unmask_kernels::graph::CpuBackend;
+use unmask_kernels::backend::CpuBackend;
 use unmask_kernels::score::{score_row, Confidence, Filter, Scored, Scratch};
 
 /// How positions are chosen for commitment.

@@ -4,7 +4,8 @@
 //! relative to f32 in the same run.
 
 use std::time::Instant;
-use unmask_kernels::graph::{cpu_features, CpuBackend, Graph};
+use unmask_kernels::backend::{cpu_features, CpuBackend};
+use unmask_kernels::graph::Graph;
 use unmask_kernels::{quant, GgmlType};
 
 fn main() {
