@@ -1,7 +1,8 @@
 //! The Instruct prompt format (MODEL.md §5) and the post-processing of an answer.
 
-use crate::model::Model;
+use crate::model::{Model, SpecialTokens};
 use crate::{Error, Result};
+use tokenizers::Tokenizer;
 
 /// ChatML with Dream's default system prompt. Note the newline before `<|im_end|>` after the
 /// query: DiffuCoder's template puts it there.
@@ -19,15 +20,15 @@ pub fn supports_chat(model: &Model) -> bool {
 /// Token ids of `text` (no BOS: Dream prepends none); special tokens in the text are recognised.
 pub fn encode(model: &Model, text: &str) -> Result<Vec<u32>> {
     let encoding = model
-        .tokenizer
+        .tokenizer()?
         .encode(text, false)
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
     Ok(encoding.get_ids().to_vec())
 }
 
 /// The answer in `generated`: cut at the first `<|dlm_pad|>`, `<|im_end|>` or `<|endoftext|>`.
-pub fn answer_ids<'a>(model: &Model, generated: &'a [u32]) -> &'a [u32] {
-    let stops = model.special.stops();
+pub fn answer_ids<'a>(special: &SpecialTokens, generated: &'a [u32]) -> &'a [u32] {
+    let stops = special.stops();
     let end = generated
         .iter()
         .position(|t| stops.contains(t))
@@ -36,9 +37,12 @@ pub fn answer_ids<'a>(model: &Model, generated: &'a [u32]) -> &'a [u32] {
 }
 
 /// Decodes the answer (special tokens left out).
-pub fn answer_text(model: &Model, generated: &[u32]) -> Result<String> {
-    model
-        .tokenizer
-        .decode(answer_ids(model, generated), true)
+pub fn answer_text(
+    tokenizer: &Tokenizer,
+    special: &SpecialTokens,
+    generated: &[u32],
+) -> Result<String> {
+    tokenizer
+        .decode(answer_ids(special, generated), true)
         .map_err(|e| Error::Tokenizer(e.to_string()))
 }

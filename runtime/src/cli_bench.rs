@@ -63,6 +63,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         prompt.extend_from_within(..prompt.len().min(args.prompt_tokens - prompt.len()));
     }
     prompt.truncate(args.prompt_tokens.max(1));
+    // The tokenizer built for encoding is gone; give its memory back before measuring.
+    unmask_kernels::heap::release_free_memory();
     let params = GenerateParams {
         max_new_tokens: args.gen,
         steps: args.steps,

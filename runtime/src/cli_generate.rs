@@ -100,16 +100,34 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         block_length: args.block_length,
         seed: args.seed,
     };
-    let mut generator = Generator::new(model.clone(), args.threads)?;
-    let visual = args.visual && std::io::stderr().is_terminal();
+    // The tokenizer is not kept while the model computes (it is as large as a small model's
+    // compute buffers); the live view needs it, so only then it stays.
+    unmask_kernels::heap::release_free_memory();
+    let visual_tokenizer = if args.visual && std::io::stderr().is_terminal() {
+        Some(model.tokenizer()?)
+    } else {
+        None
+    };
+    let (mask, special, spec) = (
+        model.special.mask,
+        model.special.clone(),
+        model.tokenizer_spec.clone(),
+    );
+    let mut generator = Generator::new(model, args.threads)?;
     let mut on_step = |event: &StepEvent| {
-        if visual {
-            draw_canvas(&model, event);
+        if let Some(tokenizer) = &visual_tokenizer {
+            draw_canvas(tokenizer, mask, event);
         }
         Control::Continue
     };
     let result = generator.generate(&prompt_ids, &params, &mut on_step)?;
-    let text = answer_text(&model, &result.tokens)?;
+    // Release the weights' mapping before building the tokenizer again to decode.
+    drop(generator);
+    let tokenizer = match &visual_tokenizer {
+        Some(t) => t.clone(),
+        None => Arc::new(spec.build()?),
+    };
+    let text = answer_text(&tokenizer, &special, &result.tokens)?;
     let order: Vec<usize> = result.commits.iter().flatten().copied().collect();
     let tokens_per_second = result.tokens.len() as f64 / result.seconds.max(1e-9);
     if args.json {
@@ -163,13 +181,12 @@ fn prompt_tokens(model: &Model, text: &str, no_chat: bool) -> Result<Vec<u32>> {
 }
 
 /// Redraws the generated part of the canvas: committed text, masks as `░`.
-fn draw_canvas(model: &Model, event: &StepEvent) {
-    let mask = model.special.mask;
+fn draw_canvas(tokenizer: &tokenizers::Tokenizer, mask: u32, event: &StepEvent) {
     let mut shown = String::new();
     let mut run: Vec<u32> = Vec::new();
     let flush = |run: &mut Vec<u32>, shown: &mut String| {
         if !run.is_empty() {
-            shown.push_str(&model.tokenizer.decode(run, false).unwrap_or_default());
+            shown.push_str(&tokenizer.decode(run, false).unwrap_or_default());
             run.clear();
         }
     };

@@ -3,13 +3,13 @@
 
 use crate::{Error, Result};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use tokenizers::Tokenizer;
 use unmask_kernels::gguf::{GgufFile, GgufValue};
 use unmask_kernels::weights::Weights;
 use unmask_quantize::config::DreamConfig;
 use unmask_quantize::dream::{self, keys};
-use unmask_quantize::gguf_tokenizer::{load_tokenizer, TokenizerSource};
+use unmask_quantize::gguf_tokenizer::{TokenizerSource, TokenizerSpec};
 
 /// Token ids with a role in generation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +47,9 @@ pub struct GenerationDefaults {
 pub struct Model {
     pub config: DreamConfig,
     pub weights: Arc<Weights>,
-    pub tokenizer: Tokenizer,
+    /// What the tokenizer is built from; see [`Model::tokenizer`].
+    pub tokenizer_spec: Arc<TokenizerSpec>,
+    tokenizer_cache: Mutex<Weak<Tokenizer>>,
     pub tokenizer_source: TokenizerSource,
     pub special: SpecialTokens,
     pub defaults: GenerationDefaults,
@@ -59,7 +61,8 @@ impl Model {
     pub fn load(path: &Path) -> Result<Self> {
         let mut file = GgufFile::open(path)?;
         let config = dream::config_from_gguf(&file)?;
-        let (tokenizer, tokenizer_source) = load_tokenizer(&file)?;
+        let tokenizer_spec = Arc::new(TokenizerSpec::from_gguf(&file)?);
+        let tokenizer = Arc::new(tokenizer_spec.build()?);
         let id = |t: &str| tokenizer.token_to_id(t);
         let mask = config
             .mask_token_id
@@ -81,16 +84,36 @@ impl Model {
         // and the stored tokenizer.json alive next to the weights.
         file.drop_metadata();
         let weights = Arc::new(Weights::map_cpu(Arc::new(file))?);
-        unmask_kernels::heap::release_free_memory();
-        Ok(Model {
+        let model = Model {
             config,
             weights,
-            tokenizer,
-            tokenizer_source,
+            tokenizer_source: tokenizer_spec.source(),
+            tokenizer_spec,
+            tokenizer_cache: Mutex::new(Arc::downgrade(&tokenizer)),
             special,
             defaults,
             n_vocab,
-        })
+        };
+        // Nobody holds the tokenizer now: it is freed, and rebuilt when next needed.
+        drop(tokenizer);
+        unmask_kernels::heap::release_free_memory();
+        Ok(model)
+    }
+
+    /// The tokenizer, built on first use and shared while anyone holds it. A full vocabulary
+    /// takes about 80 MiB: callers drop it while the model computes, so it does not add to the
+    /// peak memory of generation.
+    pub fn tokenizer(&self) -> Result<Arc<Tokenizer>> {
+        let mut cache = self
+            .tokenizer_cache
+            .lock()
+            .map_err(|_| Error::Tokenizer("tokenizer cache poisoned".into()))?;
+        if let Some(t) = cache.upgrade() {
+            return Ok(t);
+        }
+        let t = Arc::new(self.tokenizer_spec.build()?);
+        *cache = Arc::downgrade(&t);
+        Ok(t)
     }
 
     pub fn n_layers(&self) -> usize {
