@@ -253,30 +253,42 @@ pub fn decode_to_f32(tensor: &str, dtype: Dtype, bytes: &[u8], out: &mut Vec<f32
 
 /// Writes a safetensors file (used by `synth` and tests): header, then data in the given order.
 pub fn write_file(path: &Path, tensors: &[(String, Dtype, Vec<u64>, Vec<u8>)]) -> Result<()> {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0u64;
-    for (name, dtype, shape, data) in tensors {
-        let end = offset + data.len() as u64;
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, end]}),
-        );
-        offset = end;
-    }
-    let mut text = serde_json::Value::Object(header).to_string();
-    // Pad so the data starts 8-byte aligned, as the reference writer does.
-    while !(8 + text.len()).is_multiple_of(8) {
-        text.push(' ');
-    }
+    let text = encode_header(tensors.iter().map(|(name, dtype, shape, data)| {
+        (name.as_str(), *dtype, shape.as_slice(), data.len() as u64)
+    }));
     let mut out = std::io::BufWriter::new(File::create(path).map_err(|e| Error::io(path, e))?);
     use std::io::Write;
     let write = |out: &mut std::io::BufWriter<File>, bytes: &[u8]| {
         out.write_all(bytes).map_err(|e| Error::io(path, e))
     };
-    write(&mut out, &(text.len() as u64).to_le_bytes())?;
-    write(&mut out, text.as_bytes())?;
+    write(&mut out, &text)?;
     for (_, _, _, data) in tensors {
         write(&mut out, data)?;
     }
     out.flush().map_err(|e| Error::io(path, e))
+}
+
+/// The 8-byte length and JSON table of a safetensors file whose tensors (name, dtype, shape,
+/// byte length) follow in this order; padded so the data starts 8-byte aligned, as the reference
+/// writer does.
+pub fn encode_header<'a>(
+    tensors: impl Iterator<Item = (&'a str, Dtype, &'a [u64], u64)>,
+) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (name, dtype, shape, len) in tensors {
+        let end = offset + len;
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut text = serde_json::Value::Object(header).to_string();
+    while !(8 + text.len()).is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out
 }

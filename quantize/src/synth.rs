@@ -5,7 +5,7 @@
 
 use crate::config::DreamConfig;
 use crate::dream::{self, Role, TensorSpec};
-use crate::safetensors::Dtype;
+use crate::safetensors::{encode_header, Dtype};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::io::{BufWriter, Write};
@@ -197,26 +197,18 @@ impl SynthModel {
     }
 
     fn write_shard(&self, path: &Path, specs: &[TensorSpec], members: &[usize]) -> Result<()> {
-        let mut header = serde_json::Map::new();
-        let mut offset = 0u64;
-        for &i in members {
-            let end = offset + bf16_bytes(&specs[i]);
-            header.insert(
-                specs[i].hf_name.clone(),
-                serde_json::json!({"dtype": Dtype::BF16.name(), "shape": specs[i].hf_shape, "data_offsets": [offset, end]}),
-            );
-            offset = end;
-        }
-        let mut text = serde_json::Value::Object(header).to_string();
-        while !(8 + text.len()).is_multiple_of(8) {
-            text.push(' ');
-        }
+        let header = encode_header(members.iter().map(|&i| {
+            (
+                specs[i].hf_name.as_str(),
+                Dtype::BF16,
+                specs[i].hf_shape.as_slice(),
+                bf16_bytes(&specs[i]),
+            )
+        }));
         let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let io = |e| Error::io(path, e);
-        out.write_all(&(text.len() as u64).to_le_bytes())
-            .map_err(io)?;
-        out.write_all(text.as_bytes()).map_err(io)?;
+        out.write_all(&header).map_err(io)?;
         let mut rows = Vec::new();
         for &i in members {
             let spec = &specs[i];

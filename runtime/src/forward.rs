@@ -26,7 +26,6 @@ pub struct Forward {
     head_logits: TensorId,
     n_vocab: usize,
     hidden_rows: Vec<f32>,
-    head_rows: Vec<f32>,
 }
 
 impl Forward {
@@ -127,7 +126,6 @@ impl Forward {
             head_logits,
             n_vocab: model.n_vocab,
             hidden_rows: vec![0.0; h as usize * HEAD_ROWS],
-            head_rows: Vec::new(),
         })
     }
 
@@ -142,9 +140,6 @@ impl Forward {
         let ids: Vec<i32> = canvas.iter().map(|&t| t as i32).collect();
         self.body.set_i32(self.tokens, &ids)?;
         self.body.compute(backend)?;
-        self.head_rows.clear();
-        self.head_rows
-            .extend_from_slice(self.body.read_f32(self.hidden)?);
         Ok(())
     }
 
@@ -157,10 +152,18 @@ impl Forward {
         mut visit: impl FnMut(usize, &[f32]) -> Result<()>,
     ) -> Result<()> {
         let h = self.hidden_size;
+        // The body's output stays in place (the body is not recomputed until the next step);
+        // only the rows a chunk needs are copied into the head's input.
+        let hidden = self.body.read_f32(self.hidden)?;
+        if let Some(&bad) = rows.iter().find(|&&r| (r + 1) * h > hidden.len()) {
+            return Err(crate::Error::Params(format!(
+                "hidden row {bad} is outside the canvas"
+            )));
+        }
         for (chunk_index, chunk) in rows.chunks(HEAD_ROWS).enumerate() {
             for (slot, &row) in chunk.iter().enumerate() {
                 self.hidden_rows[slot * h..(slot + 1) * h]
-                    .copy_from_slice(&self.head_rows[row * h..(row + 1) * h]);
+                    .copy_from_slice(&hidden[row * h..(row + 1) * h]);
             }
             // Only the chunk's rows are multiplied: no padding rows in the last chunk.
             self.head
