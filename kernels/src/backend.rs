@@ -32,6 +32,11 @@ impl CpuBackend {
         // our live backend, and the previous one is freed only after it has been replaced.
         unsafe {
             let mut params = sys::ggml_threadpool_params_default(n);
+            // Between two graph computations the runtime scores logits on its own threads; a
+            // polling ggml worker would spin through that time on a core the scoring needs.
+            // Without polling the workers sleep until the next graph (a wake-up costs tens of
+            // microseconds, twice per denoising step).
+            params.poll = 0;
             let pool = NonNull::new(sys::ggml_threadpool_new(&mut params))
                 .ok_or_else(|| Error::Ggml(format!("cannot start {n} ggml threads")))?;
             sys::ggml_backend_cpu_set_n_threads(self.raw.as_ptr(), n);

@@ -17,6 +17,7 @@ pub mod llama;
 pub mod mapping;
 pub mod quant;
 pub mod score;
+pub mod vmath;
 pub mod weights;
 
 pub use error::{Error, Result};

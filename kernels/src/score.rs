@@ -53,6 +53,8 @@ pub struct Scratch {
 
 const ENTROPY_EPS: f32 = 1e-10;
 
+use crate::vmath::{exp, ln, neg_entropy, sum_exp, top2};
+
 /// Scores one logits row. `uniform` is a draw in [0, 1) used to sample when the temperature is
 /// positive; with temperature 0 the argmax (first index on ties) is taken.
 pub fn score_row(
@@ -63,7 +65,9 @@ pub fn score_row(
     scratch: &mut Scratch,
 ) -> Scored {
     let t = filter.temperature;
-    let scale = |x: f32| if t > 0.0 { x / t } else { x };
+    // Dividing by 1 is exact, so one expression serves greedy and tempered rows.
+    let divisor = if t > 0.0 { t } else { 1.0 };
+    let scale = move |x: f32| x / divisor;
     if logits.is_empty() {
         return Scored {
             token: 0,
@@ -71,43 +75,31 @@ pub fn score_row(
         };
     }
     if filter.nucleus().is_none() && filter.top_k.is_none() {
-        return score_unfiltered(logits, scale, t > 0.0, kind, uniform);
+        return score_unfiltered(logits, divisor, t > 0.0, kind, uniform);
     }
-    let kept = filtered_candidates(logits, scale, filter, &mut scratch.candidates);
+    let kept = filtered_candidates(logits, divisor, scale, filter, &mut scratch.candidates);
     score_candidates(kept, t > 0.0, kind, uniform)
 }
 
 fn score_unfiltered(
     logits: &[f32],
-    scale: impl Fn(f32) -> f32,
+    divisor: f32,
     sample: bool,
     kind: Confidence,
     uniform: f64,
 ) -> Scored {
+    let scale = |x: f32| x / divisor;
     // Pass 1: maximum (first index wins ties, as torch.max on CPU) and the runner-up value.
-    let (mut best, mut best_i, mut second) = (f32::NEG_INFINITY, 0usize, f32::NEG_INFINITY);
-    for (i, &l) in logits.iter().enumerate() {
-        let x = scale(l);
-        if x > best {
-            second = best;
-            best = x;
-            best_i = i;
-        } else if x > second {
-            second = x;
-        }
-    }
+    let (best, best_i, second) = top2(logits, divisor);
     // Pass 2: the softmax denominator.
-    let sum: f64 = logits
-        .iter()
-        .map(|&l| f64::from((scale(l) - best).exp()))
-        .sum();
+    let sum = sum_exp(logits, divisor, best);
     let inv = (1.0 / sum) as f32;
     let token = if sample {
         let target = uniform * sum;
         let mut acc = 0f64;
         let mut chosen = best_i;
         for (i, &l) in logits.iter().enumerate() {
-            let e = f64::from((scale(l) - best).exp());
+            let e = f64::from(exp(scale(l) - best));
             if e > 0.0 {
                 chosen = i;
             }
@@ -120,20 +112,11 @@ fn score_unfiltered(
     } else {
         best_i
     };
-    let p = |x: f32| (x - best).exp() * inv;
+    let p = |x: f32| exp(x - best) * inv;
     let confidence = match kind {
         Confidence::Probability => p(scale(logits[token])),
         Confidence::Margin => p(best) - if second.is_finite() { p(second) } else { 0.0 },
-        Confidence::NegEntropy => {
-            let total: f64 = logits
-                .iter()
-                .map(|&l| {
-                    let q = p(scale(l));
-                    f64::from(q * (q + ENTROPY_EPS).ln())
-                })
-                .sum();
-            total as f32
-        }
+        Confidence::NegEntropy => neg_entropy(logits, divisor, best, inv, ENTROPY_EPS) as f32,
     };
     Scored {
         token: token as u32,
@@ -146,6 +129,7 @@ fn score_unfiltered(
 /// the maximum is widened until the candidates hold more than `top_p` of the probability mass.
 fn filtered_candidates<'a>(
     logits: &[f32],
+    divisor: f32,
     scale: impl Fn(f32) -> f32 + Copy,
     filter: &Filter,
     out: &'a mut Vec<(f32, u32)>,
@@ -154,10 +138,7 @@ fn filtered_candidates<'a>(
         .iter()
         .map(|&l| scale(l))
         .fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits
-        .iter()
-        .map(|&l| f64::from((scale(l) - max).exp()))
-        .sum();
+    let sum = sum_exp(logits, divisor, max);
     let top_p = filter.nucleus();
     let needed_k = filter.top_k.unwrap_or(0);
     let mut width = 4.0f32;
@@ -173,7 +154,7 @@ fn filtered_candidates<'a>(
         );
         let mass: f64 = out
             .iter()
-            .map(|&(x, _)| f64::from((x - max).exp()))
+            .map(|&(x, _)| f64::from(exp(x - max)))
             .sum::<f64>()
             / sum;
         let enough_mass = top_p.is_none_or(|p| (mass as f32) > p);
@@ -196,7 +177,7 @@ fn filtered_candidates<'a>(
                 keep = j;
                 break;
             }
-            cumulative += f64::from((x - max).exp()) / sum;
+            cumulative += f64::from(exp(x - max)) / sum;
         }
     }
     if let Some(k) = filter.top_k {
@@ -210,16 +191,16 @@ fn filtered_candidates<'a>(
 
 fn score_candidates(kept: &[(f32, u32)], sample: bool, kind: Confidence, uniform: f64) -> Scored {
     let max = kept[0].0;
-    let sum: f64 = kept.iter().map(|&(x, _)| f64::from((x - max).exp())).sum();
+    let sum: f64 = kept.iter().map(|&(x, _)| f64::from(exp(x - max))).sum();
     let inv = (1.0 / sum) as f32;
-    let p = |x: f32| (x - max).exp() * inv;
+    let p = |x: f32| exp(x - max) * inv;
     let chosen = if sample {
         let target = uniform * sum;
         let mut acc = 0f64;
         let mut chosen = 0;
         for (j, &(x, _)) in kept.iter().enumerate() {
             chosen = j;
-            acc += f64::from((x - max).exp());
+            acc += f64::from(exp(x - max));
             if acc > target {
                 break;
             }
@@ -235,7 +216,7 @@ fn score_candidates(kept: &[(f32, u32)], sample: bool, kind: Confidence, uniform
             .iter()
             .map(|&(x, _)| {
                 let q = p(x);
-                f64::from(q * (q + ENTROPY_EPS).ln())
+                f64::from(q * ln(q + ENTROPY_EPS))
             })
             .sum::<f64>() as f32,
     };

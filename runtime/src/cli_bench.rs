@@ -1,6 +1,11 @@
 //! `unmask bench`: seconds per step, tokens per second and peak RSS of a generation, and, in the
 //! same run, libllama's forward pass over the same canvas configured as llama.cpp's diffusion
 //! example does (logits for every position), plus the host-side scoring that example adds.
+//!
+//! The libllama passes are interleaved with unmask's steps (a pass every few steps, over the
+//! canvas as it stands), so that a busy machine slows both sides alike and the ratio stays
+//! meaningful. Peak RSS is read after the first step, before libllama is loaded: by then every
+//! weight page and compute buffer unmask uses has been touched.
 
 use crate::cli_generate::default_threads;
 use anyhow::{Context, Result};
@@ -31,8 +36,8 @@ pub struct BenchArgs {
     /// make nucleus sampling unrepresentatively expensive, so the benchmark is greedy by default.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
-    /// libllama forward passes to time.
-    #[arg(long, default_value_t = 3)]
+    /// libllama forward passes to time, spread evenly over the generation.
+    #[arg(long, default_value_t = 4)]
     llama_runs: usize,
     /// Skip the libllama comparison.
     #[arg(long)]
@@ -77,13 +82,48 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut generator = Generator::new(model.clone(), args.threads)?;
     // Build the graphs once outside the timing, as a long-running user would have them.
     generator.forward_for(prompt.len() + args.gen)?;
-    let result = generator.generate(&prompt, &params, &mut |_| Control::Continue)?;
-    let per_step = result.seconds / result.steps as f64;
-    let rss = peak_rss_mib();
     let compute_mib = generator
         .forward_for(prompt.len() + args.gen)?
         .compute_bytes() as f64
         / (1u64 << 20) as f64;
+    let runs = if args.no_llama {
+        0
+    } else {
+        args.llama_runs.max(1)
+    };
+    let every = (args.steps / runs.max(1)).max(1);
+    let mut llama: Option<LlamaForward> = None;
+    let mut llama_error: Option<anyhow::Error> = None;
+    let mut rss = f64::NAN;
+    let mut in_callback = 0f64;
+    let mut forward_times = Vec::new();
+    let mut scoring_times = Vec::new();
+    let prompt_len = prompt.len();
+    let result = generator.generate(&prompt, &params, &mut |event| {
+        let start = Instant::now();
+        if event.step == 0 {
+            rss = peak_rss_mib();
+        }
+        if runs > 0 && event.step % every == every / 2 && forward_times.len() < runs {
+            match time_llama(&args, &mut llama, event.canvas, prompt_len) {
+                Ok((forward, scoring)) => {
+                    forward_times.push(forward);
+                    scoring_times.push(scoring);
+                }
+                Err(e) => {
+                    llama_error = Some(e);
+                    return Control::Cancel;
+                }
+            }
+        }
+        in_callback += start.elapsed().as_secs_f64();
+        Control::Continue
+    })?;
+    if let Some(e) = llama_error {
+        return Err(e.context("timing libllama"));
+    }
+    let unmask_seconds = result.seconds - in_callback;
+    let per_step = unmask_seconds / result.steps as f64;
     println!(
         "model: {} ({file_mib:.1} MiB), threads {}",
         args.model.display(),
@@ -101,8 +141,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "unmask: {:.3} s/step ({} forward passes), {:.2} tokens/s, {:.2} s total",
         per_step,
         result.forward_passes,
-        result.tokens.len() as f64 / result.seconds,
-        result.seconds
+        result.tokens.len() as f64 / unmask_seconds,
+        unmask_seconds
     );
     println!(
         "unmask: per step {:.3} s in the layers, {:.3} s in output projection + scoring ({} forward passes)",
@@ -114,41 +154,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "unmask: peak RSS {rss:.1} MiB (file {file_mib:.1} MiB + compute buffers {compute_mib:.1} MiB = {:.1} MiB)",
         file_mib + compute_mib
     );
-    if args.no_llama {
+    if forward_times.is_empty() {
         return Ok(());
     }
-    let canvas: Vec<i32> = result.canvas.iter().map(|&t| t as i32).collect();
-    let mut llama = LlamaForward::new(&args.model, canvas.len(), args.threads)?;
-    let n_vocab = llama.n_vocab();
-    llama.logits(&canvas)?; // warm-up
-    let mut forward_times = Vec::new();
-    let mut scoring_times = Vec::new();
-    for _ in 0..args.llama_runs.max(1) {
-        let start = Instant::now();
-        let logits = llama.logits(&canvas)?;
-        forward_times.push(start.elapsed().as_secs_f64());
-        // What the diffusion example then does on the host: copy every masked row's logits and
-        // score it (here: the generated part of the canvas, all masked at the first step).
-        let start = Instant::now();
-        let mut copy = vec![0f32; n_vocab];
-        let mut checksum = 0f32;
-        for row in prompt.len() - 1..canvas.len() - 1 {
-            copy.copy_from_slice(&logits[row * n_vocab..(row + 1) * n_vocab]);
-            let max = copy.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = copy.iter().map(|&x| (x - max).exp()).sum();
-            checksum += sum;
-        }
-        std::hint::black_box(checksum);
-        scoring_times.push(start.elapsed().as_secs_f64());
-    }
-    forward_times.sort_by(f64::total_cmp);
-    scoring_times.sort_by(f64::total_cmp);
-    let llama_forward = forward_times[forward_times.len() / 2];
-    let llama_scoring = scoring_times[scoring_times.len() / 2];
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let llama_forward = median(&mut forward_times);
+    let llama_scoring = median(&mut scoring_times);
     println!(
-        "libllama: forward {:.3} s over the same {} tokens (logits for every position; median of {}), host copy + scoring of all masked rows {:.3} s",
+        "libllama: forward {:.3} s over the same {} tokens (logits for every position; median of {}, interleaved with unmask's steps), host copy + scoring of all masked rows {:.3} s",
         llama_forward,
-        canvas.len(),
+        result.canvas.len(),
         forward_times.len(),
         llama_scoring
     );
@@ -158,4 +176,37 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (llama_forward + llama_scoring) / per_step
     );
     Ok(())
+}
+
+/// One libllama forward pass over `canvas` (loading libllama on first use, with a warm-up pass),
+/// then what the diffusion example does on the host: copy every masked row's logits and score it
+/// (here: the generated part of the canvas, all of it masked at the first step).
+fn time_llama(
+    args: &BenchArgs,
+    llama: &mut Option<LlamaForward>,
+    canvas: &[u32],
+    prompt_len: usize,
+) -> Result<(f64, f64)> {
+    let canvas: Vec<i32> = canvas.iter().map(|&t| t as i32).collect();
+    if llama.is_none() {
+        let mut loaded = LlamaForward::new(&args.model, canvas.len(), args.threads)?;
+        loaded.logits(&canvas)?; // warm-up
+        *llama = Some(loaded);
+    }
+    let llama = llama.as_mut().expect("loaded above");
+    let n_vocab = llama.n_vocab();
+    let start = Instant::now();
+    let logits = llama.logits(&canvas)?;
+    let forward = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut copy = vec![0f32; n_vocab];
+    let mut checksum = 0f32;
+    for row in prompt_len - 1..canvas.len() - 1 {
+        copy.copy_from_slice(&logits[row * n_vocab..(row + 1) * n_vocab]);
+        let max = copy.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = copy.iter().map(|&x| (x - max).exp()).sum();
+        checksum += sum;
+    }
+    std::hint::black_box(checksum);
+    Ok((forward, start.elapsed().as_secs_f64()))
 }
