@@ -1,0 +1,179 @@
+//! Models: loading a GGUF file into a shared, immutable handle, and the information getters.
+
+use crate::error::{entry, status_entry, FfiError, FfiResult};
+use crate::handles::Table;
+use crate::status::{self, Status};
+use std::ffi::{c_char, CStr};
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
+use unmask_runtime::Model;
+
+/// `unmask_model_t`: never dereferenced, only looked up in [`MODELS`].
+#[allow(non_camel_case_types)]
+#[repr(C)]
+pub struct unmask_model {
+    _opaque: [u8; 0],
+}
+
+/// A loaded model and what the getters report.
+pub struct ModelEntry {
+    pub model: Arc<Model>,
+    pub n_params: i64,
+}
+
+/// The live model handles.
+pub static MODELS: LazyLock<Table<ModelEntry>> = LazyLock::new(|| Table::new("model"));
+
+/// The C string of the only architecture a model can have (loading checks it).
+const ARCHITECTURE: &CStr = c"dream";
+
+#[cfg(unix)]
+fn path_from(path: &CStr) -> FfiResult<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(path.to_bytes())))
+}
+
+#[cfg(not(unix))]
+fn path_from(path: &CStr) -> FfiResult<PathBuf> {
+    Ok(PathBuf::from(
+        path.to_str().map_err(|_| FfiError::Utf8("path"))?,
+    ))
+}
+
+fn load(path: &CStr) -> FfiResult<ModelEntry> {
+    let model = Model::load(&path_from(path)?)?;
+    if i32::try_from(model.n_vocab).is_err() {
+        return Err(FfiError::Runtime(unmask_runtime::Error::Model(format!(
+            "a vocabulary of {} ids does not fit the C API's int32_t ids",
+            model.n_vocab
+        ))));
+    }
+    let n_params = model
+        .weights
+        .file()
+        .tensors()
+        .iter()
+        .map(|t| t.n_elements())
+        .sum::<u64>();
+    Ok(ModelEntry {
+        model: Arc::new(model),
+        n_params: i64::try_from(n_params).unwrap_or(i64::MAX),
+    })
+}
+
+/// `unmask_model_load`.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string; `out` is NULL or valid for one pointer write.
+#[no_mangle]
+pub unsafe extern "C" fn unmask_model_load(
+    path: *const c_char,
+    out: *mut *mut unmask_model,
+) -> Status {
+    status_entry(|| {
+        if out.is_null() {
+            return Err(FfiError::Null("out"));
+        }
+        // SAFETY: out is non-NULL and valid for a write by the caller's contract.
+        unsafe { *out = std::ptr::null_mut() };
+        if path.is_null() {
+            return Err(FfiError::Null("path"));
+        }
+        // SAFETY: non-NULL and NUL-terminated by the caller's contract.
+        let path = unsafe { CStr::from_ptr(path) };
+        let handle = MODELS.insert(Arc::new(load(path)?));
+        // SAFETY: as above.
+        unsafe { *out = handle.cast_mut().cast() };
+        Ok(status::OK)
+    })
+}
+
+/// `unmask_model_free`: NULL and freed handles are ignored.
+#[no_mangle]
+pub extern "C" fn unmask_model_free(model: *mut unmask_model) {
+    entry(
+        |_| (),
+        || {
+            MODELS.remove(model);
+            Ok(())
+        },
+    )
+}
+
+/// Runs a getter on a live model; `fallback` (and a recorded error) otherwise.
+fn getter<T>(model: *const unmask_model, fallback: T, f: impl FnOnce(&ModelEntry) -> T) -> T {
+    entry(
+        |_| fallback,
+        || {
+            let m = MODELS.get(model)?;
+            Ok(f(&m))
+        },
+    )
+}
+
+fn id(t: Option<u32>) -> i32 {
+    t.and_then(|t| i32::try_from(t).ok()).unwrap_or(-1)
+}
+
+/// `unmask_model_architecture`: "dream", or NULL for an invalid model.
+#[no_mangle]
+pub extern "C" fn unmask_model_architecture(model: *const unmask_model) -> *const c_char {
+    getter(model, std::ptr::null(), |_| ARCHITECTURE.as_ptr())
+}
+
+/// `unmask_model_n_params`.
+#[no_mangle]
+pub extern "C" fn unmask_model_n_params(model: *const unmask_model) -> i64 {
+    getter(model, -1, |m| m.n_params)
+}
+
+/// `unmask_model_n_ctx`.
+#[no_mangle]
+pub extern "C" fn unmask_model_n_ctx(model: *const unmask_model) -> i32 {
+    getter(model, -1, |m| {
+        crate::args::saturate(m.model.context_length())
+    })
+}
+
+/// `unmask_model_n_vocab`.
+#[no_mangle]
+pub extern "C" fn unmask_model_n_vocab(model: *const unmask_model) -> i32 {
+    getter(model, -1, |m| crate::args::saturate(m.model.n_vocab))
+}
+
+/// `unmask_model_n_layers`.
+#[no_mangle]
+pub extern "C" fn unmask_model_n_layers(model: *const unmask_model) -> i32 {
+    getter(model, -1, |m| crate::args::saturate(m.model.n_layers()))
+}
+
+/// `unmask_model_mask_id`.
+#[no_mangle]
+pub extern "C" fn unmask_model_mask_id(model: *const unmask_model) -> i32 {
+    getter(model, -1, |m| id(Some(m.model.special.mask)))
+}
+
+/// `unmask_model_eos_id`.
+#[no_mangle]
+pub extern "C" fn unmask_model_eos_id(model: *const unmask_model) -> i32 {
+    getter(model, -1, |m| id(m.model.special.eos))
+}
+
+/// `unmask_model_has_chat`.
+#[no_mangle]
+pub extern "C" fn unmask_model_has_chat(model: *const unmask_model) -> i32 {
+    getter(model, -1, |m| {
+        i32::from(unmask_runtime::chat::supports_chat(&m.model))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_architecture_string_is_the_one_loading_checks() {
+        assert_eq!(
+            super::ARCHITECTURE.to_str(),
+            Ok(unmask_quantize::dream::ARCH)
+        );
+    }
+}

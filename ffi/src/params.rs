@@ -1,0 +1,257 @@
+//! The parameter structs of unmask.h (`#[repr(C)]`, field for field), their defaults, and their
+//! conversion to the runtime's parameters with every value checked.
+
+use crate::error::{entry, FfiError, FfiResult};
+use unmask_runtime::{Algorithm, GenerateParams};
+
+/// The most worker threads a context may ask for.
+pub const MAX_THREADS: i32 = 512;
+
+/// `unmask_context_params`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct unmask_context_params {
+    pub n_threads: i32,
+}
+
+/// `unmask_generate_params`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct unmask_generate_params {
+    pub seed: u64,
+    pub max_new_tokens: i32,
+    pub steps: i32,
+    pub alg: i32,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: i32,
+    pub alg_temp: f32,
+    pub eps: f32,
+    pub block_length: i32,
+    pub chat: i32,
+    pub n_threads: i32,
+}
+
+pub const ALG_ORIGIN: i32 = 0;
+pub const ALG_MASKGIT_PLUS: i32 = 1;
+pub const ALG_TOPK_MARGIN: i32 = 2;
+pub const ALG_ENTROPY: i32 = 3;
+
+/// Whether `unmask_generate_text` applies the Instruct template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chat {
+    Auto,
+    Off,
+    On,
+}
+
+/// A checked `unmask_generate_params`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checked {
+    pub params: GenerateParams,
+    pub chat: Chat,
+    /// `None`: the context's thread count.
+    pub threads: Option<usize>,
+}
+
+impl Default for unmask_generate_params {
+    /// The CLI's defaults (`unmask generate` without options).
+    fn default() -> Self {
+        let d = GenerateParams::default();
+        unmask_generate_params {
+            seed: d.seed,
+            max_new_tokens: d.max_new_tokens as i32,
+            steps: d.steps as i32,
+            alg: ALG_ENTROPY,
+            temperature: d.temperature,
+            top_p: d.top_p.unwrap_or(1.0),
+            top_k: 0,
+            alg_temp: d.alg_temp,
+            eps: d.eps,
+            block_length: 0,
+            chat: -1,
+            n_threads: 0,
+        }
+    }
+}
+
+fn invalid<T>(message: String) -> FfiResult<T> {
+    Err(FfiError::InvalidArgument(format!(
+        "invalid generation parameter: {message}"
+    )))
+}
+
+impl unmask_generate_params {
+    /// Converts to the runtime's parameters exactly as `unmask generate` does with the same
+    /// options, refusing anything out of range with a message naming the field.
+    pub fn check(&self) -> FfiResult<Checked> {
+        let positive = |v: i32, name: &str| -> FfiResult<usize> {
+            if v < 1 {
+                return invalid(format!("{name} must be at least 1 (got {v})"));
+            }
+            Ok(v as usize)
+        };
+        let alg = match self.alg {
+            ALG_ORIGIN => Algorithm::Origin,
+            ALG_MASKGIT_PLUS => Algorithm::MaskgitPlus,
+            ALG_TOPK_MARGIN => Algorithm::TopkMargin,
+            ALG_ENTROPY => Algorithm::Entropy,
+            other => return invalid(format!("alg {other} is not one of UNMASK_ALG_* (0..=3)")),
+        };
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return invalid(format!("top_p {} must be in (0, 1]", self.top_p));
+        }
+        let top_k = match self.top_k {
+            0 => None,
+            k if k > 0 => Some(k as usize),
+            k => return invalid(format!("top_k {k} must be >= 0 (0 disables it)")),
+        };
+        let block_length = match self.block_length {
+            0 => None,
+            b if b > 0 => Some(b as usize),
+            b => return invalid(format!("block_length {b} must be >= 0 (0: one block)")),
+        };
+        let chat = match self.chat {
+            -1 => Chat::Auto,
+            0 => Chat::Off,
+            1 => Chat::On,
+            c => return invalid(format!("chat {c} must be -1 (automatic), 0 or 1")),
+        };
+        let threads = match self.n_threads {
+            0 => None,
+            n if (1..=MAX_THREADS).contains(&n) => Some(n as usize),
+            n => return invalid(format!("n_threads {n} must be in 0..={MAX_THREADS}")),
+        };
+        let params = GenerateParams {
+            max_new_tokens: positive(self.max_new_tokens, "max_new_tokens")?,
+            steps: positive(self.steps, "steps")?,
+            alg,
+            temperature: self.temperature,
+            // As the CLI: 1 disables the nucleus filter.
+            top_p: Some(self.top_p).filter(|&p| p < 1.0),
+            top_k,
+            alg_temp: self.alg_temp,
+            eps: self.eps,
+            block_length,
+            seed: self.seed,
+        };
+        params.validate()?;
+        Ok(Checked {
+            params,
+            chat,
+            threads,
+        })
+    }
+}
+
+impl unmask_context_params {
+    /// The thread count asked for (0: the number of CPUs).
+    pub fn threads(&self) -> FfiResult<usize> {
+        match self.n_threads {
+            0 => Ok(std::thread::available_parallelism().map_or(4, |n| n.get())),
+            n if (1..=MAX_THREADS).contains(&n) => Ok(n as usize),
+            n => Err(FfiError::InvalidArgument(format!(
+                "n_threads {n} must be in 0..={MAX_THREADS}"
+            ))),
+        }
+    }
+}
+
+/// `unmask_context_default_params`.
+#[no_mangle]
+pub extern "C" fn unmask_context_default_params() -> unmask_context_params {
+    let default = unmask_context_params { n_threads: 0 };
+    entry(|_| default, || Ok(default))
+}
+
+/// `unmask_generate_default_params`.
+#[no_mangle]
+pub extern "C" fn unmask_generate_default_params() -> unmask_generate_params {
+    entry(
+        |_| unmask_generate_params::default(),
+        || Ok(unmask_generate_params::default()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_clis() {
+        let c = unmask_generate_default_params().check().unwrap();
+        assert_eq!(c.params, GenerateParams::default());
+        assert_eq!(c.chat, Chat::Auto);
+        assert_eq!(c.threads, None);
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_field() {
+        let d = unmask_generate_params::default();
+        let cases = [
+            (
+                unmask_generate_params {
+                    max_new_tokens: -3,
+                    ..d
+                },
+                "max_new_tokens",
+            ),
+            (unmask_generate_params { steps: 0, ..d }, "steps"),
+            (unmask_generate_params { alg: 4, ..d }, "alg 4"),
+            (
+                unmask_generate_params {
+                    top_p: f32::NAN,
+                    ..d
+                },
+                "top_p",
+            ),
+            (unmask_generate_params { top_p: 1.5, ..d }, "top_p"),
+            (unmask_generate_params { top_k: -1, ..d }, "top_k"),
+            (
+                unmask_generate_params {
+                    block_length: -8,
+                    ..d
+                },
+                "block_length",
+            ),
+            (
+                unmask_generate_params {
+                    block_length: 3,
+                    ..d
+                },
+                "block_length 3",
+            ),
+            (unmask_generate_params { chat: 2, ..d }, "chat"),
+            (unmask_generate_params { n_threads: -1, ..d }, "n_threads"),
+            (
+                unmask_generate_params {
+                    temperature: f32::NAN,
+                    ..d
+                },
+                "temperature",
+            ),
+            (
+                unmask_generate_params {
+                    alg_temp: -1.0,
+                    ..d
+                },
+                "alg_temp",
+            ),
+            (unmask_generate_params { eps: 0.0, ..d }, "eps"),
+            (unmask_generate_params { steps: 300, ..d }, "cannot exceed"),
+        ];
+        for (p, needle) in cases {
+            let e = p.check().unwrap_err();
+            assert!(matches!(
+                e,
+                FfiError::InvalidArgument(_) | FfiError::Runtime(_)
+            ));
+            assert_eq!(e.status(), crate::status::ERR_INVALID_ARGUMENT);
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        let top_p_one = unmask_generate_params { top_p: 1.0, ..d }.check().unwrap();
+        assert_eq!(top_p_one.params.top_p, None);
+    }
+}

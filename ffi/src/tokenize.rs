@@ -1,0 +1,83 @@
+//! Text <-> ids with the model's tokenizer, and the Instruct chat prompt, into caller buffers.
+
+use crate::args;
+use crate::error::{size_entry, FfiError};
+use crate::model::{unmask_model, MODELS};
+use std::ffi::c_char;
+use unmask_runtime::chat;
+
+/// `unmask_tokenize`.
+///
+/// # Safety
+/// `text` as in [`args::text`]; `tokens` NULL or valid for `n_tokens_max` writes.
+#[no_mangle]
+pub unsafe extern "C" fn unmask_tokenize(
+    model: *const unmask_model,
+    text: *const c_char,
+    text_len: i32,
+    tokens: *mut i32,
+    n_tokens_max: i32,
+) -> i32 {
+    size_entry(|| {
+        let model = MODELS.get(model)?;
+        // SAFETY: forwarded caller contract.
+        let text = unsafe { args::text(text, text_len, "text") }?;
+        let ids = chat::encode(&model.model, text)?;
+        // SAFETY: forwarded caller contract.
+        unsafe { args::write_ids(&ids, tokens, n_tokens_max) }
+    })
+}
+
+/// `unmask_detokenize`.
+///
+/// # Safety
+/// `tokens` NULL or valid for `n_tokens` reads; `buf` NULL or valid for `buf_len` writes.
+#[no_mangle]
+pub unsafe extern "C" fn unmask_detokenize(
+    model: *const unmask_model,
+    tokens: *const i32,
+    n_tokens: i32,
+    buf: *mut c_char,
+    buf_len: i32,
+    skip_special: i32,
+) -> i32 {
+    size_entry(|| {
+        let model = MODELS.get(model)?;
+        // SAFETY: forwarded caller contract.
+        let ids = unsafe { args::token_ids(tokens, n_tokens, model.model.n_vocab, "tokens") }?;
+        let text = model
+            .model
+            .tokenizer()?
+            .decode(&ids, skip_special != 0)
+            .map_err(|e| unmask_runtime::Error::Tokenizer(e.to_string()))?;
+        // SAFETY: forwarded caller contract.
+        unsafe { args::write_text(text.as_bytes(), buf, buf_len) }
+    })
+}
+
+/// `unmask_apply_chat`.
+///
+/// # Safety
+/// `user_text` as in [`args::text`]; `buf` NULL or valid for `buf_len` writes.
+#[no_mangle]
+pub unsafe extern "C" fn unmask_apply_chat(
+    model: *const unmask_model,
+    user_text: *const c_char,
+    text_len: i32,
+    buf: *mut c_char,
+    buf_len: i32,
+) -> i32 {
+    size_entry(|| {
+        let model = MODELS.get(model)?;
+        // SAFETY: forwarded caller contract.
+        let text = unsafe { args::text(user_text, text_len, "user_text") }?;
+        if !chat::supports_chat(&model.model) {
+            return Err(FfiError::InvalidArgument(
+                "the model's tokenizer has no chat markers (<|im_start|>, <|im_end|>)".into(),
+            ));
+        }
+        let prompt = chat::instruct_prompt(text);
+        // SAFETY: forwarded caller contract.
+        unsafe { args::write_text(prompt.as_bytes(), buf, buf_len) }
+    })
+}
