@@ -1,0 +1,52 @@
+//! `unmask-train`: the training companion of unmask (coupled-GRPO, `../shared/spec/COUPLED_GRPO.md`).
+//!
+//! This first part is the self-contained reward side, which needs no model:
+//! - [`tasks`]: AceCode-style JSONL tasks and the prompt text (§3);
+//! - [`format`]: the format reward (§3);
+//! - [`sandbox`]: local, contained execution of untrusted generated Python;
+//! - [`reward`]: `2.0 * pass_rate + 0.5 * format`, in parallel over completions (§3);
+//! - [`advantage`]: group advantages (§2);
+//! - [`masks`]: the coupled mask sampling of §4, with its own seeded generator ([`rng`]).
+//!
+//! The crate forbids `unsafe` (the project keeps `unsafe` in `kernels/` and `ffi/`). Everything the
+//! sandbox needs before `exec` (namespaces, rlimits, a different uid) is therefore done by exec'ing
+//! through util-linux's `unshare`, `setpriv` and `prlimit`, never with `pre_exec`; see [`sandbox`].
+#![forbid(unsafe_code)]
+
+pub mod advantage;
+pub mod format;
+pub mod masks;
+pub mod reward;
+pub mod rng;
+pub mod sandbox;
+pub mod tasks;
+
+use std::path::PathBuf;
+
+/// Every error of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON-lines file has a bad line (1-based line number).
+    #[error("{path}:{line}: {msg}")]
+    Jsonl {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    /// The sandbox could not be set up or a child could not be started.
+    #[error("sandbox: {0}")]
+    Sandbox(String),
+    /// A caller passed an argument outside its domain.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,146 @@
+//! `unmask-train`: the coupled-GRPO training companion of unmask. For now: `reward`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+use unmask_train::reward::{score_batch_in, Score};
+use unmask_train::sandbox::{Sandbox, SandboxConfig};
+use unmask_train::tasks::{load_tasks, Task};
+
+#[derive(Parser)]
+#[command(
+    name = "unmask-train",
+    version,
+    about = "Coupled-GRPO training companion of unmask (DiffuCoder/Dream).",
+    after_help = "Training subcommands (`grpo`, coupled-GRPO; `sft`, masked-diffusion SFT) are coming; \
+                  for now `reward` scores completions with the spec's code reward."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Score completions for tasks: one JSON line per completion with reward, format, pass_rate.
+    ///
+    /// TASKS is AceCode JSON lines ({"question", "test_cases"}). COMPLETIONS is JSON lines
+    /// {"task": <0-based line index among the tasks, or the task's "id">, "completion": "<decoded
+    /// text>"}. Generated code runs in a local sandbox (see the library's `sandbox` module).
+    Reward {
+        #[arg(long)]
+        tasks: PathBuf,
+        #[arg(long)]
+        completions: PathBuf,
+        /// Concurrent sandboxes (default: the number of CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Wall-clock timeout per test case, seconds.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+        /// Python interpreter (default: probed).
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TaskRef {
+    Index(usize),
+    Id(String),
+}
+
+#[derive(Deserialize)]
+struct CompletionLine {
+    task: TaskRef,
+    completion: String,
+}
+
+fn load_completions(path: &Path, tasks: &[Task]) -> Result<Vec<(usize, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let c: CompletionLine = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a completion line", path.display(), i + 1))?;
+        let idx = match &c.task {
+            TaskRef::Index(k) if *k < tasks.len() => *k,
+            TaskRef::Index(k) => bail!(
+                "{}:{}: task index {k} out of range ({} tasks)",
+                path.display(),
+                i + 1,
+                tasks.len()
+            ),
+            TaskRef::Id(id) => tasks
+                .iter()
+                .position(|t| t.id.as_deref() == Some(id))
+                .with_context(|| format!("{}:{}: no task with id {id:?}", path.display(), i + 1))?,
+        };
+        out.push((idx, c.completion));
+    }
+    Ok(out)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Reward {
+            tasks,
+            completions,
+            jobs,
+            timeout,
+            python,
+        } => {
+            if !(timeout > 0.0 && timeout.is_finite()) {
+                bail!("--timeout must be positive");
+            }
+            let tasks = load_tasks(&tasks)?;
+            let comps = load_completions(&completions, &tasks)?;
+            let mut cfg = SandboxConfig {
+                python,
+                ..Default::default()
+            };
+            cfg.limits.wall = std::time::Duration::from_secs_f64(timeout);
+            cfg.limits.cpu_seconds = timeout.ceil() as u64;
+            let sandbox = Sandbox::new(cfg)?;
+            eprintln!(
+                "sandbox: {} ({})",
+                sandbox.isolation().name(),
+                sandbox.python().display()
+            );
+            let jobs =
+                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(jobs.max(1))
+                .build()
+                .context("thread pool")?;
+            let items: Vec<(&Task, &str)> = comps
+                .iter()
+                .map(|(i, c)| (&tasks[*i], c.as_str()))
+                .collect();
+            let scores = score_batch_in(&pool, &sandbox, &items);
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            for (k, (s, (ti, _))) in scores.into_iter().zip(&comps).enumerate() {
+                let s: Score = s.with_context(|| format!("completion {k}"))?;
+                let line = serde_json::json!({
+                    "completion": k,
+                    "task": ti,
+                    "reward": s.reward,
+                    "format": s.format,
+                    "pass_rate": s.pass_rate,
+                    "passed": s.passed,
+                    "run": s.run,
+                });
+                writeln!(out, "{line}")?;
+            }
+        }
+    }
+    Ok(())
+}
