@@ -8,6 +8,7 @@
 //! and [`compute`](Graph::compute) as often as needed: nothing is allocated per computation.
 
 use crate::backend::CpuBackend;
+use crate::params::ParamStore;
 use crate::weights::Weights;
 use crate::{Error, GgmlType, Result};
 use llama_cpp_sys_2 as sys;
@@ -30,6 +31,40 @@ pub(crate) fn descriptions_context(mem_size: usize) -> Result<NonNull<sys::ggml_
         .ok_or_else(|| Error::Ggml("ggml_init failed".into()))
 }
 
+/// Extra tensor descriptions and graph nodes that `ggml_build_backward_expand` may create per
+/// forward tensor (out_prod, transposes, repeat_back, accumulation adds, ...): generous, since
+/// running out of context memory would be a ggml abort.
+const BACKWARD_FACTOR: usize = 8;
+
+/// Something model tensors can be taken from by GGUF name: memory-mapped [`Weights`] (inference)
+/// or trainable [`ParamStore`] parameters (training). One model definition serves both.
+pub trait TensorSource {
+    /// Whether a tensor called `name` exists.
+    fn contains(&self, name: &str) -> bool;
+    /// Makes the tensor `name` usable in `g` (which keeps the source alive).
+    fn attach(&self, g: &mut Graph, name: &str) -> Result<TensorId>;
+}
+
+impl TensorSource for Arc<Weights> {
+    fn contains(&self, name: &str) -> bool {
+        Weights::contains(self, name)
+    }
+
+    fn attach(&self, g: &mut Graph, name: &str) -> Result<TensorId> {
+        g.weight(self, name)
+    }
+}
+
+impl TensorSource for Arc<ParamStore> {
+    fn contains(&self, name: &str) -> bool {
+        ParamStore::contains(self, name)
+    }
+
+    fn attach(&self, g: &mut Graph, name: &str) -> Result<TensorId> {
+        g.param(self, name)
+    }
+}
+
 /// Handle of a tensor inside one [`Graph`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TensorId(usize);
@@ -41,6 +76,13 @@ pub struct Graph {
     tensors: Vec<NonNull<sys::ggml_tensor>>,
     capacity: usize,
     weights: Vec<Arc<Weights>>,
+    /// Parameter stores this graph uses, and the parameter tensors attached (for gradients).
+    params: Vec<Arc<ParamStore>>,
+    param_ids: Vec<TensorId>,
+    /// Whether the graph is built with gradients ([`Graph::with_gradients`]).
+    grads: bool,
+    /// Whether the backward pass was appended ([`Graph::allocate_with_gradients`]).
+    has_backward: bool,
     /// Allocated dimension 1 of tensors resized by `set_active_rows`.
     full_rows: std::collections::HashMap<usize, i64>,
 }
@@ -52,10 +94,33 @@ unsafe impl Send for Graph {}
 impl Graph {
     /// A graph with room for `max_tensors` tensor descriptions (inputs, views and results).
     pub fn new(max_tensors: usize) -> Result<Self> {
+        Self::build(max_tensors, false)
+    }
+
+    /// A graph whose loss can be differentiated with respect to the [`ParamStore`] tensors it
+    /// uses: allocate it with [`allocate_with_gradients`](Self::allocate_with_gradients), compute
+    /// with [`compute_gradients`](Self::compute_gradients) and read [`grad_f32`](Self::grad_f32).
+    /// `max_tensors` counts the forward tensors only; room for the backward pass is added.
+    pub fn with_gradients(max_tensors: usize) -> Result<Self> {
+        Self::build(max_tensors, true)
+    }
+
+    fn graph_size(&self) -> usize {
+        if self.grads {
+            self.capacity * BACKWARD_FACTOR
+        } else {
+            self.capacity
+        }
+    }
+
+    fn build(max_tensors: usize, grads: bool) -> Result<Self> {
+        let factor = if grads { BACKWARD_FACTOR } else { 1 };
+        let size = max_tensors
+            .checked_mul(factor)
+            .ok_or_else(|| Error::Ggml("graph too large".into()))?;
         // SAFETY: size queries without side effects.
         let mem_size = unsafe {
-            sys::ggml_tensor_overhead() * max_tensors
-                + sys::ggml_graph_overhead_custom(max_tensors, false)
+            sys::ggml_tensor_overhead() * size + sys::ggml_graph_overhead_custom(size, grads)
         };
         let ctx = descriptions_context(mem_size)?;
         Ok(Graph {
@@ -65,6 +130,10 @@ impl Graph {
             tensors: Vec::new(),
             capacity: max_tensors,
             weights: Vec::new(),
+            params: Vec::new(),
+            param_ids: Vec::new(),
+            grads,
+            has_backward: false,
             full_rows: std::collections::HashMap::new(),
         })
     }
@@ -143,6 +212,28 @@ impl Graph {
         }
         self.tensors.push(raw);
         Ok(TensorId(self.tensors.len() - 1))
+    }
+
+    /// Makes the parameter `name` of `params` usable in this graph, which keeps the store alive.
+    /// In a graph built [`with_gradients`](Self::with_gradients) its gradient can be read after
+    /// [`compute_gradients`](Self::compute_gradients).
+    pub fn param(&mut self, params: &Arc<ParamStore>, name: &str) -> Result<TensorId> {
+        if self.graph.is_some() {
+            return Err(Error::Ggml("graph is already allocated".into()));
+        }
+        let raw = params
+            .raw(name)
+            .ok_or_else(|| Error::Ggml(format!("parameter `{name}` is not in the store")))?;
+        if !self.params.iter().any(|p| Arc::ptr_eq(p, params)) {
+            self.params.push(params.clone());
+        }
+        if let Some(i) = self.tensors.iter().position(|t| *t == raw) {
+            return Ok(TensorId(i));
+        }
+        self.tensors.push(raw);
+        let id = TensorId(self.tensors.len() - 1);
+        self.param_ids.push(id);
+        Ok(id)
     }
 
     /// Rows of `a` picked by the i32 indices in `ids`: [n0, n1] x [n] -> [n0, n].
@@ -342,6 +433,54 @@ impl Graph {
         self.push(raw)
     }
 
+    /// The sum of all elements of a tensor: shape `[1]`.
+    pub fn sum(&mut self, a: TensorId) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        // SAFETY: ggml_sum accepts any tensor.
+        let raw = unsafe { sys::ggml_sum(ctx, self.raw(a)?) };
+        self.push(raw)
+    }
+
+    /// Swaps dimensions 0 and 1 (a strided view).
+    pub fn transpose(&mut self, a: TensorId) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        // SAFETY: ggml_transpose accepts any tensor.
+        let raw = unsafe { sys::ggml_transpose(ctx, self.raw(a)?) };
+        self.push(raw)
+    }
+
+    /// Attention without mask written out with differentiable operations (ggml's flash attention
+    /// has no backward pass): `softmax(scale * K^T Q)` per head, then `V` times it. Same contract
+    /// as [`attention`](Self::attention): q `[d, tokens, heads]`, k and v `[d, keys, kv_heads]`
+    /// (consecutive groups of query heads share a K/V head) -> `[d, heads, tokens]`, contiguous.
+    pub fn attention_explicit(
+        &mut self,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        scale: f32,
+    ) -> Result<TensorId> {
+        let (sq, sk, sv) = (self.shape(q)?, self.shape(k)?, self.shape(v)?);
+        if sq[0] != sk[0]
+            || sk != sv
+            || sk[2] == 0
+            || sq[2] % sk[2] != 0
+            || sq[3] != 1
+            || sk[3] != 1
+        {
+            return Err(Error::Ggml(format!(
+                "attention: q {sq:?}, k {sk:?}, v {sv:?} do not fit"
+            )));
+        }
+        let scores = self.mul_mat(k, q)?; // [keys, tokens, heads]
+        let probs = self.soft_max(scores, scale)?;
+        let vt = self.transpose(v)?; // [keys, d, kv_heads]
+        let vt = self.cont(vt)?;
+        let out = self.mul_mat(vt, probs)?; // [d, tokens, heads]
+        let out = self.permute(out, [0, 2, 1, 3])?; // [d, heads, tokens]
+        self.cont(out)
+    }
+
     /// `silu(gate) * up` (SwiGLU), element-wise on equal shapes.
     pub fn swiglu(&mut self, gate: TensorId, up: TensorId) -> Result<TensorId> {
         let ctx = self.ctx_for_new()?;
@@ -359,11 +498,16 @@ impl Graph {
         if self.graph.is_some() {
             return Err(Error::Ggml("graph is already allocated".into()));
         }
-        // SAFETY: the context was sized with ggml_graph_overhead_custom for `capacity` nodes.
+        // SAFETY: the context was sized with ggml_graph_overhead_custom for `graph_size` nodes.
         let graph = NonNull::new(unsafe {
-            sys::ggml_new_graph_custom(self.ctx.as_ptr(), self.capacity, false)
+            sys::ggml_new_graph_custom(self.ctx.as_ptr(), self.graph_size(), false)
         })
         .ok_or_else(|| Error::Ggml("graph creation failed".into()))?;
+        self.expand_outputs(graph, outputs)?;
+        self.allocate_graph(graph, backend)
+    }
+
+    fn expand_outputs(&self, graph: NonNull<sys::ggml_cgraph>, outputs: &[TensorId]) -> Result<()> {
         for &out in outputs {
             let t = self.raw(out)?;
             // SAFETY: `t` is a tensor of this graph; outputs must not be overwritten by the
@@ -373,6 +517,100 @@ impl Graph {
                 sys::ggml_build_forward_expand(graph.as_ptr(), t);
             }
         }
+        Ok(())
+    }
+
+    /// Like [`allocate`](Self::allocate) for a graph built [`with_gradients`](Self::with_gradients):
+    /// `loss` (a one-element f32 tensor) is the training loss, and ggml's automatic
+    /// differentiation (`ggml_build_backward_expand`) appends the backward pass, which computes
+    /// the gradient of `loss` with respect to every attached parameter that it depends on.
+    pub fn allocate_with_gradients(
+        &mut self,
+        outputs: &[TensorId],
+        loss: TensorId,
+        backend: &CpuBackend,
+    ) -> Result<()> {
+        if self.graph.is_some() {
+            return Err(Error::Ggml("graph is already allocated".into()));
+        }
+        if !self.grads {
+            return Err(Error::Ggml(
+                "gradients need a graph made with Graph::with_gradients".into(),
+            ));
+        }
+        if self.shape(loss)? != [1, 1, 1, 1] || self.type_of(loss)? != sys::GGML_TYPE_F32 {
+            return Err(Error::Ggml(format!(
+                "the loss must be one f32 value, has shape {:?}",
+                self.shape(loss)?
+            )));
+        }
+        if self.param_ids.is_empty() {
+            return Err(Error::Ggml("the graph uses no parameters".into()));
+        }
+        // SAFETY: the context was sized with ggml_graph_overhead_custom for `graph_size` nodes
+        // with gradients.
+        let graph = NonNull::new(unsafe {
+            sys::ggml_new_graph_custom(self.ctx.as_ptr(), self.graph_size(), true)
+        })
+        .ok_or_else(|| Error::Ggml("graph creation failed".into()))?;
+        self.expand_outputs(graph, outputs)?;
+        self.expand_outputs(graph, &[loss])?;
+        let loss_raw = self.raw(loss)?;
+        // SAFETY: checked above: a scalar f32 tensor of this graph.
+        unsafe { sys::ggml_set_loss(loss_raw) };
+        // ggml asserts that a parameter takes part; check it here instead.
+        let params: Vec<*mut sys::ggml_tensor> = self
+            .param_ids
+            .iter()
+            .map(|&id| self.raw(id))
+            .collect::<Result<_>>()?;
+        // SAFETY: node indices below ggml_graph_n_nodes of a live graph.
+        let uses_param = unsafe {
+            (0..sys::ggml_graph_n_nodes(graph.as_ptr()))
+                .any(|i| params.contains(&sys::ggml_graph_node(graph.as_ptr(), i)))
+        };
+        if !uses_param {
+            return Err(Error::Ggml("the loss depends on no parameter".into()));
+        }
+        // SAFETY: the graph was created with gradients, holds a loss and a parameter; every
+        // tensor the backward pass differentiates through is f32 (parameters and activations),
+        // the operations used by this API all have backward passes in ggml (flash attention,
+        // which has none, is refused here); the context has room for BACKWARD_FACTOR times the
+        // forward tensors.
+        unsafe {
+            for i in 0..sys::ggml_graph_n_nodes(graph.as_ptr()) {
+                let node = sys::ggml_graph_node(graph.as_ptr(), i);
+                if (*node).op == sys::GGML_OP_FLASH_ATTN_EXT {
+                    return Err(Error::Ggml(
+                        "flash attention has no backward pass; use attention_explicit".into(),
+                    ));
+                }
+            }
+            sys::ggml_build_backward_expand(
+                self.ctx.as_ptr(),
+                graph.as_ptr(),
+                std::ptr::null_mut(),
+            );
+        }
+        for &p in &params {
+            // SAFETY: live graph and tensor; a parameter's gradient must survive the computation.
+            unsafe {
+                let grad = sys::ggml_graph_get_grad(graph.as_ptr(), p);
+                if !grad.is_null() {
+                    sys::ggml_set_output(grad);
+                }
+            }
+        }
+        self.allocate_graph(graph, backend)?;
+        self.has_backward = true;
+        Ok(())
+    }
+
+    fn allocate_graph(
+        &mut self,
+        graph: NonNull<sys::ggml_cgraph>,
+        backend: &CpuBackend,
+    ) -> Result<()> {
         // SAFETY: backend is live; the allocator is freed in Drop.
         let galloc = NonNull::new(unsafe {
             sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(
@@ -452,7 +690,9 @@ impl Graph {
         Ok(t)
     }
 
-    /// Copies raw bytes (in the tensor's own type) into an input tensor.
+    /// Copies raw bytes (in the tensor's own type) into an input tensor. The graph allocator may
+    /// reuse an input's memory after its last use within a computation, so inputs should be set
+    /// before every computation.
     pub fn set_bytes(&mut self, id: TensorId, bytes: &[u8]) -> Result<()> {
         let t = self.allocated_tensor(id, bytes.len())?;
         // SAFETY: the tensor is allocated and exactly `bytes.len()` bytes long.
@@ -486,6 +726,65 @@ impl Graph {
             }
             Ok(std::slice::from_raw_parts(t_ref.data as *const f32, n))
         }
+    }
+
+    /// Computes the loss and the gradients of a graph allocated with
+    /// [`allocate_with_gradients`](Self::allocate_with_gradients): d(loss)/d(loss) is set to 1
+    /// first (`ggml_graph_reset`), so every computation gives fresh gradients.
+    pub fn compute_gradients(&mut self, backend: &mut CpuBackend) -> Result<()> {
+        let graph = self
+            .graph
+            .ok_or_else(|| Error::Ggml("graph is not allocated".into()))?;
+        if !self.grads || !self.has_backward {
+            return Err(Error::Ggml("graph was not allocated with gradients".into()));
+        }
+        // SAFETY: a live graph with gradients whose tensors are allocated in host memory.
+        unsafe { sys::ggml_graph_reset(graph.as_ptr()) };
+        self.compute(backend)
+    }
+
+    /// The gradient of the loss with respect to parameter `param` after
+    /// [`compute_gradients`](Self::compute_gradients), in the parameter's shape; `None` when the
+    /// loss does not depend on it.
+    pub fn grad_f32(&self, param: TensorId) -> Result<Option<&[f32]>> {
+        let graph = self
+            .graph
+            .ok_or_else(|| Error::Ggml("graph is not allocated".into()))?;
+        if !self.has_backward || !self.param_ids.contains(&param) {
+            return Err(Error::Ggml(
+                "no gradient: not a parameter of a graph with gradients".into(),
+            ));
+        }
+        let p = self.raw(param)?;
+        // SAFETY: live graph and tensor. The gradient is checked to be a contiguous f32 tensor in
+        // host memory with the parameter's element count before it is viewed as a slice; it was
+        // marked as an output, so the allocator never reuses its memory, and the slice lives as
+        // long as `&self` (computing needs `&mut self`).
+        unsafe {
+            let grad = sys::ggml_graph_get_grad(graph.as_ptr(), p);
+            if grad.is_null() {
+                return Ok(None);
+            }
+            let n = sys::ggml_nelements(p) as usize;
+            let g = &*grad;
+            if g.type_ != sys::GGML_TYPE_F32
+                || !sys::ggml_is_contiguous(grad)
+                || sys::ggml_nelements(grad) as usize != n
+                || g.data.is_null()
+                || g.buffer.is_null()
+                || !sys::ggml_backend_buffer_is_host(g.buffer)
+            {
+                return Err(Error::Ggml(
+                    "gradient is not a contiguous host f32 tensor".into(),
+                ));
+            }
+            Ok(Some(std::slice::from_raw_parts(g.data as *const f32, n)))
+        }
+    }
+
+    /// The parameters attached to this graph, in attachment order.
+    pub fn params(&self) -> &[TensorId] {
+        &self.param_ids
     }
 
     pub fn compute(&mut self, backend: &mut CpuBackend) -> Result<()> {
@@ -541,6 +840,135 @@ mod tests {
                 assert!((c[j * n + i] - want).abs() < 1e-3, "{i},{j}");
             }
         }
+    }
+
+    fn store(tensors: &[(&str, Vec<i64>, Vec<f32>)]) -> Arc<ParamStore> {
+        let shapes: Vec<(String, Vec<i64>)> = tensors
+            .iter()
+            .map(|(n, s, _)| (n.to_string(), s.clone()))
+            .collect();
+        let mut p = ParamStore::new(&shapes).unwrap();
+        for (n, _, v) in tensors {
+            p.set(n, v).unwrap();
+        }
+        Arc::new(p)
+    }
+
+    #[test]
+    fn gradients_of_a_linear_layer_match_the_closed_form() {
+        // loss = sum((W x + b) ⊙ G): dW[o][i] = sum_m G[m][o] x[m][i], db[o] = sum_m G[m][o].
+        let (k, n, m) = (5usize, 3usize, 4usize);
+        let w: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+        let x: Vec<f32> = (0..k * m).map(|i| (i as f32 * 0.11).cos()).collect();
+        let gm: Vec<f32> = (0..n * m).map(|i| (i as f32 * 0.7).sin()).collect();
+        let params = store(&[
+            ("w", vec![k as i64, n as i64], w.clone()),
+            ("b", vec![n as i64], b),
+        ]);
+        let mut backend = CpuBackend::new(2).unwrap();
+        let mut g = Graph::with_gradients(16).unwrap();
+        let tw = g.param(&params, "w").unwrap();
+        let tb = g.param(&params, "b").unwrap();
+        assert_eq!(g.param(&params, "w").unwrap(), tw, "attached once");
+        let tx = g.input(GgmlType::F32, &[k as i64, m as i64]).unwrap();
+        let tg = g.input(GgmlType::F32, &[n as i64, m as i64]).unwrap();
+        let y = g.mul_mat(tw, tx).unwrap();
+        let y = g.add(y, tb).unwrap();
+        let prod = g.mul(y, tg).unwrap();
+        let loss = g.sum(prod).unwrap();
+        g.allocate_with_gradients(&[y], loss, &backend).unwrap();
+        for _ in 0..2 {
+            // A second computation gives the same (fresh, not accumulated) gradients. Inputs are
+            // set before every computation: the allocator reuses their memory after last use.
+            g.set_f32(tx, &x).unwrap();
+            g.set_f32(tg, &gm).unwrap();
+            g.compute_gradients(&mut backend).unwrap();
+            let dw = g.grad_f32(tw).unwrap().unwrap();
+            for o in 0..n {
+                for i in 0..k {
+                    let want: f32 = (0..m).map(|j| gm[j * n + o] * x[j * k + i]).sum();
+                    assert!((dw[o * k + i] - want).abs() < 1e-5, "dW[{o}][{i}]");
+                }
+            }
+            let db = g.grad_f32(tb).unwrap().unwrap();
+            for o in 0..n {
+                let want: f32 = (0..m).map(|j| gm[j * n + o]).sum();
+                assert!((db[o] - want).abs() < 1e-5, "db[{o}]");
+            }
+        }
+        assert!(g.grad_f32(tx).is_err(), "inputs are not parameters");
+    }
+
+    #[test]
+    fn explicit_attention_equals_flash_attention() {
+        let (d, t, heads, kv) = (8i64, 5i64, 4i64, 2i64);
+        let mut backend = CpuBackend::new(2).unwrap();
+        let mut outs = Vec::new();
+        for explicit in [false, true] {
+            let mut g = Graph::new(32).unwrap();
+            let q = g.input(GgmlType::F32, &[d, heads, t]).unwrap();
+            let k = g.input(GgmlType::F32, &[d, kv, t]).unwrap();
+            let v = g.input(GgmlType::F32, &[d, kv, t]).unwrap();
+            let qp = g.permute(q, [0, 2, 1, 3]).unwrap();
+            let kp = g.permute(k, [0, 2, 1, 3]).unwrap();
+            let vp = g.permute(v, [0, 2, 1, 3]).unwrap();
+            let out = if explicit {
+                g.attention_explicit(qp, kp, vp, 0.3).unwrap()
+            } else {
+                g.attention(qp, kp, vp, 0.3).unwrap()
+            };
+            g.allocate(&[out], &backend).unwrap();
+            let fill =
+                |n: i64, s: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * s).sin()).collect() };
+            g.set_f32(q, &fill(d * heads * t, 0.31)).unwrap();
+            g.set_f32(k, &fill(d * kv * t, 0.17)).unwrap();
+            g.set_f32(v, &fill(d * kv * t, 0.23)).unwrap();
+            g.compute(&mut backend).unwrap();
+            assert_eq!(g.shape(out).unwrap(), [d, heads, t, 1]);
+            outs.push(g.read_f32(out).unwrap().to_vec());
+        }
+        for (a, b) in outs[0].iter().zip(&outs[1]) {
+            // Flash attention rounds its V accumulation through f16.
+            assert!((a - b).abs() < 2e-3, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn gradient_misuse_gives_errors() {
+        let params = store(&[("w", vec![4, 2], vec![1.0; 8])]);
+        let backend = CpuBackend::new(1).unwrap();
+        // Not a gradient graph.
+        let mut g = Graph::new(8).unwrap();
+        let w = g.param(&params, "w").unwrap();
+        let s = g.sum(w).unwrap();
+        assert!(g.allocate_with_gradients(&[], s, &backend).is_err());
+        // Loss not a scalar.
+        let mut g = Graph::with_gradients(8).unwrap();
+        let w = g.param(&params, "w").unwrap();
+        let y = g.mul(w, w).unwrap();
+        assert!(g.allocate_with_gradients(&[], y, &backend).is_err());
+        // No parameter.
+        let mut g = Graph::with_gradients(8).unwrap();
+        let x = g.input(GgmlType::F32, &[4, 2]).unwrap();
+        let s = g.sum(x).unwrap();
+        assert!(g.allocate_with_gradients(&[], s, &backend).is_err());
+        // A parameter the loss does not use.
+        let mut g = Graph::with_gradients(8).unwrap();
+        g.param(&params, "w").unwrap();
+        let x = g.input(GgmlType::F32, &[4, 2]).unwrap();
+        let s = g.sum(x).unwrap();
+        assert!(g.allocate_with_gradients(&[], s, &backend).is_err());
+        // Flash attention has no backward pass.
+        let mut g = Graph::with_gradients(16).unwrap();
+        let q = g.param(&params, "w").unwrap();
+        let q3 = g.reshape(q, &[4, 2, 1]).unwrap();
+        let a = g.attention(q3, q3, q3, 1.0).unwrap();
+        let s = g.sum(a).unwrap();
+        assert!(g.allocate_with_gradients(&[], s, &backend).is_err());
+        assert!(g.grad_f32(q).is_err());
+        assert!(ParamStore::new(&[("x".into(), vec![0])]).is_err());
+        assert!(ParamStore::new(&[]).is_err());
     }
 
     #[test]

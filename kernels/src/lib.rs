@@ -15,6 +15,7 @@ pub mod graph;
 pub mod heap;
 pub mod llama;
 pub mod mapping;
+pub mod params;
 pub mod quant;
 pub mod score;
 pub mod vmath;

@@ -8,6 +8,13 @@
 //! - [`advantage`]: group advantages (§2);
 //! - [`masks`]: the coupled mask sampling of §4, with its own seeded generator ([`rng`]).
 //!
+//! The model side, up to gradient parity with the PyTorch reference:
+//! - [`policy`]: the HF checkpoint as f32 ggml parameters and the runtime's model definition
+//!   (`unmask_runtime::forward::build_body`) over them, with ggml's automatic differentiation;
+//! - [`objective`]: host (f64) loss arithmetic and per-token weights (§5);
+//! - [`grad`]: coupled-GRPO and SFT loss + parameter gradients for fixed inputs
+//!   (`unmask-train grad`), in the reference's file format ([`tensor_file`]).
+//!
 //! The crate forbids `unsafe` (the project keeps `unsafe` in `kernels/` and `ffi/`). Everything the
 //! sandbox needs before `exec` (namespaces, rlimits, a different uid) is therefore done by exec'ing
 //! through util-linux's `unshare`, `setpriv` and `prlimit`, never with `pre_exec`; see [`sandbox`].
@@ -15,11 +22,15 @@
 
 pub mod advantage;
 pub mod format;
+pub mod grad;
 pub mod masks;
+pub mod objective;
+pub mod policy;
 pub mod reward;
 pub mod rng;
 pub mod sandbox;
 pub mod tasks;
+pub mod tensor_file;
 
 use std::path::PathBuf;
 
@@ -46,6 +57,15 @@ pub enum Error {
     /// A caller passed an argument outside its domain.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// GGML (graphs, parameters, gradients).
+    #[error(transparent)]
+    Kernels(#[from] unmask_kernels::Error),
+    /// The model definition.
+    #[error(transparent)]
+    Runtime(#[from] unmask_runtime::Error),
+    /// Checkpoint and tensor files.
+    #[error(transparent)]
+    Format(#[from] unmask_quantize::Error),
 }
 
 /// The crate's result type.

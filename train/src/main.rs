@@ -1,11 +1,12 @@
-//! `unmask-train`: the coupled-GRPO training companion of unmask. For now: `reward`.
+//! `unmask-train`: the coupled-GRPO training companion of unmask. For now: `reward` and `grad`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
+use unmask_train::grad::{run_files, LossKind};
 use unmask_train::reward::{score_batch_in, Score};
 use unmask_train::sandbox::{Sandbox, SandboxConfig};
 use unmask_train::tasks::{load_tasks, Task};
@@ -16,7 +17,8 @@ use unmask_train::tasks::{load_tasks, Task};
     version,
     about = "Coupled-GRPO training companion of unmask (DiffuCoder/Dream).",
     after_help = "Training subcommands (`grpo`, coupled-GRPO; `sft`, masked-diffusion SFT) are coming; \
-                  for now `reward` scores completions with the spec's code reward."
+                  for now `reward` scores completions with the spec's code reward and `grad` computes \
+                  a loss and its parameter gradients for fixed inputs."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -45,6 +47,40 @@ enum Cmd {
         #[arg(long)]
         python: Option<PathBuf>,
     },
+    /// Loss and the gradient of every parameter for fixed inputs (one mask seed), in the file
+    /// format of tests/python/grpo_reference.py (see GRPO_REFERENCE.md): writes `loss`, the
+    /// per-token tensors and `grad.<HF name>` as f32 safetensors.
+    Grad {
+        /// Hugging Face checkpoint folder of the policy (bf16/f16/f32 safetensors).
+        #[arg(long)]
+        hf: PathBuf,
+        /// Input arrays (.safetensors), e.g. from `grpo_reference.py make-inputs`.
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Output .safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum)]
+        loss: LossArg,
+        /// SFT normalisation: response tokens of the batch, or per row then mean over rows.
+        #[arg(long, value_enum, default_value = "tokens")]
+        norm: NormArg,
+        /// GGML threads (default: the number of CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LossArg {
+    CoupledGrpo,
+    Sft,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NormArg {
+    Tokens,
+    Rows,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +126,26 @@ fn load_completions(path: &Path, tasks: &[Task]) -> Result<Vec<(usize, String)>>
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Grad {
+            hf,
+            inputs,
+            out,
+            loss,
+            norm,
+            threads,
+        } => {
+            let kind = match loss {
+                LossArg::CoupledGrpo => LossKind::CoupledGrpo,
+                LossArg::Sft => LossKind::Sft {
+                    per_row: matches!(norm, NormArg::Rows),
+                },
+            };
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let result = run_files(&hf, &inputs, &out, kind, threads)
+                .with_context(|| format!("grad on {}", inputs.display()))?;
+            println!("{}", serde_json::json!({ "loss": result.loss }));
+        }
         Cmd::Reward {
             tasks,
             completions,

@@ -1,0 +1,421 @@
+//! Loss and parameter gradients for fixed inputs (`unmask-train grad`): the coupled-GRPO loss of
+//! one mask seed and the masked-diffusion SFT loss, read from and written to the file format of
+//! the PyTorch reference `tests/python/grpo_reference.py` (see `GRPO_REFERENCE.md`), so the two
+//! can be compared tensor by tensor.
+//!
+//! Every `(row, pass)` sequence is run through the policy's forward graph; the host computes the
+//! log-probabilities, the loss and the per-token weights `w = dLoss/dlp` (f64), turns them into
+//! `dLoss/dlogits` rows (`w * (onehot - softmax)` at the row that predicts the token, zero
+//! elsewhere) and the gradient graph accumulates their parameter gradients over all sequences.
+
+use crate::objective::{add_log_prob_grad, grpo, log_prob, GrpoTerms};
+use crate::policy::{Gradients, Policy, SequenceGraphs};
+use crate::tensor_file::{read_arrays, write_f32, Array};
+use crate::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use unmask_kernels::backend::CpuBackend;
+
+/// Which loss to differentiate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossKind {
+    CoupledGrpo,
+    /// Masked-diffusion SFT; `per_row` selects the `rows` normalisation (LLaDA), else `tokens`.
+    Sft {
+        per_row: bool,
+    },
+}
+
+/// A loss value, named per-token tensors `(name, shape, values)` and the parameter gradients.
+pub struct GradOutput {
+    pub loss: f64,
+    pub tensors: Vec<(String, Vec<usize>, Vec<f64>)>,
+    pub grads: Gradients,
+}
+
+fn get<'a>(inputs: &'a BTreeMap<String, Array>, name: &str) -> Result<&'a Array> {
+    inputs
+        .get(name)
+        .ok_or_else(|| Error::InvalidArgument(format!("input file lacks `{name}`")))
+}
+
+fn check_shape(name: &str, a: &Array, shape: &[usize]) -> Result<()> {
+    if a.shape != shape {
+        return Err(Error::InvalidArgument(format!(
+            "`{name}` has shape {:?}, expected {shape:?}",
+            a.shape
+        )));
+    }
+    Ok(())
+}
+
+/// One value, or one per row.
+fn per_row(name: &str, a: &Array, n: usize) -> Result<Vec<f64>> {
+    match a.data.len() {
+        1 => Ok(vec![a.data[0]; n]),
+        m if m == n => Ok(a.data.clone()),
+        m => Err(Error::InvalidArgument(format!(
+            "`{name}` must hold 1 or N={n} values, has {m}"
+        ))),
+    }
+}
+
+fn token(v: f64, n_vocab: usize, what: &str) -> Result<u32> {
+    if v.fract() != 0.0 || v < 0.0 || v >= n_vocab as f64 {
+        return Err(Error::InvalidArgument(format!(
+            "{what} {v} is not a token id below the vocabulary size {n_vocab}"
+        )));
+    }
+    Ok(v as u32)
+}
+
+/// `seqs` `[N, L]` as token ids, with N and L.
+fn sequences(inputs: &BTreeMap<String, Array>, n_vocab: usize) -> Result<(Vec<Vec<u32>>, usize)> {
+    let seqs = get(inputs, "seqs")?;
+    let &[n, len] = seqs.shape.as_slice() else {
+        return Err(Error::InvalidArgument(format!(
+            "`seqs` must be [N, L], has shape {:?}",
+            seqs.shape
+        )));
+    };
+    if n == 0 || len < 2 {
+        return Err(Error::InvalidArgument("`seqs` is empty".into()));
+    }
+    let rows = seqs
+        .data
+        .chunks(len)
+        .map(|r| r.iter().map(|&v| token(v, n_vocab, "seqs entry")).collect())
+        .collect::<Result<_>>()?;
+    Ok((rows, len))
+}
+
+fn mask_id(inputs: &BTreeMap<String, Array>, policy: &Policy) -> Result<u32> {
+    let n_vocab = policy.n_vocab();
+    match inputs.get("mask_id") {
+        Some(a) => token(a.scalar("mask_id")?, n_vocab, "mask_id"),
+        None => policy.config.mask_token_id.ok_or_else(|| {
+            Error::InvalidArgument("no `mask_id` input and the model has no mask token".into())
+        }),
+    }
+}
+
+/// Runs the forward pass of `tokens`, returning `log_softmax(logits[k-1])[target[k]]` for each
+/// position `k` in `positions` (each >= 1).
+fn logprobs(
+    graphs: &mut SequenceGraphs,
+    backend: &mut CpuBackend,
+    tokens: &[u32],
+    targets: &[u32],
+    positions: impl Iterator<Item = usize>,
+    n_vocab: usize,
+) -> Result<Vec<f64>> {
+    let logits = graphs.logits(tokens, backend)?;
+    Ok(positions
+        .map(|k| log_prob(&logits[(k - 1) * n_vocab..k * n_vocab], targets[k] as usize))
+        .collect())
+}
+
+/// Accumulates the gradient of `sum_k w_k * lp(k)` for the sequence `tokens` (targets `targets`).
+fn backward(
+    graphs: &mut SequenceGraphs,
+    backend: &mut CpuBackend,
+    tokens: &[u32],
+    targets: &[u32],
+    weights: &[(usize, f64)],
+    n_vocab: usize,
+    acc: &mut Gradients,
+) -> Result<()> {
+    if weights.iter().all(|&(_, w)| w == 0.0) {
+        return Ok(());
+    }
+    let logits = graphs.logits(tokens, backend)?;
+    let mut dlogits = vec![0.0f32; logits.len()];
+    for &(k, w) in weights {
+        let rows = (k - 1) * n_vocab..k * n_vocab;
+        add_log_prob_grad(
+            &logits[rows.clone()],
+            targets[k] as usize,
+            w,
+            &mut dlogits[rows],
+        );
+    }
+    graphs.accumulate_grad(tokens, &dlogits, backend, acc)
+}
+
+/// The coupled-GRPO loss of one mask seed (COUPLED_GRPO.md §1, §4) and its gradients.
+pub fn coupled_grpo(
+    policy: &Policy,
+    inputs: &BTreeMap<String, Array>,
+    backend: &mut CpuBackend,
+) -> Result<GradOutput> {
+    let n_vocab = policy.n_vocab();
+    let (seqs, len) = sequences(inputs, n_vocab)?;
+    let n = seqs.len();
+    let p = get(inputs, "prompt_len")?.scalar("prompt_len")?;
+    if p.fract() != 0.0 || p < 1.0 || p >= len as f64 {
+        return Err(Error::InvalidArgument(format!(
+            "prompt_len {p} must be in 1..L-1 (L = {len})"
+        )));
+    }
+    let p = p as usize;
+    let k = len - p;
+    let mask_a = get(inputs, "mask_a")?;
+    check_shape("mask_a", mask_a, &[n, k])?;
+    let mask_a: Vec<bool> = mask_a.data.iter().map(|&v| v != 0.0).collect();
+    let cmask = get(inputs, "completion_mask")?;
+    check_shape("completion_mask", cmask, &[n, k])?;
+    let adv = get(inputs, "advantages")?;
+    if adv.data.len() != n {
+        return Err(Error::InvalidArgument(format!(
+            "`advantages` must hold N={n} values, has {}",
+            adv.data.len()
+        )));
+    }
+    let t = per_row("t", get(inputs, "t")?, n)?;
+    if let Some(bad) = t.iter().find(|t| !(**t > 0.0 && **t < 1.0)) {
+        return Err(Error::InvalidArgument(format!(
+            "t = {bad} is not in (0, 1)"
+        )));
+    }
+    let beta = get(inputs, "beta")?.scalar("beta")?;
+    let clip_eps = get(inputs, "clip_eps")?.scalar("clip_eps")?;
+    let optional = |name: &str| -> Result<Option<&Array>> {
+        inputs
+            .get(name)
+            .map(|a| check_shape(name, a, &[n, k]).map(|_| a))
+            .transpose()
+    };
+    let old = optional("old_logp")?;
+    let reference = optional("ref_logp")?;
+    if beta != 0.0 && reference.is_none() {
+        return Err(Error::InvalidArgument(
+            "beta != 0 needs `ref_logp` in the input file".into(),
+        ));
+    }
+    let mask = mask_id(inputs, policy)?;
+
+    // The three passes' inputs (COUPLED_GRPO.md §4): full masks the completion, a masks mask_a,
+    // b its complement over the completion; the prompt is never masked.
+    let pass_input = |row: usize, pass: usize| -> Vec<u32> {
+        let mut x = seqs[row].clone();
+        for j in 0..k {
+            let masked = match pass {
+                0 => true,
+                1 => mask_a[row * k + j],
+                _ => !mask_a[row * k + j],
+            };
+            if masked {
+                x[p + j] = mask;
+            }
+        }
+        x
+    };
+    let mut graphs = SequenceGraphs::new(policy, len, backend)?;
+    let mut lp = [vec![0.0; n * k], vec![0.0; n * k], vec![0.0; n * k]];
+    for row in 0..n {
+        for (pass, out) in lp.iter_mut().enumerate() {
+            let x = pass_input(row, pass);
+            let v = logprobs(&mut graphs, backend, &x, &seqs[row], p..len, n_vocab)?;
+            out[row * k..(row + 1) * k].copy_from_slice(&v);
+        }
+    }
+    let logp: Vec<f64> = (0..n * k)
+        .map(|j| {
+            let tr = t[j / k];
+            let partner = if mask_a[j] {
+                lp[1][j] / tr
+            } else {
+                lp[2][j] / (1.0 - tr)
+            };
+            0.5 * (lp[0][j] + partner)
+        })
+        .collect();
+    let result = grpo(&GrpoTerms {
+        n,
+        k,
+        logp: &logp,
+        old_logp: old.map(|a| a.data.as_slice()),
+        ref_logp: reference.map(|a| a.data.as_slice()),
+        advantages: &adv.data,
+        completion_mask: &cmask.data,
+        beta,
+        clip_eps,
+    });
+    // dLoss/dlp_X: the §5 per-token weights of each pass.
+    let mut w = [vec![0.0; n * k], vec![0.0; n * k], vec![0.0; n * k]];
+    for j in 0..n * k {
+        let tr = t[j / k];
+        let d = result.dlogp[j];
+        w[0][j] = 0.5 * d;
+        if mask_a[j] {
+            w[1][j] = 0.5 * d / tr;
+        } else {
+            w[2][j] = 0.5 * d / (1.0 - tr);
+        }
+    }
+    let mut grads = policy.zero_grads()?;
+    for row in 0..n {
+        for (pass, wp) in w.iter().enumerate() {
+            let weights: Vec<(usize, f64)> = (0..k).map(|j| (p + j, wp[row * k + j])).collect();
+            let x = pass_input(row, pass);
+            backward(
+                &mut graphs,
+                backend,
+                &x,
+                &seqs[row],
+                &weights,
+                n_vocab,
+                &mut grads,
+            )?;
+        }
+    }
+    let shape = vec![n, k];
+    let [lp_full, lp_a, lp_b] = lp;
+    let [w_full, w_a, w_b] = w;
+    let tensors = [
+        ("logp", logp),
+        ("lp_full", lp_full),
+        ("lp_a", lp_a),
+        ("lp_b", lp_b),
+        ("ratio", result.ratio),
+        ("per_token", result.per_token),
+        ("dlogp", result.dlogp),
+        ("w_full", w_full),
+        ("w_a", w_a),
+        ("w_b", w_b),
+    ]
+    .into_iter()
+    .map(|(name, v)| (name.to_string(), shape.clone(), v))
+    .collect();
+    Ok(GradOutput {
+        loss: result.loss,
+        tensors,
+        grads,
+    })
+}
+
+/// The masked-diffusion SFT loss (COUPLED_GRPO.md §6, normalisation of GRPO_REFERENCE.md) and
+/// its gradients.
+pub fn sft(
+    policy: &Policy,
+    inputs: &BTreeMap<String, Array>,
+    per_row_norm: bool,
+    backend: &mut CpuBackend,
+) -> Result<GradOutput> {
+    let n_vocab = policy.n_vocab();
+    let (seqs, len) = sequences(inputs, n_vocab)?;
+    let n = seqs.len();
+    let plens = per_row("prompt_len", get(inputs, "prompt_len")?, n)?;
+    if let Some(bad) = plens
+        .iter()
+        .find(|&&v| v.fract() != 0.0 || v < 1.0 || v >= len as f64)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "prompt_len {bad} must be in 1..L-1 (L = {len})"
+        )));
+    }
+    let plens: Vec<usize> = plens.iter().map(|&v| v as usize).collect();
+    let t = per_row("t", get(inputs, "t")?, n)?;
+    if let Some(bad) = t.iter().find(|t| !(**t > 0.0 && **t <= 1.0)) {
+        return Err(Error::InvalidArgument(format!(
+            "t = {bad} is not in (0, 1]"
+        )));
+    }
+    let mask = get(inputs, "mask")?;
+    check_shape("mask", mask, &[n, len])?;
+    let mask: Vec<bool> = mask.data.iter().map(|&v| v != 0.0).collect();
+    for row in 0..n {
+        if (0..plens[row]).any(|j| mask[row * len + j]) {
+            return Err(Error::InvalidArgument(format!(
+                "mask marks a prompt position of row {row}; the prompt is never masked"
+            )));
+        }
+    }
+    let mask_token = mask_id(inputs, policy)?;
+    let n_resp: Vec<f64> = plens.iter().map(|&p| (len - p) as f64).collect();
+    let total_resp = n_resp.iter().sum::<f64>().max(1.0);
+    let mut graphs = SequenceGraphs::new(policy, len, backend)?;
+    let mut grads = policy.zero_grads()?;
+    let mut lp_out = vec![0.0; n * len];
+    let mut ce_out = vec![0.0; n * len];
+    let mut loss = 0.0;
+    for row in 0..n {
+        let x: Vec<u32> = (0..len)
+            .map(|j| {
+                if mask[row * len + j] {
+                    mask_token
+                } else {
+                    seqs[row][j]
+                }
+            })
+            .collect();
+        let lp = logprobs(&mut graphs, backend, &x, &seqs[row], 1..len, n_vocab)?;
+        lp_out[row * len + 1..(row + 1) * len].copy_from_slice(&lp);
+        // d loss / d lp(k) for masked k: -1/(t * divisor).
+        let divisor = if per_row_norm {
+            n_resp[row].max(1.0) * n as f64
+        } else {
+            total_resp
+        };
+        let mut weights = Vec::new();
+        for kpos in 1..len {
+            if mask[row * len + kpos] {
+                let ce = -lp[kpos - 1];
+                ce_out[row * len + kpos] = ce;
+                loss += ce / t[row] / divisor;
+                weights.push((kpos, -1.0 / (t[row] * divisor)));
+            }
+        }
+        backward(
+            &mut graphs,
+            backend,
+            &x,
+            &seqs[row],
+            &weights,
+            n_vocab,
+            &mut grads,
+        )?;
+    }
+    let tensors = vec![
+        ("lp".to_string(), vec![n, len], lp_out),
+        ("ce".to_string(), vec![n, len], ce_out),
+    ];
+    Ok(GradOutput {
+        loss,
+        tensors,
+        grads,
+    })
+}
+
+/// `unmask-train grad`: reads the policy and the inputs, computes the loss and gradients, and
+/// writes `loss`, the per-token tensors and `grad.<HF name>` (HF shapes) as f32 safetensors.
+pub fn run_files(
+    hf: &Path,
+    inputs: &Path,
+    out: &Path,
+    kind: LossKind,
+    threads: usize,
+) -> Result<GradOutput> {
+    let policy = Policy::load_hf(hf)?;
+    let arrays = read_arrays(inputs)?;
+    let mut backend = CpuBackend::new(threads)?;
+    let result = match kind {
+        LossKind::CoupledGrpo => coupled_grpo(&policy, &arrays, &mut backend)?,
+        LossKind::Sft { per_row } => sft(&policy, &arrays, per_row, &mut backend)?,
+    };
+    let mut arrays_out: Vec<(String, Vec<usize>, Vec<f32>)> =
+        vec![("loss".into(), vec![1], vec![result.loss as f32])];
+    for (name, shape, values) in &result.tensors {
+        let values = values.iter().map(|&v| v as f32).collect();
+        arrays_out.push((name.clone(), shape.clone(), values));
+    }
+    for spec in &policy.specs {
+        let grad = result.grads.by_name.get(&spec.gguf_name).ok_or_else(|| {
+            Error::InvalidArgument(format!("no gradient for `{}`", spec.gguf_name))
+        })?;
+        let shape = spec.hf_shape.iter().map(|&d| d as usize).collect();
+        arrays_out.push((format!("grad.{}", spec.hf_name), shape, grad.clone()));
+    }
+    write_f32(out, &arrays_out)?;
+    Ok(result)
+}
