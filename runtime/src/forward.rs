@@ -166,9 +166,14 @@ pub fn build_body(
 }
 
 impl Forward {
-    pub fn new(model: &Model, len: usize, backend: &CpuBackend) -> Result<Self> {
+    /// Builds the graphs over `model`'s tensors (GGUF weights or any other [`TensorSource`]).
+    pub fn new<W: TensorSource>(
+        model: &Model<W>,
+        len: usize,
+        backend: &CpuBackend,
+    ) -> Result<Self> {
         let c = &model.config;
-        let w = &model.weights;
+        let w: &dyn TensorSource = &model.weights;
         let h = c.hidden_size as i64;
         let mut g = Graph::new(graph_capacity(model.n_layers()))?;
         let Body {
@@ -181,7 +186,7 @@ impl Forward {
         let head_rows = len.min(HEAD_ROWS);
         let mut head = Graph::new(8)?;
         let head_input = head.input(GgmlType::F32, &[h, head_rows as i64])?;
-        let out_w = head.weight(w, model.output_weight_name())?;
+        let out_w = w.attach(&mut head, output_weight_name(w))?;
         let head_logits = head.mul_mat(out_w, head_input)?;
         head.allocate(&[head_logits], backend)?;
         Ok(Forward {

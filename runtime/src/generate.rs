@@ -12,7 +12,9 @@ use rayon::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
 use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::graph::TensorSource;
 use unmask_kernels::score::{score_row, Confidence, Filter, Scored, Scratch};
+use unmask_kernels::weights::Weights;
 
 /// How positions are chosen for commitment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,16 +203,18 @@ pub struct Timings {
 }
 
 /// Generation state for one model: the CPU backend, worker threads and the graphs for the last
-/// canvas length, reused across steps and across calls.
-pub struct Generator {
-    model: Arc<Model>,
+/// canvas length, reused across steps and across calls. `W` is where the model's tensors come
+/// from (a GGUF file's mapped weights by default; the trainer runs its f32 parameters through the
+/// same loop).
+pub struct Generator<W = Arc<Weights>> {
+    model: Arc<Model<W>>,
     backend: CpuBackend,
     pool: rayon::ThreadPool,
     forward: Option<Forward>,
 }
 
-impl Generator {
-    pub fn new(model: Arc<Model>, threads: usize) -> Result<Self> {
+impl<W: TensorSource> Generator<W> {
+    pub fn new(model: Arc<Model<W>>, threads: usize) -> Result<Self> {
         let threads = threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -224,7 +228,7 @@ impl Generator {
         })
     }
 
-    pub fn model(&self) -> &Arc<Model> {
+    pub fn model(&self) -> &Arc<Model<W>> {
         &self.model
     }
 

@@ -2,6 +2,11 @@
 //! on GGML (MODEL.md §3–§6): a bidirectional Qwen2 forward pass with the logits shift, Dream's
 //! sampling and confidence rules, the f32 step schedule, block-wise scheduling, and a step
 //! callback that can observe and cancel generation.
+//!
+//! A [`Model`] is a [`ModelSpec`] (hyper-parameters, tokenizer, special tokens) plus the tensors
+//! the graphs read: a GGUF file's mapped weights ([`Model::load`]) or any other
+//! `unmask_kernels::graph::TensorSource` ([`Model::from_parts`]), such as the trainer's f32
+//! parameters, which thus run the very same denoising loop ([`Generator`]).
 #![forbid(unsafe_code)]
 
 pub mod chat;
@@ -15,4 +20,4 @@ pub mod schedule;
 
 pub use error::{Error, Result};
 pub use generate::{Algorithm, Control, GenerateParams, Generation, Generator, StepEvent, Timings};
-pub use model::Model;
+pub use model::{Model, ModelSpec};

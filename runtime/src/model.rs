@@ -1,15 +1,23 @@
-//! A Dream model loaded from GGUF: hyper-parameters from the metadata (never a hard-coded
-//! shape), the tokenizer, the special tokens generation needs, and the weights mapped zero-copy.
+//! A Dream model: its description ([`ModelSpec`]: hyper-parameters, the tokenizer, the special
+//! tokens generation needs, sampling defaults) and the tensors the forward pass reads.
+//!
+//! [`Model::load`] reads both from one GGUF file (hyper-parameters from the metadata, never a
+//! hard-coded shape; weights mapped zero-copy). [`Model::from_parts`] pairs a description with any
+//! other [`TensorSource`], for example the trainer's f32 parameters with the description read from
+//! the Hugging Face folder ([`ModelSpec::from_hf`]), so that the same denoising loop runs on them.
 
 use crate::{Error, Result};
+use std::ops::Deref;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use tokenizers::Tokenizer;
 use unmask_kernels::gguf::{GgufFile, GgufValue};
+use unmask_kernels::graph::TensorSource;
 use unmask_kernels::weights::Weights;
 use unmask_quantize::config::DreamConfig;
 use unmask_quantize::dream::{self, keys};
 use unmask_quantize::gguf_tokenizer::{TokenizerSource, TokenizerSpec};
+use unmask_quantize::hf::HfCheckpoint;
 
 /// Token ids with a role in generation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +37,25 @@ impl SpecialTokens {
             .flatten()
             .collect()
     }
+
+    /// The special tokens of a model with this configuration and tokenizer: ids from the
+    /// configuration when it has them, else looked up by their usual names.
+    pub fn find(config: &DreamConfig, tokenizer: &Tokenizer) -> Result<Self> {
+        let id = |t: &str| tokenizer.token_to_id(t);
+        let mask = config
+            .mask_token_id
+            .or_else(|| id("<|mask|>"))
+            .ok_or_else(|| {
+                Error::Model("the model has no mask token (tokenizer.ggml.mask_token_id)".into())
+            })?;
+        Ok(SpecialTokens {
+            mask,
+            eos: config.eos_token_id.or_else(|| id("<|endoftext|>")),
+            im_start: id("<|im_start|>"),
+            im_end: id("<|im_end|>"),
+            dlm_pad: id("<|dlm_pad|>"),
+        })
+    }
 }
 
 /// Sampling defaults stored from `generation_config.json` (`unmask.generation.*`).
@@ -44,10 +71,30 @@ pub struct GenerationDefaults {
     pub eps: Option<f32>,
 }
 
-pub struct Model {
+impl GenerationDefaults {
+    /// Reads the defaults from `unmask.generation.*` entries, looked up by their full key.
+    fn read<'a>(get: impl Fn(&str) -> Option<&'a GgufValue>) -> Self {
+        let get = |k: &str| get(&format!("{}{k}", keys::GENERATION_PREFIX));
+        let float = |k: &str| get(k).and_then(GgufValue::as_f64).map(|v| v as f32);
+        let int = |k: &str| get(k).and_then(GgufValue::as_u64).map(|v| v as usize);
+        GenerationDefaults {
+            temperature: float("temperature"),
+            top_p: float("top_p"),
+            top_k: int("top_k"),
+            steps: int("steps"),
+            max_new_tokens: int("max_new_tokens"),
+            alg: get("alg").and_then(GgufValue::as_str).map(str::to_string),
+            alg_temp: float("alg_temp"),
+            eps: float("eps"),
+        }
+    }
+}
+
+/// Everything about a model except its tensors: the hyper-parameters, the tokenizer (built on
+/// demand), the special tokens and the sampling defaults.
+pub struct ModelSpec {
     pub config: DreamConfig,
-    pub weights: Arc<Weights>,
-    /// What the tokenizer is built from; see [`Model::tokenizer`].
+    /// What the tokenizer is built from; see [`ModelSpec::tokenizer`].
     pub tokenizer_spec: Arc<TokenizerSpec>,
     tokenizer_cache: Mutex<Weak<Tokenizer>>,
     pub tokenizer_source: TokenizerSource,
@@ -57,47 +104,95 @@ pub struct Model {
     pub n_vocab: usize,
 }
 
-impl Model {
-    pub fn load(path: &Path) -> Result<Self> {
-        let mut file = GgufFile::open(path)?;
-        let config = dream::config_from_gguf(&file)?;
-        let tokenizer_spec = Arc::new(TokenizerSpec::from_gguf(&file)?);
+impl Clone for ModelSpec {
+    fn clone(&self) -> Self {
+        let cached = self
+            .tokenizer_cache
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        ModelSpec {
+            config: self.config.clone(),
+            tokenizer_spec: self.tokenizer_spec.clone(),
+            tokenizer_cache: Mutex::new(cached),
+            tokenizer_source: self.tokenizer_source,
+            special: self.special.clone(),
+            defaults: self.defaults.clone(),
+            n_vocab: self.n_vocab,
+        }
+    }
+}
+
+impl std::fmt::Debug for ModelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelSpec")
+            .field("config", &self.config)
+            .field("tokenizer_source", &self.tokenizer_source)
+            .field("special", &self.special)
+            .field("defaults", &self.defaults)
+            .field("n_vocab", &self.n_vocab)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelSpec {
+    /// A description from its parts; the special tokens are found with the tokenizer, which is
+    /// built once here and then dropped (see [`tokenizer`](Self::tokenizer)).
+    pub fn new(
+        config: DreamConfig,
+        tokenizer_spec: TokenizerSpec,
+        defaults: GenerationDefaults,
+    ) -> Result<Self> {
+        let tokenizer_spec = Arc::new(tokenizer_spec);
         let tokenizer = Arc::new(tokenizer_spec.build()?);
-        let id = |t: &str| tokenizer.token_to_id(t);
-        let mask = config
-            .mask_token_id
-            .or_else(|| id("<|mask|>"))
-            .ok_or_else(|| {
-                Error::Model("the model has no mask token (tokenizer.ggml.mask_token_id)".into())
-            })?;
-        let special = SpecialTokens {
-            mask,
-            eos: config.eos_token_id.or_else(|| id("<|endoftext|>")),
-            im_start: id("<|im_start|>"),
-            im_end: id("<|im_end|>"),
-            dlm_pad: id("<|dlm_pad|>"),
-        };
-        let defaults = read_defaults(&file);
+        let special = SpecialTokens::find(&config, &tokenizer)?;
         let n_vocab = config.vocab_size as usize;
-        check_tensors(&file, &config)?;
-        // Everything needed from the metadata has been read: don't keep the vocabulary arrays
-        // and the stored tokenizer.json alive next to the weights.
-        file.drop_metadata();
-        let weights = Arc::new(Weights::map_cpu(Arc::new(file))?);
-        let model = Model {
+        if special.mask as usize >= n_vocab {
+            return Err(Error::Model(format!(
+                "the mask token {} is outside the vocabulary of {n_vocab}",
+                special.mask
+            )));
+        }
+        Ok(ModelSpec {
             config,
-            weights,
             tokenizer_source: tokenizer_spec.source(),
             tokenizer_spec,
             tokenizer_cache: Mutex::new(Arc::downgrade(&tokenizer)),
             special,
             defaults,
             n_vocab,
-        };
-        // Nobody holds the tokenizer now: it is freed, and rebuilt when next needed.
-        drop(tokenizer);
-        unmask_kernels::heap::release_free_memory();
-        Ok(model)
+        })
+    }
+
+    /// The description in a GGUF file's metadata.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let config = dream::config_from_gguf(file)?;
+        let tokenizer_spec = TokenizerSpec::from_gguf(file)?;
+        let defaults = GenerationDefaults::read(|k| file.get(k));
+        Self::new(config, tokenizer_spec, defaults)
+    }
+
+    /// The description of an opened Hugging Face checkpoint: `config.json` (completed by
+    /// `generation_config.json`), `tokenizer.json` and the sampling defaults, exactly what
+    /// `unmask-quantize` stores in a GGUF file converted from the folder.
+    pub fn from_hf_checkpoint(ckpt: &HfCheckpoint) -> Result<Self> {
+        let defaults = GenerationDefaults::read(|k| {
+            ckpt.generation
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v)
+        });
+        Self::new(
+            ckpt.config.clone(),
+            TokenizerSpec::Json(ckpt.tokenizer_json.clone()),
+            defaults,
+        )
+    }
+
+    /// The description of a Hugging Face checkpoint folder (see
+    /// [`from_hf_checkpoint`](Self::from_hf_checkpoint)).
+    pub fn from_hf(dir: &Path) -> Result<Self> {
+        Self::from_hf_checkpoint(&HfCheckpoint::open(dir)?)
     }
 
     /// The tokenizer, built on first use and shared while anyone holds it. A full vocabulary
@@ -123,20 +218,67 @@ impl Model {
     pub fn context_length(&self) -> usize {
         self.config.max_position_embeddings as usize
     }
+}
+
+/// A model: its description (reachable through `Deref`, so `model.config`, `model.special`,
+/// `model.tokenizer()` read it) and the tensors `W` the forward graphs are built over, by GGUF
+/// name: memory-mapped GGUF [`Weights`] by default, or any other [`TensorSource`] such as the
+/// trainer's f32 parameters.
+pub struct Model<W = Arc<Weights>> {
+    pub spec: ModelSpec,
+    pub weights: W,
+}
+
+impl<W> Deref for Model<W> {
+    type Target = ModelSpec;
+
+    fn deref(&self) -> &ModelSpec {
+        &self.spec
+    }
+}
+
+impl Model {
+    /// Maps a GGUF file: description from its metadata, weights zero-copy from its data.
+    pub fn load(path: &Path) -> Result<Self> {
+        let mut file = GgufFile::open(path)?;
+        let spec = ModelSpec::from_gguf(&file)?;
+        check_tensor_shapes(&file, &spec.config)?;
+        // Everything needed from the metadata has been read: don't keep the vocabulary arrays
+        // and the stored tokenizer.json alive next to the weights.
+        file.drop_metadata();
+        let weights = Arc::new(Weights::map_cpu(Arc::new(file))?);
+        // Nobody holds the tokenizer now (the spec keeps a weak reference): it was freed, and is
+        // rebuilt when next needed.
+        unmask_kernels::heap::release_free_memory();
+        Ok(Model { spec, weights })
+    }
+}
+
+impl<W: TensorSource> Model<W> {
+    /// Pairs a description with the tensors of the same model. Every tensor the graphs use must
+    /// exist in `weights` (their shapes are the source's responsibility: a GGUF file's are
+    /// checked by [`Model::load`], the trainer's by its checkpoint loader).
+    pub fn from_parts(spec: ModelSpec, weights: W) -> Result<Self> {
+        for t in dream::tensor_specs(&spec.config) {
+            if !weights.contains(&t.gguf_name) {
+                return Err(Error::Model(format!(
+                    "tensor `{}` is missing from the model's tensors",
+                    t.gguf_name
+                )));
+            }
+        }
+        Ok(Model { spec, weights })
+    }
 
     /// Name of the output projection (the embedding when tied).
     pub fn output_weight_name(&self) -> &'static str {
-        if self.weights.contains("output.weight") {
-            "output.weight"
-        } else {
-            "token_embd.weight"
-        }
+        crate::forward::output_weight_name(&self.weights)
     }
 }
 
 /// Every tensor the graph uses must exist with the shape the metadata implies, so that graph
 /// construction never meets a surprise.
-fn check_tensors(file: &GgufFile, c: &DreamConfig) -> Result<()> {
+fn check_tensor_shapes(file: &GgufFile, c: &DreamConfig) -> Result<()> {
     for spec in dream::tensor_specs(c) {
         let info = file.tensor(&spec.gguf_name).ok_or_else(|| {
             Error::Model(format!(
@@ -154,20 +296,4 @@ fn check_tensors(file: &GgufFile, c: &DreamConfig) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn read_defaults(file: &GgufFile) -> GenerationDefaults {
-    let get = |k: &str| file.get(&format!("{}{k}", keys::GENERATION_PREFIX));
-    let float = |k: &str| get(k).and_then(GgufValue::as_f64).map(|v| v as f32);
-    let int = |k: &str| get(k).and_then(GgufValue::as_u64).map(|v| v as usize);
-    GenerationDefaults {
-        temperature: float("temperature"),
-        top_p: float("top_p"),
-        top_k: int("top_k"),
-        steps: int("steps"),
-        max_new_tokens: int("max_new_tokens"),
-        alg: get("alg").and_then(GgufValue::as_str).map(str::to_string),
-        alg_temp: float("alg_temp"),
-        eps: float("eps"),
-    }
 }

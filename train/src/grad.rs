@@ -294,6 +294,115 @@ pub fn coupled_grpo(
     })
 }
 
+/// One SFT sequence: tokens, prompt length (>= 1: position 0 is never predicted), the mask
+/// ratio `t` of its draw and which positions are masked (`mask.len() == tokens.len()`, never a
+/// prompt position).
+pub struct SftRow<'a> {
+    pub tokens: &'a [u32],
+    pub prompt_len: usize,
+    pub t: f64,
+    pub mask: &'a [bool],
+}
+
+/// Loss, per-row `lp` (position `k` at index `k - 1`, k in 1..len), masked-token count and the
+/// parameter gradients (zero when not requested) of [`sft_rows`].
+pub struct SftOutput {
+    pub loss: f64,
+    pub lp: Vec<Vec<f64>>,
+    pub masked: usize,
+    pub grads: Gradients,
+}
+
+/// The masked-diffusion SFT loss (COUPLED_GRPO.md §6) of rows of any lengths:
+/// `sum_rows sum_masked CE / t / divisor` with divisor the batch's response-token count
+/// (`tokens`) or `rows * response tokens of the row` (`per_row_norm`), and, when `with_grads`,
+/// its parameter gradients. One forward (and one forward+backward) per row; graphs are built per
+/// distinct length.
+pub fn sft_rows(
+    policy: &Policy,
+    rows: &[SftRow<'_>],
+    per_row_norm: bool,
+    mask_token: u32,
+    with_grads: bool,
+    backend: &mut CpuBackend,
+) -> Result<SftOutput> {
+    let n_vocab = policy.n_vocab();
+    let n = rows.len();
+    for (i, r) in rows.iter().enumerate() {
+        let len = r.tokens.len();
+        if len < 2 || r.prompt_len < 1 || r.prompt_len >= len {
+            return Err(Error::InvalidArgument(format!(
+                "row {i}: prompt_len {} must be in 1..L-1 (L = {len})",
+                r.prompt_len
+            )));
+        }
+        if r.mask.len() != len {
+            return Err(Error::InvalidArgument(format!(
+                "row {i}: mask has {} entries for {len} tokens",
+                r.mask.len()
+            )));
+        }
+        if !(r.t > 0.0 && r.t <= 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "t = {} is not in (0, 1]",
+                r.t
+            )));
+        }
+        if r.mask[..r.prompt_len].iter().any(|&m| m) {
+            return Err(Error::InvalidArgument(format!(
+                "mask marks a prompt position of row {i}; the prompt is never masked"
+            )));
+        }
+    }
+    let total_resp = rows
+        .iter()
+        .map(|r| (r.tokens.len() - r.prompt_len) as f64)
+        .sum::<f64>()
+        .max(1.0);
+    let mut graphs: BTreeMap<usize, SequenceGraphs> = BTreeMap::new();
+    let mut grads = policy.zero_grads()?;
+    let mut lps = Vec::with_capacity(n);
+    let mut loss = 0.0;
+    let mut masked = 0;
+    for r in rows {
+        let len = r.tokens.len();
+        let g = match graphs.entry(len) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(SequenceGraphs::new(policy, len, backend)?)
+            }
+        };
+        let x: Vec<u32> = (0..len)
+            .map(|j| if r.mask[j] { mask_token } else { r.tokens[j] })
+            .collect();
+        let lp = logprobs(g, backend, &x, r.tokens, 1..len, n_vocab)?;
+        // d loss / d lp(k) for masked k: -1/(t * divisor).
+        let divisor = if per_row_norm {
+            ((len - r.prompt_len) as f64).max(1.0) * n as f64
+        } else {
+            total_resp
+        };
+        let mut weights = Vec::new();
+        for kpos in 1..len {
+            if r.mask[kpos] {
+                loss += -lp[kpos - 1] / r.t / divisor;
+                masked += 1;
+                weights.push((kpos, -1.0 / (r.t * divisor)));
+            }
+        }
+        if with_grads {
+            backward(g, backend, &x, r.tokens, &weights, n_vocab, &mut grads)?;
+        }
+        lps.push(lp);
+    }
+    Ok(SftOutput {
+        loss,
+        lp: lps,
+        masked,
+        grads,
+    })
+}
+
 /// The masked-diffusion SFT loss (COUPLED_GRPO.md §6, normalisation of GRPO_REFERENCE.md) and
 /// its gradients.
 pub fn sft(
@@ -324,66 +433,34 @@ pub fn sft(
     let mask = get(inputs, "mask")?;
     check_shape("mask", mask, &[n, len])?;
     let mask: Vec<bool> = mask.data.iter().map(|&v| v != 0.0).collect();
-    for row in 0..n {
-        if (0..plens[row]).any(|j| mask[row * len + j]) {
-            return Err(Error::InvalidArgument(format!(
-                "mask marks a prompt position of row {row}; the prompt is never masked"
-            )));
-        }
-    }
     let mask_token = mask_id(inputs, policy)?;
-    let n_resp: Vec<f64> = plens.iter().map(|&p| (len - p) as f64).collect();
-    let total_resp = n_resp.iter().sum::<f64>().max(1.0);
-    let mut graphs = SequenceGraphs::new(policy, len, backend)?;
-    let mut grads = policy.zero_grads()?;
+    let rows: Vec<SftRow<'_>> = (0..n)
+        .map(|row| SftRow {
+            tokens: &seqs[row],
+            prompt_len: plens[row],
+            t: t[row],
+            mask: &mask[row * len..(row + 1) * len],
+        })
+        .collect();
+    let out = sft_rows(policy, &rows, per_row_norm, mask_token, true, backend)?;
     let mut lp_out = vec![0.0; n * len];
     let mut ce_out = vec![0.0; n * len];
-    let mut loss = 0.0;
-    for row in 0..n {
-        let x: Vec<u32> = (0..len)
-            .map(|j| {
-                if mask[row * len + j] {
-                    mask_token
-                } else {
-                    seqs[row][j]
-                }
-            })
-            .collect();
-        let lp = logprobs(&mut graphs, backend, &x, &seqs[row], 1..len, n_vocab)?;
-        lp_out[row * len + 1..(row + 1) * len].copy_from_slice(&lp);
-        // d loss / d lp(k) for masked k: -1/(t * divisor).
-        let divisor = if per_row_norm {
-            n_resp[row].max(1.0) * n as f64
-        } else {
-            total_resp
-        };
-        let mut weights = Vec::new();
+    for (row, lp) in out.lp.iter().enumerate() {
+        lp_out[row * len + 1..(row + 1) * len].copy_from_slice(lp);
         for kpos in 1..len {
             if mask[row * len + kpos] {
-                let ce = -lp[kpos - 1];
-                ce_out[row * len + kpos] = ce;
-                loss += ce / t[row] / divisor;
-                weights.push((kpos, -1.0 / (t[row] * divisor)));
+                ce_out[row * len + kpos] = -lp[kpos - 1];
             }
         }
-        backward(
-            &mut graphs,
-            backend,
-            &x,
-            &seqs[row],
-            &weights,
-            n_vocab,
-            &mut grads,
-        )?;
     }
     let tensors = vec![
         ("lp".to_string(), vec![n, len], lp_out),
         ("ce".to_string(), vec![n, len], ce_out),
     ];
     Ok(GradOutput {
-        loss,
+        loss: out.loss,
         tensors,
-        grads,
+        grads: out.grads,
     })
 }
 

@@ -15,20 +15,34 @@
 //! - [`grad`]: coupled-GRPO and SFT loss + parameter gradients for fixed inputs
 //!   (`unmask-train grad`), in the reference's file format ([`tensor_file`]).
 //!
+//! Training:
+//! - [`optim`]: AdamW (PyTorch semantics) run by ggml, gradient clipping and accumulation;
+//! - [`schedule`]: cosine learning rate with warm-up and floor;
+//! - [`checkpoint`]: atomic Hugging Face checkpoints with resumable training state;
+//! - [`sft`]: masked-diffusion SFT (`unmask-train sft`), configured by [`config`], logged by
+//!   [`metrics`].
+//!
 //! The crate forbids `unsafe` (the project keeps `unsafe` in `kernels/` and `ffi/`). Everything the
 //! sandbox needs before `exec` (namespaces, rlimits, a different uid) is therefore done by exec'ing
 //! through util-linux's `unshare`, `setpriv` and `prlimit`, never with `pre_exec`; see [`sandbox`].
 #![forbid(unsafe_code)]
 
 pub mod advantage;
+pub mod checkpoint;
+pub mod config;
 pub mod format;
 pub mod grad;
 pub mod masks;
+pub mod metrics;
 pub mod objective;
+pub mod optim;
 pub mod policy;
 pub mod reward;
 pub mod rng;
+pub mod rollout;
 pub mod sandbox;
+pub mod schedule;
+pub mod sft;
 pub mod tasks;
 pub mod tensor_file;
 

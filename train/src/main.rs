@@ -1,4 +1,4 @@
-//! `unmask-train`: the coupled-GRPO training companion of unmask. For now: `reward` and `grad`.
+//! `unmask-train`: the coupled-GRPO training companion of unmask: `reward`, `grad` and `sft`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
+use unmask_train::config::{SftArgs, SftConfig};
 use unmask_train::grad::{run_files, LossKind};
 use unmask_train::reward::{score_batch_in, Score};
 use unmask_train::sandbox::{Sandbox, SandboxConfig};
@@ -16,9 +17,9 @@ use unmask_train::tasks::{load_tasks, Task};
     name = "unmask-train",
     version,
     about = "Coupled-GRPO training companion of unmask (DiffuCoder/Dream).",
-    after_help = "Training subcommands (`grpo`, coupled-GRPO; `sft`, masked-diffusion SFT) are coming; \
-                  for now `reward` scores completions with the spec's code reward and `grad` computes \
-                  a loss and its parameter gradients for fixed inputs."
+    after_help = "`sft` trains with the masked-diffusion SFT objective; `reward` scores completions \
+                  with the spec's code reward; `grad` computes a loss and its parameter gradients \
+                  for fixed inputs. Coupled-GRPO training (`grpo`) is coming."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,6 +28,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Masked-diffusion SFT (COUPLED_GRPO.md §6): AdamW on ggml, cosine schedule, atomic
+    /// checkpoints in --out (`checkpoint-N`, `latest`), `metrics.jsonl`; `--resume` continues.
+    ///
+    /// Settings come from defaults, then `--config FILE` (TOML, keys = flag names with `_`),
+    /// then the flags.
+    Sft(Box<SftArgs>),
     /// Score completions for tasks: one JSON line per completion with reward, format, pass_rate.
     ///
     /// TASKS is AceCode JSON lines ({"question", "test_cases"}). COMPLETIONS is JSON lines
@@ -126,6 +133,20 @@ fn load_completions(path: &Path, tasks: &[Task]) -> Result<Vec<(usize, String)>>
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Sft(args) => {
+            let cfg = SftConfig::resolve(&args)?;
+            let throttle = std::time::Duration::from_millis(args.throttle_ms);
+            let summary = unmask_train::sft::train(&cfg, args.resume, throttle)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "resumed_from": summary.resumed_from,
+                    "step": summary.final_step,
+                    "checkpoint": summary.final_checkpoint,
+                    "loss": summary.last_loss,
+                })
+            );
+        }
         Cmd::Grad {
             hf,
             inputs,
