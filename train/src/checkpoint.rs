@@ -125,6 +125,23 @@ pub fn save(
     state: &TrainerState,
     dtype: SaveDtype,
 ) -> Result<PathBuf> {
+    save_with_reference(out, source, policy, opt, state, dtype, None)
+}
+
+/// The file of a checkpoint that holds a reference policy (f32, GGUF names), when there is one.
+pub const REFERENCE_FILE: &str = "reference.safetensors";
+
+/// [`save`], plus, when given, the reference policy of coupled-GRPO as [`REFERENCE_FILE`] in the
+/// same atomic folder.
+pub fn save_with_reference(
+    out: &Path,
+    source: &Path,
+    policy: &Policy,
+    opt: &AdamW,
+    state: &TrainerState,
+    dtype: SaveDtype,
+    reference: Option<&Policy>,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(out).map_err(io(out))?;
     let name = checkpoint_name(state.step);
     let tmp = out.join(format!(".tmp-ckpt-{}", state.step));
@@ -185,6 +202,18 @@ pub fn save(
         }
     }
     write_safetensors(&tmp.join("optimizer.safetensors"), &state_tensors)?;
+    if let Some(reference) = reference {
+        let mut tensors = Vec::with_capacity(reference.specs.len());
+        for spec in &reference.specs {
+            tensors.push((
+                spec.gguf_name.clone(),
+                Dtype::F32,
+                spec.hf_shape.clone(),
+                reference.params.get(&spec.gguf_name)?,
+            ));
+        }
+        write_safetensors(&tmp.join(REFERENCE_FILE), &tensors)?;
+    }
     let mut json =
         serde_json::to_value(state).map_err(|e| Error::InvalidArgument(e.to_string()))?;
     json["optimizer_step"] = opt.step.into();
@@ -284,6 +313,25 @@ pub fn load(dir: &Path, policy: &mut Policy, opt: &mut AdamW) -> Result<TrainerS
     }
     opt.step = opt_step;
     Ok(state)
+}
+
+/// Loads the reference policy saved by [`save_with_reference`] into `reference` (no graph may
+/// hold its parameters). Errors when the checkpoint has none.
+pub fn load_reference(dir: &Path, reference: &mut Policy) -> Result<()> {
+    let file = SafetensorsFile::open(&dir.join(REFERENCE_FILE))?;
+    let params = Arc::get_mut(&mut reference.params)
+        .ok_or_else(|| Error::InvalidArgument("the parameters are still used by a graph".into()))?;
+    let mut v = Vec::new();
+    for spec in &reference.specs {
+        let name = &spec.gguf_name;
+        let entry = file.entries().get(name).ok_or_else(|| {
+            Error::InvalidArgument(format!("{}: no tensor `{name}`", file.path().display()))
+        })?;
+        v.clear();
+        decode_to_f32(name, entry.dtype, &file.map(entry)?, &mut v)?;
+        params.set(name, &v)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Settings of `unmask-train sft`: defaults, a TOML file (`--config FILE`, keys = the long flag
+//! Settings of `unmask-train sft` and `unmask-train grpo`: defaults, a TOML file (`--config FILE`, keys = the long flag
 //! names with `_` for `-`) and command-line flags, which override the file.
 
 use crate::checkpoint::SaveDtype;
@@ -241,9 +241,396 @@ impl SftConfig {
     }
 }
 
+/// The reward of `unmask-train grpo`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RewardKind {
+    /// The code reward of COUPLED_GRPO.md §3 (`2.0 * pass_rate + 0.5 * format`, sandboxed tests).
+    Code,
+    /// A verifiable toy reward for tests of learning: the fraction of the completion's tokens
+    /// (within the completion mask) whose token id is even. About 0.5 for a random model, 1 at
+    /// most.
+    ToyEvenIds,
+}
+
+/// The advantage baseline (COUPLED_GRPO.md §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaselineArg {
+    /// `A_i = r_i - mean(r)` (the paper's headline variant).
+    Mean,
+    /// `A_i = r_i - mean_{j != i}(r_j)` (the released code).
+    LeaveOneOut,
+}
+
+/// Every hyper-parameter of a coupled-GRPO run; defaults are the published run's
+/// (COUPLED_GRPO.md §1 table).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpoConfig {
+    /// Hugging Face folder of the initial policy (and its tokenizer).
+    pub model: Option<PathBuf>,
+    /// Tasks: AceCode JSON lines ({"question", "test_cases"}).
+    pub tasks: Option<PathBuf>,
+    /// Output folder (checkpoints, `metrics.jsonl`).
+    pub out: Option<PathBuf>,
+    pub reward: RewardKind,
+    /// Optimizer updates (each round makes `mu` of them).
+    pub steps: u64,
+    /// B: prompts per round.
+    pub prompts_per_round: usize,
+    /// G: completions per prompt.
+    pub num_generations: usize,
+    /// mu: optimizer updates per round on the same rollouts.
+    pub mu: usize,
+    /// KL weight (0 disables the reference policy).
+    pub beta: f64,
+    /// Ratio clipped to [1 - clip_eps, 1 + clip_eps].
+    pub clip_eps: f64,
+    pub baseline: BaselineArg,
+    /// Divide advantages by the group's reward std (+1e-4).
+    pub scale_rewards: bool,
+    /// Completions per micro-batch (gradient accumulation over the round's micro-batches).
+    pub micro_batch: usize,
+    pub lr: f64,
+    pub min_lr_ratio: f64,
+    /// Warm-up updates (default: steps / 100, rounded down).
+    pub warmup_steps: Option<u64>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub adam_eps: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    /// Every this many updates: ref <- alpha * theta + (1 - alpha) * ref (0: never).
+    pub ref_sync_steps: u64,
+    pub ref_sync_alpha: f64,
+    /// Prompt tokens kept (the last ones).
+    pub prompt_tokens: usize,
+    /// Completion length.
+    pub completion_tokens: usize,
+    /// Denoising steps of the rollouts.
+    pub diffusion_steps: usize,
+    pub temperature: f32,
+    /// Nucleus sampling (1.0 disables it).
+    pub top_p: f32,
+    pub seed: u64,
+    /// Save a checkpoint at the end of the first round at or after every N updates (0: only at
+    /// the end).
+    pub save_every: u64,
+    pub save_dtype: Option<SaveDtype>,
+    /// GGML threads (default: the number of CPUs).
+    pub threads: Option<usize>,
+    /// Concurrent reward sandboxes (default: the number of CPUs).
+    pub reward_jobs: Option<usize>,
+    /// Wall-clock timeout per test case, seconds.
+    pub reward_timeout: f64,
+    /// Python interpreter of the sandbox (default: probed).
+    pub python: Option<PathBuf>,
+}
+
+impl Default for GrpoConfig {
+    fn default() -> Self {
+        GrpoConfig {
+            model: None,
+            tasks: None,
+            out: None,
+            reward: RewardKind::Code,
+            steps: 256,
+            prompts_per_round: 4,
+            num_generations: 10,
+            mu: 2,
+            beta: 0.01,
+            clip_eps: 0.5,
+            baseline: BaselineArg::Mean,
+            scale_rewards: false,
+            micro_batch: 2,
+            lr: 1e-6,
+            min_lr_ratio: 0.1,
+            warmup_steps: None,
+            beta1: 0.9,
+            beta2: 0.99,
+            adam_eps: 1e-8,
+            weight_decay: 0.1,
+            max_grad_norm: 0.2,
+            ref_sync_steps: 64,
+            ref_sync_alpha: 0.6,
+            prompt_tokens: 200,
+            completion_tokens: 256,
+            diffusion_steps: 256,
+            temperature: 1.2,
+            top_p: 0.95,
+            seed: 0,
+            save_every: 0,
+            save_dtype: None,
+            threads: None,
+            reward_jobs: None,
+            reward_timeout: 5.0,
+            python: None,
+        }
+    }
+}
+
+/// The flags of `unmask-train grpo`: every setting is optional and overrides the file.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct GrpoArgs {
+    /// TOML file with any of the settings below (flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue from the latest complete checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Hugging Face folder of the initial policy (bf16/f16/f32 safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Tasks: AceCode JSON lines {"question", "test_cases"}.
+    #[arg(long)]
+    pub tasks: Option<PathBuf>,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// code (default, COUPLED_GRPO.md §3) or toy-even-ids (fraction of even token ids; for tests).
+    #[arg(long, value_enum)]
+    pub reward: Option<RewardKind>,
+    /// Optimizer updates [256].
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// B, prompts per round [4].
+    #[arg(long)]
+    pub prompts_per_round: Option<usize>,
+    /// G, completions per prompt [10].
+    #[arg(long)]
+    pub num_generations: Option<usize>,
+    /// mu, updates per round [2].
+    #[arg(long)]
+    pub mu: Option<usize>,
+    /// KL weight [0.01].
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// [0.5]
+    #[arg(long)]
+    pub clip_eps: Option<f64>,
+    #[arg(long, value_enum)]
+    pub baseline: Option<BaselineArg>,
+    #[arg(long)]
+    pub scale_rewards: Option<bool>,
+    /// Completions per micro-batch [2].
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
+    /// [1e-6]
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub min_lr_ratio: Option<f64>,
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    #[arg(long)]
+    pub beta1: Option<f64>,
+    #[arg(long)]
+    pub beta2: Option<f64>,
+    #[arg(long)]
+    pub adam_eps: Option<f64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    #[arg(long)]
+    pub ref_sync_steps: Option<u64>,
+    #[arg(long)]
+    pub ref_sync_alpha: Option<f64>,
+    #[arg(long)]
+    pub prompt_tokens: Option<usize>,
+    #[arg(long)]
+    pub completion_tokens: Option<usize>,
+    #[arg(long)]
+    pub diffusion_steps: Option<usize>,
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    #[arg(long, value_parser = parse_dtype)]
+    pub save_dtype: Option<SaveDtype>,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long)]
+    pub reward_jobs: Option<usize>,
+    #[arg(long)]
+    pub reward_timeout: Option<f64>,
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+}
+
+impl GrpoConfig {
+    /// Defaults, then the file of `args.config`, then the flags.
+    pub fn resolve(args: &GrpoArgs) -> Result<Self> {
+        let mut c = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text)
+                    .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?
+            }
+            None => Self::default(),
+        };
+        macro_rules! take {
+            ($($f:ident),*) => { $( if let Some(v) = args.$f.clone() { c.$f = v; } )* };
+        }
+        macro_rules! take_opt {
+            ($($f:ident),*) => { $( if args.$f.is_some() { c.$f = args.$f.clone(); } )* };
+        }
+        take!(
+            reward,
+            steps,
+            prompts_per_round,
+            num_generations,
+            mu,
+            beta,
+            clip_eps,
+            baseline,
+            scale_rewards,
+            micro_batch,
+            lr,
+            min_lr_ratio,
+            beta1,
+            beta2,
+            adam_eps,
+            weight_decay,
+            max_grad_norm,
+            ref_sync_steps,
+            ref_sync_alpha,
+            prompt_tokens,
+            completion_tokens,
+            diffusion_steps,
+            temperature,
+            top_p,
+            seed,
+            save_every,
+            reward_timeout
+        );
+        take_opt!(
+            model,
+            tasks,
+            out,
+            warmup_steps,
+            save_dtype,
+            threads,
+            reward_jobs,
+            python
+        );
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.model.is_none() {
+            return bad("no model (--model or `model` in the config file)".into());
+        }
+        if self.out.is_none() {
+            return bad("no output folder (--out or `out`)".into());
+        }
+        if self.tasks.is_none() {
+            return bad("no tasks (--tasks or `tasks`)".into());
+        }
+        if self.steps == 0
+            || self.prompts_per_round == 0
+            || self.num_generations == 0
+            || self.mu == 0
+            || self.micro_batch == 0
+        {
+            return bad(
+                "steps, prompts_per_round, num_generations, mu and micro_batch must be positive"
+                    .into(),
+            );
+        }
+        if self.prompt_tokens == 0 || self.completion_tokens == 0 || self.diffusion_steps == 0 {
+            return bad(
+                "prompt_tokens, completion_tokens and diffusion_steps must be positive".into(),
+            );
+        }
+        if !(self.beta >= 0.0 && self.beta.is_finite()) {
+            return bad(format!("beta {} must be >= 0", self.beta));
+        }
+        if !(self.clip_eps > 0.0 && self.clip_eps < 1.0) {
+            return bad(format!("clip_eps {} is not in (0, 1)", self.clip_eps));
+        }
+        if !(self.ref_sync_alpha >= 0.0 && self.ref_sync_alpha <= 1.0) {
+            return bad(format!(
+                "ref_sync_alpha {} is not in [0, 1]",
+                self.ref_sync_alpha
+            ));
+        }
+        if self.max_grad_norm.is_nan() || self.max_grad_norm <= 0.0 {
+            return bad("max_grad_norm must be positive".into());
+        }
+        if self.warmup_steps.is_some_and(|w| w > self.steps) {
+            return bad("warmup_steps exceeds steps".into());
+        }
+        if !(self.reward_timeout > 0.0 && self.reward_timeout.is_finite()) {
+            return bad("reward_timeout must be positive".into());
+        }
+        if self.num_generations < 2
+            && (self.baseline == BaselineArg::LeaveOneOut || self.scale_rewards)
+        {
+            return bad("leave-one-out and std scaling need num_generations >= 2".into());
+        }
+        Ok(())
+    }
+
+    pub fn warmup(&self) -> u64 {
+        self.warmup_steps.unwrap_or(self.steps / 100)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpo_defaults_are_the_published_run_and_flags_win() {
+        let c = GrpoConfig::default();
+        assert_eq!((c.num_generations, c.mu), (10, 2));
+        assert_eq!(
+            (c.beta, c.clip_eps, c.lr, c.min_lr_ratio),
+            (0.01, 0.5, 1e-6, 0.1)
+        );
+        assert_eq!(
+            (c.beta1, c.beta2, c.weight_decay, c.max_grad_norm),
+            (0.9, 0.99, 0.1, 0.2)
+        );
+        assert_eq!((c.ref_sync_steps, c.ref_sync_alpha), (64, 0.6));
+        assert_eq!(
+            (c.prompt_tokens, c.completion_tokens, c.diffusion_steps),
+            (200, 256, 256)
+        );
+        assert_eq!((c.steps, c.temperature, c.top_p), (256, 1.2, 0.95));
+        assert_eq!((c.baseline, c.scale_rewards), (BaselineArg::Mean, false));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(
+            &path,
+            "model = \"m\"\nout = \"o\"\ntasks = \"t.jsonl\"\nmu = 1\nbeta = 0.0\nreward = \"toy-even-ids\"\nbaseline = \"leave-one-out\"\n",
+        )
+        .unwrap();
+        let args = GrpoArgs {
+            config: Some(path.clone()),
+            mu: Some(3),
+            ..Default::default()
+        };
+        let c = GrpoConfig::resolve(&args).unwrap();
+        assert_eq!((c.mu, c.beta), (3, 0.0));
+        assert_eq!(c.reward, RewardKind::ToyEvenIds);
+        assert_eq!(c.baseline, BaselineArg::LeaveOneOut);
+        std::fs::write(&path, "model = \"m\"\nbogus = 1\n").unwrap();
+        assert!(
+            GrpoConfig::resolve(&args).is_err(),
+            "unknown keys are refused"
+        );
+    }
 
     #[test]
     fn flags_override_the_file() {

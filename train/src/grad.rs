@@ -142,6 +142,75 @@ fn backward(
     graphs.accumulate_grad(tokens, &dlogits, backend, acc)
 }
 
+/// The coupled per-token log-probability estimate (COUPLED_GRPO.md §4) of `seqs` (all of length
+/// `prompt_len + K`) without gradients: three forward passes per row (completion fully masked,
+/// masked where `mask_a`, masked where not), combined as
+/// `0.5 * (lp_full + lp_a / t)` where `mask_a`, `0.5 * (lp_full + lp_b / (1 - t))` elsewhere.
+/// `mask_a` is `[N, K]` row-major, `t` one value per row. Returns `[N, K]` row-major. The same
+/// arithmetic as [`coupled_grpo`], so old-policy and reference estimates on the same masks equal
+/// the current one bit for bit when the parameters are equal.
+pub fn coupled_logp(
+    policy: &Policy,
+    seqs: &[Vec<u32>],
+    prompt_len: usize,
+    mask_a: &[bool],
+    t: &[f64],
+    mask_token: u32,
+    backend: &mut CpuBackend,
+) -> Result<Vec<f64>> {
+    let n = seqs.len();
+    let Some(len) = seqs.first().map(Vec::len) else {
+        return Ok(Vec::new());
+    };
+    if prompt_len < 1 || prompt_len >= len || seqs.iter().any(|s| s.len() != len) {
+        return Err(Error::InvalidArgument(format!(
+            "coupled_logp: rows must share one length > prompt_len {prompt_len} >= 1"
+        )));
+    }
+    let k = len - prompt_len;
+    if mask_a.len() != n * k || t.len() != n {
+        return Err(Error::InvalidArgument(
+            "coupled_logp: mask_a must be [N, K] and t hold N values".into(),
+        ));
+    }
+    let n_vocab = policy.n_vocab();
+    let mut graphs = SequenceGraphs::new(policy, len, backend)?;
+    let mut out = vec![0.0; n * k];
+    for row in 0..n {
+        let mut lp = [Vec::new(), Vec::new(), Vec::new()];
+        for (pass, slot) in lp.iter_mut().enumerate() {
+            let mut x = seqs[row].clone();
+            for j in 0..k {
+                let masked = match pass {
+                    0 => true,
+                    1 => mask_a[row * k + j],
+                    _ => !mask_a[row * k + j],
+                };
+                if masked {
+                    x[prompt_len + j] = mask_token;
+                }
+            }
+            *slot = logprobs(
+                &mut graphs,
+                backend,
+                &x,
+                &seqs[row],
+                prompt_len..len,
+                n_vocab,
+            )?;
+        }
+        for j in 0..k {
+            let partner = if mask_a[row * k + j] {
+                lp[1][j] / t[row]
+            } else {
+                lp[2][j] / (1.0 - t[row])
+            };
+            out[row * k + j] = 0.5 * (lp[0][j] + partner);
+        }
+    }
+    Ok(out)
+}
+
 /// The coupled-GRPO loss of one mask seed (COUPLED_GRPO.md §1, §4) and its gradients.
 pub fn coupled_grpo(
     policy: &Policy,

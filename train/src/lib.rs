@@ -20,7 +20,9 @@
 //! - [`schedule`]: cosine learning rate with warm-up and floor;
 //! - [`checkpoint`]: atomic Hugging Face checkpoints with resumable training state;
 //! - [`sft`]: masked-diffusion SFT (`unmask-train sft`), configured by [`config`], logged by
-//!   [`metrics`].
+//!   [`metrics`];
+//! - [`grpo`]: coupled-GRPO (`unmask-train grpo`): rollouts on the current policy, rewards,
+//!   advantages, coupled masks, `mu` updates per round, reference policy with periodic sync.
 //!
 //! The crate forbids `unsafe` (the project keeps `unsafe` in `kernels/` and `ffi/`). Everything the
 //! sandbox needs before `exec` (namespaces, rlimits, a different uid) is therefore done by exec'ing
@@ -32,6 +34,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod format;
 pub mod grad;
+pub mod grpo;
 pub mod masks;
 pub mod metrics;
 pub mod objective;

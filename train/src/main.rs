@@ -1,4 +1,5 @@
-//! `unmask-train`: the coupled-GRPO training companion of unmask: `reward`, `grad` and `sft`.
+//! `unmask-train`: the coupled-GRPO training companion of unmask: `grpo`, `sft`, `reward` and
+//! `grad`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -6,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
-use unmask_train::config::{SftArgs, SftConfig};
+use unmask_train::config::{GrpoArgs, GrpoConfig, SftArgs, SftConfig};
 use unmask_train::grad::{run_files, LossKind};
 use unmask_train::reward::{score_batch_in, Score};
 use unmask_train::sandbox::{Sandbox, SandboxConfig};
@@ -19,7 +20,7 @@ use unmask_train::tasks::{load_tasks, Task};
     about = "Coupled-GRPO training companion of unmask (DiffuCoder/Dream).",
     after_help = "`sft` trains with the masked-diffusion SFT objective; `reward` scores completions \
                   with the spec's code reward; `grad` computes a loss and its parameter gradients \
-                  for fixed inputs. Coupled-GRPO training (`grpo`) is coming."
+                  for fixed inputs; `grpo` trains with coupled-GRPO."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,6 +35,15 @@ enum Cmd {
     /// Settings come from defaults, then `--config FILE` (TOML, keys = flag names with `_`),
     /// then the flags.
     Sft(Box<SftArgs>),
+    /// Coupled-GRPO (COUPLED_GRPO.md §1): rollouts with the current policy, rewards (`--reward
+    /// code`: sandboxed tests; `--reward toy-even-ids`: fraction of even token ids, a toy
+    /// verifiable reward for tests), group advantages, `mu` AdamW updates per round on coupled
+    /// masks, KL to a reference policy synced every `--ref-sync-steps` updates. Writes
+    /// `metrics.jsonl` and atomic checkpoints to --out; `--resume` continues.
+    ///
+    /// Settings come from defaults (the published run's), then `--config FILE` (TOML, keys =
+    /// flag names with `_`), then the flags.
+    Grpo(Box<GrpoArgs>),
     /// Score completions for tasks: one JSON line per completion with reward, format, pass_rate.
     ///
     /// TASKS is AceCode JSON lines ({"question", "test_cases"}). COMPLETIONS is JSON lines
@@ -144,6 +154,19 @@ fn main() -> Result<()> {
                     "step": summary.final_step,
                     "checkpoint": summary.final_checkpoint,
                     "loss": summary.last_loss,
+                })
+            );
+        }
+        Cmd::Grpo(args) => {
+            let cfg = GrpoConfig::resolve(&args)?;
+            let summary = unmask_train::grpo::train(&cfg, args.resume)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "resumed_from": summary.resumed_from,
+                    "step": summary.final_step,
+                    "checkpoint": summary.final_checkpoint,
+                    "reward_mean": summary.last_reward_mean,
                 })
             );
         }

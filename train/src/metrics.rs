@@ -51,20 +51,19 @@ impl MetricsLog {
     /// Opens `out/metrics.jsonl`, keeping only updates `<= keep_up_to` (0 for a fresh run).
     pub fn open(out: &Path, keep_up_to: u64, total: u64) -> Result<Self> {
         let path = out.join("metrics.jsonl");
-        let kept: Vec<StepMetrics> = if keep_up_to > 0 && path.exists() {
-            read(&path)?
-                .into_iter()
-                .filter(|m| m.step <= keep_up_to)
-                .collect()
-        } else {
-            Vec::new()
-        };
         let mut text = String::new();
-        for m in &kept {
-            text.push_str(
-                &serde_json::to_string(m).map_err(|e| Error::InvalidArgument(e.to_string()))?,
-            );
-            text.push('\n');
+        if keep_up_to > 0 && path.exists() {
+            // Any line format with a `step` field (SFT's and GRPO's lines).
+            let old = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+            for line in old.lines() {
+                let step = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(|s| s.as_u64()));
+                if step.is_some_and(|s| s <= keep_up_to) {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
         }
         let tmp = out.join(".metrics.jsonl.tmp");
         std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
@@ -98,6 +97,19 @@ impl MetricsLog {
                 "loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s",
                 m.loss, m.lr, m.grad_norm, m.tokens_per_s
             ));
+        }
+        Ok(())
+    }
+
+    /// Appends any serializable line for update `step`, with `msg` on the progress bar.
+    pub fn log_line<T: Serialize>(&mut self, step: u64, line: &T, msg: String) -> Result<()> {
+        let line =
+            serde_json::to_string(line).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        writeln!(self.file, "{line}").map_err(|e| io(&self.path, e))?;
+        self.file.flush().map_err(|e| io(&self.path, e))?;
+        if let Some(bar) = &self.bar {
+            bar.set_position(step);
+            bar.set_message(msg);
         }
         Ok(())
     }

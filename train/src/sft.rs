@@ -154,8 +154,14 @@ pub fn derived_rng(seed: u64, tag: u64, a: u64, b: u64) -> Rng {
     Rng::seed_from_u64(splitmix64(&mut z))
 }
 
-/// The index of the `cursor`-th example drawn: epoch `cursor / n` in a seeded permutation.
-fn example_at(seed: u64, n: usize, cursor: u64, cache: &mut Option<(u64, Vec<usize>)>) -> usize {
+/// The index of the `cursor`-th example drawn: epoch `cursor / n` in a seeded permutation
+/// (`cache` keeps the current epoch's permutation between calls).
+pub fn example_at(
+    seed: u64,
+    n: usize,
+    cursor: u64,
+    cache: &mut Option<(u64, Vec<usize>)>,
+) -> usize {
     let epoch = cursor / n as u64;
     if cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
         let mut rng = derived_rng(seed, TAG_ORDER, epoch, 0);
