@@ -196,3 +196,140 @@ fn code_reward_round_runs_end_to_end() {
         assert!((0.0..=2.5).contains(&r), "reward {r}");
     }
 }
+
+/// The binary with the toy settings of [`toy_config`], 12 updates, a checkpoint every 2.
+fn grpo_cmd(hf: &Path, out: &Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_unmask-train"));
+    cmd.arg("grpo")
+        .arg("--model")
+        .arg(hf)
+        .arg("--tasks")
+        .arg(tasks())
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--reward",
+            "toy-even-ids",
+            "--steps",
+            "12",
+            "--save-every",
+            "2",
+            "--prompts-per-round",
+            "2",
+            "--num-generations",
+            "8",
+            "--mu",
+            "2",
+            "--micro-batch",
+            "8",
+            "--lr",
+            "1e-3",
+            "--warmup-steps",
+            "0",
+            "--weight-decay",
+            "0",
+            "--max-grad-norm",
+            "1",
+            "--ref-sync-steps",
+            "3",
+            "--prompt-tokens",
+            "24",
+            "--completion-tokens",
+            "8",
+            "--diffusion-steps",
+            "8",
+            "--threads",
+            "1",
+            "--seed",
+            "3",
+        ])
+        .args(extra);
+    cmd
+}
+
+fn logged_steps(out: &Path) -> Vec<u64> {
+    match std::fs::read_to_string(out.join("metrics.jsonl")) {
+        // A line being written when the process died may be cut: count complete lines only.
+        Ok(text) => text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<GrpoMetrics>(l).ok())
+            .map(|m| m.step)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn kill_9_during_grpo_then_resume_matches_the_uninterrupted_run() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let hf = tiny(dir.path());
+    let whole = dir.path().join("whole");
+    let st = grpo_cmd(&hf, &whole, &[]).output().unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+
+    let cut = dir.path().join("cut");
+    let mut child = grpo_cmd(&hf, &cut, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let steps = logged_steps(&cut);
+        if cut.join("checkpoint-4/trainer_state.json").exists() && steps.iter().any(|&s| s > 4) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run made no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !cut.join("checkpoint-12").exists(),
+        "killed too late to test anything"
+    );
+    for e in std::fs::read_dir(&cut).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("checkpoint-") {
+            for f in [
+                "trainer_state.json",
+                "model.safetensors",
+                "reference.safetensors",
+            ] {
+                assert!(e.path().join(f).is_file(), "{name} lacks {f}");
+            }
+        }
+    }
+    let resumed = grpo_cmd(&hf, &cut, &["--resume"]).output().unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(logged_steps(&cut), (1..=12).collect::<Vec<u64>>());
+    let a = read_metrics(&whole);
+    let b = read_metrics(&cut);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (x.step, x.reward_mean, x.loss, x.kl, x.grad_norm),
+            (y.step, y.reward_mean, y.loss, y.kl, y.grad_norm)
+        );
+    }
+    let wa = std::fs::read(whole.join("checkpoint-12/model.safetensors")).unwrap();
+    let wb = std::fs::read(cut.join("checkpoint-12/model.safetensors")).unwrap();
+    assert!(
+        wa == wb,
+        "resumed weights differ from the uninterrupted run's"
+    );
+}
