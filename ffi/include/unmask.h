@@ -99,6 +99,9 @@ typedef int32_t unmask_status_t;
 #define UNMASK_ERR_BACKEND (-11)
 /* A bug in unmask (a caught internal panic). The context stays usable. */
 #define UNMASK_ERR_INTERNAL (-12)
+/* The requested device is not available (e.g. "cuda" without libggml-cuda.so or without a GPU;
+ * unmask_last_error says what was looked for). */
+#define UNMASK_ERR_DEVICE (-13)
 
 /* What the buffer-filling functions return on failures other than "buffer too small". */
 #define UNMASK_SIZE_ERROR INT32_MIN
@@ -147,6 +150,20 @@ UNMASK_API unmask_status_t unmask_last_status(void);
  * or unreadable file), MODEL (not GGUF, truncated, corrupted, not a Dream model), TOKENIZER,
  * BACKEND. Thread-safe. */
 UNMASK_API unmask_status_t unmask_model_load(const char *path, unmask_model_t **out);
+
+/* As unmask_model_load, on a device: "cpu" (what unmask_model_load does), "cuda" (the first
+ * GPU), "cuda:N", "auto" (CUDA when the CUDA backend library and a GPU are present, else the
+ * CPU; device == NULL means "auto"), or "ggml-cpu" (the GPU code path on ggml's CPU device, for
+ * testing). On a GPU the weights are copied into its memory and every step's work stays there;
+ * the CUDA backend (libggml-cuda.so, see README) is looked for in $UNMASK_BACKEND_DIR, next to
+ * the executable and in ../lib/unmask relative to it. Errors: those of unmask_model_load,
+ * INVALID_ARGUMENT (unknown device name), INVALID_UTF8, DEVICE (not available; the message says
+ * why). Thread-safe. */
+UNMASK_API unmask_status_t unmask_model_load_on(const char *path, const char *device, unmask_model_t **out);
+
+/* Where the model runs: "cpu", or the device and its description ("CUDA0 (NVIDIA H200)").
+ * Valid until the model handle is freed; NULL for a NULL or invalid model. Thread-safe. */
+UNMASK_API const char *unmask_model_device(const unmask_model_t *model);
 
 /* Releases the handle. Contexts made from it keep the weights alive until they are freed.
  * NULL and already-freed handles are ignored. Thread-safe. */

@@ -62,6 +62,7 @@ fn kernels_status(e: &unmask_kernels::Error) -> Status {
     match e {
         K::Io { .. } => status::ERR_IO,
         K::Ggml(_) | K::Llama(_) => status::ERR_BACKEND,
+        K::Device(_) => status::ERR_DEVICE,
         _ => status::ERR_MODEL,
     }
 }

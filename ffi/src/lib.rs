@@ -98,7 +98,7 @@ mod tests {
             .split('.')
             .map(|v| v.parse().unwrap())
             .collect();
-        let expected: [(&str, i64); 26] = [
+        let expected: [(&str, i64); 27] = [
             ("UNMASK_ABI_VERSION", i64::from(crate::ABI_VERSION)),
             ("UNMASK_VERSION_MAJOR", version[0]),
             ("UNMASK_VERSION_MINOR", version[1]),
@@ -123,6 +123,7 @@ mod tests {
             ),
             ("UNMASK_ERR_BACKEND", s::ERR_BACKEND.into()),
             ("UNMASK_ERR_INTERNAL", s::ERR_INTERNAL.into()),
+            ("UNMASK_ERR_DEVICE", s::ERR_DEVICE.into()),
             ("UNMASK_SIZE_ERROR", s::SIZE_ERROR.into()),
             ("UNMASK_ALG_ORIGIN", p::ALG_ORIGIN.into()),
             ("UNMASK_ALG_MASKGIT_PLUS", p::ALG_MASKGIT_PLUS.into()),
@@ -145,7 +146,7 @@ mod tests {
             })
             .map(|(_, &v)| v)
             .collect();
-        assert_eq!(codes.len(), 14);
+        assert_eq!(codes.len(), 15);
         for code in codes {
             assert_ne!(s::describe(code as i32), s::describe(12345), "{code}");
         }

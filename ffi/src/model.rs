@@ -3,9 +3,10 @@
 use crate::error::{entry, status_entry, FfiError, FfiResult};
 use crate::handles::Table;
 use crate::status::{self, Status};
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, CStr, CString};
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
+use unmask_kernels::device::DeviceRequest;
 use unmask_runtime::Model;
 
 /// `unmask_model_t`: never dereferenced, only looked up in [`MODELS`].
@@ -19,6 +20,8 @@ pub struct unmask_model {
 pub struct ModelEntry {
     pub model: Arc<Model>,
     pub n_params: i64,
+    /// Where the model runs (`cpu`, `CUDA0 (NVIDIA H200)`), for `unmask_model_device`.
+    pub device: CString,
 }
 
 /// The live model handles.
@@ -40,8 +43,11 @@ fn path_from(path: &CStr) -> FfiResult<PathBuf> {
     ))
 }
 
-fn load(path: &CStr) -> FfiResult<ModelEntry> {
-    let model = Model::load(&path_from(path)?)?;
+fn load(path: &CStr, device: &DeviceRequest) -> FfiResult<ModelEntry> {
+    let placement = unmask_kernels::device::resolve(device)
+        .map_err(|e| FfiError::Runtime(unmask_runtime::Error::Kernels(e)))?;
+    let description = CString::new(placement.describe()).unwrap_or_default();
+    let model = Model::load_on(&path_from(path)?, &placement)?;
     if i32::try_from(model.n_vocab).is_err() {
         return Err(FfiError::Runtime(unmask_runtime::Error::Model(format!(
             "a vocabulary of {} ids does not fit the C API's int32_t ids",
@@ -58,6 +64,7 @@ fn load(path: &CStr) -> FfiResult<ModelEntry> {
     Ok(ModelEntry {
         model: Arc::new(model),
         n_params: i64::try_from(n_params).unwrap_or(i64::MAX),
+        device: description,
     })
 }
 
@@ -81,11 +88,59 @@ pub unsafe extern "C" fn unmask_model_load(
         }
         // SAFETY: non-NULL and NUL-terminated by the caller's contract.
         let path = unsafe { CStr::from_ptr(path) };
-        let handle = MODELS.insert(Arc::new(load(path)?));
+        let handle = MODELS.insert(Arc::new(load(path, &DeviceRequest::Cpu)?));
         // SAFETY: as above.
         unsafe { *out = handle.cast_mut().cast() };
         Ok(status::OK)
     })
+}
+
+/// `unmask_model_load_on`: as `unmask_model_load`, on the device named by `device` (NULL:
+/// "auto").
+///
+/// # Safety
+/// `path` and `device` are NULL or NUL-terminated strings; `out` is NULL or valid for one
+/// pointer write.
+#[no_mangle]
+pub unsafe extern "C" fn unmask_model_load_on(
+    path: *const c_char,
+    device: *const c_char,
+    out: *mut *mut unmask_model,
+) -> Status {
+    status_entry(|| {
+        if out.is_null() {
+            return Err(FfiError::Null("out"));
+        }
+        // SAFETY: out is non-NULL and valid for a write by the caller's contract.
+        unsafe { *out = std::ptr::null_mut() };
+        if path.is_null() {
+            return Err(FfiError::Null("path"));
+        }
+        let request = if device.is_null() {
+            DeviceRequest::Auto
+        } else {
+            // SAFETY: non-NULL and NUL-terminated by the caller's contract.
+            let text = unsafe { CStr::from_ptr(device) }
+                .to_str()
+                .map_err(|_| FfiError::Utf8("device"))?;
+            text.parse::<DeviceRequest>()
+                .map_err(|e| FfiError::InvalidArgument(e.to_string()))?
+        };
+        // SAFETY: non-NULL and NUL-terminated by the caller's contract.
+        let path = unsafe { CStr::from_ptr(path) };
+        let handle = MODELS.insert(Arc::new(load(path, &request)?));
+        // SAFETY: as above.
+        unsafe { *out = handle.cast_mut().cast() };
+        Ok(status::OK)
+    })
+}
+
+/// `unmask_model_device`: where the model runs; NULL for an invalid model.
+#[no_mangle]
+pub extern "C" fn unmask_model_device(model: *const unmask_model) -> *const c_char {
+    // The string lives in the model entry; the returned pointer stays valid while the handle
+    // is live (documented in the header).
+    getter(model, std::ptr::null(), |m| m.device.as_ptr())
 }
 
 /// `unmask_model_free`: NULL and freed handles are ignored.

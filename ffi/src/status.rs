@@ -19,6 +19,7 @@ pub const ERR_BAD_TOKEN: Status = -9;
 pub const ERR_CONTEXT_OVERFLOW: Status = -10;
 pub const ERR_BACKEND: Status = -11;
 pub const ERR_INTERNAL: Status = -12;
+pub const ERR_DEVICE: Status = -13;
 
 /// What the buffer-filling functions return on failures other than "buffer too small".
 pub const SIZE_ERROR: i32 = i32::MIN;
@@ -40,6 +41,7 @@ pub fn describe(status: Status) -> &'static [u8] {
         ERR_CONTEXT_OVERFLOW => b"prompt plus new tokens exceed the model's context\0",
         ERR_BACKEND => b"GGML backend error\0",
         ERR_INTERNAL => b"internal error (a bug in unmask)\0",
+        ERR_DEVICE => b"the requested device is not available\0",
         _ => b"unknown status\0",
     }
 }

@@ -450,6 +450,7 @@ fn abuse_gives_status_codes_never_a_crash() {
         .arg(&corrupt)
         .arg(&truncated)
         .env("RUST_BACKTRACE", "0")
+        .env("UNMASK_BACKEND_DIR", "/nonexistent-unmask-backends")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -1,32 +1,107 @@
-//! The GGML CPU backend: a persistent pool of worker threads, and the SIMD features the linked
-//! ggml was compiled with.
+//! GGML compute backends: the built-in CPU backend with a persistent pool of worker threads, or
+//! any device a loaded GGML backend library offers (CUDA), and the SIMD features the linked ggml
+//! was compiled with.
 
+use crate::device::Device;
 use crate::{Error, Result};
 use llama_cpp_sys_2 as sys;
 use std::ptr::NonNull;
 
-/// The CPU backend with a persistent pool of worker threads (ggml would otherwise start and
-/// join its threads for every graph computation, twice per denoising step).
-pub struct CpuBackend {
+/// A GGML backend graphs are computed on: the built-in CPU backend with a persistent pool of
+/// worker threads (ggml would otherwise start and join its threads for every graph computation,
+/// twice per denoising step), or a device backend ([`Backend::on_device`]).
+pub struct Backend {
     pub(crate) raw: NonNull<sys::ggml_backend>,
     pool: Option<NonNull<sys::ggml_threadpool>>,
+    /// Name of the device (`CPU`, `CUDA0`, ...).
+    name: String,
+    /// Whether the backend computes in host memory that Rust may borrow directly.
+    host: bool,
 }
 
-// SAFETY: a ggml backend and its thread pool may move between threads; they are used by one
-// thread at a time (every computation takes `&mut CpuBackend`).
-unsafe impl Send for CpuBackend {}
+/// The CPU backend is the backend most code knows: kept as a name for it.
+pub type CpuBackend = Backend;
 
-impl CpuBackend {
+// SAFETY: a ggml backend and its thread pool may move between threads; they are used by one
+// thread at a time (every computation takes `&mut Backend`).
+unsafe impl Send for Backend {}
+
+impl Backend {
+    /// The built-in CPU backend with `n_threads` workers.
     pub fn new(n_threads: usize) -> Result<Self> {
         // SAFETY: plain constructor; a NULL result is handled.
         let raw = NonNull::new(unsafe { sys::ggml_backend_cpu_init() })
             .ok_or_else(|| Error::Ggml("cannot create the CPU backend".into()))?;
-        let mut backend = CpuBackend { raw, pool: None };
+        let mut backend = Backend {
+            raw,
+            pool: None,
+            name: "CPU".into(),
+            host: true,
+        };
         backend.set_threads(n_threads)?;
         Ok(backend)
     }
 
+    /// A backend on `device` (see [`crate::device`]): its graphs' memory lives on the device,
+    /// so inputs and outputs are copied with `ggml_backend_tensor_set/get`.
+    pub fn on_device(device: &Device, n_threads: usize) -> Result<Self> {
+        // SAFETY: `device` holds a device handle from ggml's registry, valid for the process;
+        // NULL parameters ask for the device's defaults; a NULL result is handled.
+        let raw =
+            NonNull::new(unsafe { sys::ggml_backend_dev_init(device.raw(), std::ptr::null()) })
+                .ok_or_else(|| {
+                    Error::Device(format!("cannot start a backend on {}", device.name()))
+                })?;
+        // SAFETY: `raw` is live; the buffer type belongs to it.
+        let host = unsafe {
+            sys::ggml_backend_buft_is_host(sys::ggml_backend_get_default_buffer_type(raw.as_ptr()))
+        };
+        let mut backend = Backend {
+            raw,
+            pool: None,
+            name: device.name().to_string(),
+            host,
+        };
+        // A CPU device from a loaded library takes a thread count too.
+        // SAFETY: `raw` is live; the check only reads its identity.
+        if unsafe { sys::ggml_backend_is_cpu(raw.as_ptr()) } {
+            // SAFETY: a CPU backend accepts a thread count.
+            unsafe { sys::ggml_backend_cpu_set_n_threads(raw.as_ptr(), n_threads.max(1) as i32) };
+        } else if n_threads > 0 {
+            backend.set_device_threads(n_threads);
+        }
+        Ok(backend)
+    }
+
+    /// Device backends from loaded libraries may expose a thread-count setter (ggml's
+    /// `ggml_backend_set_n_threads` procedure); it is used when present.
+    fn set_device_threads(&mut self, n_threads: usize) {
+        // SAFETY: live backend; the registry lookups return NULL when the procedure is absent,
+        // and a present procedure has ggml's documented signature `void(backend, int)`.
+        unsafe {
+            let dev = sys::ggml_backend_get_device(self.raw.as_ptr());
+            if dev.is_null() {
+                return;
+            }
+            let reg = sys::ggml_backend_dev_backend_reg(dev);
+            if reg.is_null() {
+                return;
+            }
+            let name = c"ggml_backend_set_n_threads";
+            let f = sys::ggml_backend_reg_get_proc_address(reg, name.as_ptr());
+            if !f.is_null() {
+                let f: unsafe extern "C" fn(sys::ggml_backend_t, i32) = std::mem::transmute(f);
+                f(self.raw.as_ptr(), n_threads as i32);
+            }
+        }
+    }
+
+    /// Changes the number of worker threads (the built-in CPU backend; others ignore it).
     pub fn set_threads(&mut self, n_threads: usize) -> Result<()> {
+        // SAFETY: identity check of a live backend.
+        if !unsafe { sys::ggml_backend_is_cpu(self.raw.as_ptr()) } {
+            return Ok(());
+        }
         let n = n_threads.clamp(1, 512) as i32;
         // SAFETY: default parameters for `n` threads; the new pool is owned by us, attached to
         // our live backend, and the previous one is freed only after it has been replaced.
@@ -47,9 +122,36 @@ impl CpuBackend {
         }
         Ok(())
     }
+
+    /// Name of the device this backend computes on (`CPU`, `CUDA0`, ...).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether graph memory is host memory (results can be borrowed without a copy).
+    pub fn is_host(&self) -> bool {
+        self.host
+    }
+
+    /// Whether this is the built-in CPU backend with its own thread pool.
+    pub fn is_builtin_cpu(&self) -> bool {
+        self.pool.is_some()
+    }
+
+    /// The buffer type graphs on this backend allocate from.
+    pub(crate) fn buffer_type(&self) -> sys::ggml_backend_buffer_type_t {
+        // SAFETY: live backend.
+        unsafe { sys::ggml_backend_get_default_buffer_type(self.raw.as_ptr()) }
+    }
+
+    /// Whether the backend can compute `op` (a node of a graph built for it).
+    pub(crate) fn supports(&self, op: *const sys::ggml_tensor) -> bool {
+        // SAFETY: live backend; `op` is a live tensor of a graph (checked by the caller).
+        unsafe { sys::ggml_backend_supports_op(self.raw.as_ptr(), op) }
+    }
 }
 
-impl Drop for CpuBackend {
+impl Drop for Backend {
     fn drop(&mut self) {
         // SAFETY: we own backend and pool and free each exactly once, the backend first.
         unsafe {

@@ -20,6 +20,9 @@ pub enum Error {
     Metadata { key: String, message: String },
     #[error("ggml: {0}")]
     Ggml(String),
+    /// The requested device or backend library is not available.
+    #[error("{0}")]
+    Device(String),
     #[error("llama.cpp: {0}")]
     Llama(String),
 }

@@ -8,14 +8,17 @@
 //! and shares its type table.
 
 pub mod backend;
+pub mod device;
 mod error;
 mod ggml_type;
 pub mod gguf;
 pub mod graph;
+mod graph_qgemm;
 pub mod heap;
 pub mod llama;
 pub mod mapping;
 pub mod params;
+pub mod qgemm;
 pub mod quant;
 pub mod score;
 pub mod vmath;

@@ -120,13 +120,19 @@ pub struct LlamaForward {
 impl LlamaForward {
     /// Loads `path` on the CPU for canvases of up to `max_tokens`, with `threads` threads.
     pub fn new(path: &Path, max_tokens: usize, threads: usize) -> Result<Self> {
+        Self::with_gpu(path, max_tokens, threads, false)
+    }
+
+    /// As [`new`](Self::new); with `gpu`, every layer is offloaded to the GPU devices in ggml's
+    /// registry (a loaded CUDA backend, see [`crate::device`]), as `-ngl 99` does.
+    pub fn with_gpu(path: &Path, max_tokens: usize, threads: usize, gpu: bool) -> Result<Self> {
         init();
         let c_path = CString::new(path.as_os_str().to_string_lossy().as_bytes())
             .map_err(|_| Error::Llama("path contains a NUL byte".into()))?;
         let max_tokens = max_tokens.clamp(1, i32::MAX as usize);
         // SAFETY: default parameters from llama.cpp; only plain fields are changed.
         let mut mparams = unsafe { sys::llama_model_default_params() };
-        mparams.n_gpu_layers = 0;
+        mparams.n_gpu_layers = if gpu { 999 } else { 0 };
         // SAFETY: valid path and parameters; NULL is handled.
         let model = std::ptr::NonNull::new(unsafe {
             sys::llama_model_load_from_file(c_path.as_ptr(), mparams)

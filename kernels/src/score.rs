@@ -226,6 +226,118 @@ fn score_candidates(kept: &[(f32, u32)], sample: bool, kind: Confidence, uniform
     }
 }
 
+/// What a device returns for one logits row instead of the row itself (see
+/// [`score_summary`]): the argmax, the softmax denominator, the negative entropy and the `K`
+/// largest logits.
+#[derive(Clone, Copy, Debug)]
+pub struct RowSummary<'a> {
+    /// Index of the largest logit (first on ties where the device guarantees it).
+    pub best_token: u32,
+    /// The largest raw logit.
+    pub best_logit: f32,
+    /// `sum(exp(l / t - max / t))` over the whole row (`t` = temperature, 1 when greedy).
+    pub sum: f64,
+    /// `sum(p * ln(p + 1e-10))` of the unfiltered softmax at temperature 1 (greedy rows).
+    pub neg_entropy: f32,
+    /// The `K` largest raw logits with their token ids, in any order.
+    pub candidates: &'a [(f32, u32)],
+    /// Size of the vocabulary (when `candidates` cover it, they are the whole row).
+    pub n_vocab: usize,
+}
+
+/// Scores a row from its [`RowSummary`] with the same rules and the same arithmetic as
+/// [`score_row`] on the full row, or returns `None` when the summary cannot decide exactly
+/// (sampling without a filter walks the whole vocabulary; a nucleus or top-k set reaching past
+/// the candidates): the caller then fetches the row and uses [`score_row`].
+pub fn score_summary(
+    summary: &RowSummary<'_>,
+    filter: &Filter,
+    kind: Confidence,
+    uniform: f64,
+    scratch: &mut Scratch,
+) -> Option<Scored> {
+    let t = filter.temperature;
+    let divisor = if t > 0.0 { t } else { 1.0 };
+    let sample = t > 0.0;
+    let unfiltered = filter.nucleus().is_none() && filter.top_k.is_none();
+    if unfiltered {
+        if sample {
+            return None;
+        }
+        let best = summary.best_logit;
+        let inv = (1.0 / summary.sum) as f32;
+        let p = |x: f32| exp(x - best) * inv;
+        let confidence = match kind {
+            Confidence::Probability => p(best),
+            Confidence::Margin => {
+                let second = summary
+                    .candidates
+                    .iter()
+                    .filter(|&&(_, id)| id != summary.best_token)
+                    .map(|&(x, _)| x)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                if summary.candidates.len() < 2 && summary.n_vocab > 1 {
+                    return None;
+                }
+                p(best) - if second.is_finite() { p(second) } else { 0.0 }
+            }
+            Confidence::NegEntropy => summary.neg_entropy,
+        };
+        return Some(Scored {
+            token: summary.best_token,
+            confidence,
+        });
+    }
+    let out = &mut scratch.candidates;
+    out.clear();
+    out.extend(summary.candidates.iter().map(|&(l, id)| (l / divisor, id)));
+    if out.is_empty() {
+        return None;
+    }
+    out.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let complete = out.len() >= summary.n_vocab;
+    let lowest = out[out.len() - 1].0;
+    // Tokens outside the candidates have logits <= `lowest`; only the candidates above it are
+    // known to be exactly the row's leading tokens in sorted order.
+    let exact_prefix = if complete {
+        out.len()
+    } else {
+        out.iter().take_while(|&&(x, _)| x > lowest).count()
+    };
+    let max = summary.best_logit / divisor;
+    let sum = summary.sum;
+    let mut keep = out.len();
+    if let Some(p) = filter.nucleus() {
+        let mut cumulative = 0f64;
+        let mut cut = None;
+        for (j, &(x, _)) in out.iter().enumerate() {
+            if j > 0 && (cumulative as f32) > p {
+                cut = Some(j);
+                break;
+            }
+            cumulative += f64::from(exp(x - max)) / sum;
+        }
+        match cut {
+            Some(j) if j <= exact_prefix => keep = j,
+            _ if complete => {}
+            _ => return None,
+        }
+    }
+    if let Some(k) = filter.top_k {
+        if k > 0 && k < keep {
+            let kth = out[k - 1].0;
+            if !complete && kth <= lowest {
+                return None;
+            }
+            keep = out[..keep].iter().take_while(|&&(x, _)| x >= kth).count();
+        } else if filter.nucleus().is_none() && !complete {
+            // Every token is kept, but only the candidates are known.
+            return None;
+        }
+    }
+    Some(score_candidates(&out[..keep], sample, kind, uniform))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,5 +473,162 @@ mod tests {
                 assert_eq!(*c, 0);
             }
         }
+    }
+
+    /// A summary computed on the host from the full row, as a device would compute it.
+    fn summarise(
+        logits: &[f32],
+        filter: &Filter,
+        k: usize,
+    ) -> (u32, f32, f64, f32, Vec<(f32, u32)>) {
+        let divisor = if filter.temperature > 0.0 {
+            filter.temperature
+        } else {
+            1.0
+        };
+        let (best, best_i, _) = top2(logits, 1.0);
+        let sum = sum_exp(logits, divisor, best / divisor);
+        let inv = (1.0 / sum_exp(logits, 1.0, best)) as f32;
+        let ne = neg_entropy(logits, 1.0, best, inv, ENTROPY_EPS) as f32;
+        let mut c: Vec<(f32, u32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (l, i as u32))
+            .collect();
+        c.sort_by(|a, b| b.0.total_cmp(&a.0));
+        c.truncate(k);
+        c.reverse(); // any order
+        (best_i as u32, best, sum, ne, c)
+    }
+
+    #[test]
+    fn summaries_score_exactly_like_full_rows_or_decline() {
+        let mut scratch = Scratch::default();
+        let mut decided = 0;
+        for seed in 0..30 {
+            let mut logits = row(2000, seed);
+            // Peaked rows, as real models give, so that nuclei fit in the candidates.
+            for (i, l) in logits.iter_mut().enumerate().take(40) {
+                *l += 12.0 - i as f32 * 0.2;
+            }
+            if seed % 3 == 0 {
+                logits[7] = logits[3]; // an exact tie
+            }
+            for filter in [
+                Filter::GREEDY,
+                Filter {
+                    temperature: 0.4,
+                    top_p: Some(0.95),
+                    top_k: None,
+                },
+                Filter {
+                    temperature: 1.0,
+                    top_p: Some(0.5),
+                    top_k: Some(10),
+                },
+                Filter {
+                    temperature: 0.7,
+                    top_p: None,
+                    top_k: Some(30),
+                },
+                Filter {
+                    temperature: 0.7,
+                    top_p: None,
+                    top_k: Some(300),
+                },
+                Filter {
+                    temperature: 0.7,
+                    top_p: None,
+                    top_k: None,
+                },
+                Filter {
+                    temperature: 1.0,
+                    top_p: Some(0.999999),
+                    top_k: None,
+                },
+            ] {
+                for kind in [
+                    Confidence::Probability,
+                    Confidence::Margin,
+                    Confidence::NegEntropy,
+                ] {
+                    for k in [2, 64, 2000] {
+                        let (best_token, best_logit, sum, neg_entropy, cands) =
+                            summarise(&logits, &filter, k);
+                        let summary = RowSummary {
+                            best_token,
+                            best_logit,
+                            sum,
+                            neg_entropy,
+                            candidates: &cands,
+                            n_vocab: logits.len(),
+                        };
+                        let u = (seed as f64 * 0.618).fract();
+                        let full = score_row(&logits, &filter, kind, u, &mut scratch);
+                        match score_summary(&summary, &filter, kind, u, &mut scratch) {
+                            Some(s) => {
+                                decided += 1;
+                                assert_eq!(s.token, full.token, "{filter:?} {kind:?} k={k}");
+                                let tol = if kind == Confidence::NegEntropy {
+                                    1e-6
+                                } else {
+                                    0.0
+                                };
+                                assert!(
+                                    (s.confidence - full.confidence).abs() <= tol,
+                                    "{filter:?} {kind:?} k={k}: {} vs {}",
+                                    s.confidence,
+                                    full.confidence
+                                );
+                            }
+                            None => {
+                                // Declining is only allowed where the summary cannot know.
+                                let sampled_unfiltered = filter.temperature > 0.0
+                                    && filter.top_p.is_none()
+                                    && filter.top_k.is_none();
+                                assert!(k < logits.len() || sampled_unfiltered, "{filter:?} k={k}");
+                                if k == 2 && filter == Filter::GREEDY {
+                                    panic!("greedy rows are always decided");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(decided > 1000, "{decided}");
+    }
+
+    #[test]
+    fn summaries_decide_the_default_sampling_of_peaked_rows() {
+        let mut logits = row(5000, 9);
+        logits[17] += 30.0;
+        logits[99] += 29.0;
+        let filter = Filter {
+            temperature: 0.4,
+            top_p: Some(0.95),
+            top_k: None,
+        };
+        let (best_token, best_logit, sum, neg_entropy, cands) = summarise(&logits, &filter, 256);
+        let summary = RowSummary {
+            best_token,
+            best_logit,
+            sum,
+            neg_entropy,
+            candidates: &cands,
+            n_vocab: 5000,
+        };
+        let mut scratch = Scratch::default();
+        let got = score_summary(&summary, &filter, Confidence::NegEntropy, 0.3, &mut scratch);
+        assert_eq!(
+            got,
+            Some(score_row(
+                &logits,
+                &filter,
+                Confidence::NegEntropy,
+                0.3,
+                &mut scratch
+            ))
+        );
     }
 }

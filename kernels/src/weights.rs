@@ -1,8 +1,10 @@
-//! Model weights for the CPU backend, zero-copy: every tensor of a GGUF file becomes a ggml
+//! Model weights. For the CPU backend zero-copy: every tensor of a GGUF file becomes a ggml
 //! tensor whose data points into the file's read-only memory map, as llama.cpp does with mmap.
 //! Loading costs no copy and no allocation; pages are read from disk when first touched, and
-//! the resident set stays close to the file size.
+//! the resident set stays close to the file size. For a device backend (a GPU) the tensors are
+//! copied once into one device buffer ([`Weights::upload`]).
 
+use crate::backend::Backend;
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::{Error, Result};
 use llama_cpp_sys_2 as sys;
@@ -24,7 +26,7 @@ unsafe impl Send for Weights {}
 unsafe impl Sync for Weights {}
 
 impl Weights {
-    /// Binds every tensor of `file` to its bytes in the memory map.
+    /// Binds every tensor of `file` to its bytes in the memory map (the built-in CPU backend).
     pub fn map_cpu(file: Arc<GgufFile>) -> Result<Self> {
         let n = file.tensors().len();
         // SAFETY: size query.
@@ -60,22 +62,66 @@ impl Weights {
         Ok(weights)
     }
 
-    fn bind(&self, info: &TensorInfo) -> Result<NonNull<sys::ggml_tensor>> {
-        let mut ne = [1i64; 4];
-        for (d, &v) in ne.iter_mut().zip(&info.shape) {
-            *d = v as i64;
+    /// Copies every tensor of `file` into one buffer of `backend`'s device (a GPU's memory).
+    pub fn upload(file: Arc<GgufFile>, backend: &Backend) -> Result<Self> {
+        let n = file.tensors().len();
+        // SAFETY: size query.
+        let mem_size = unsafe { sys::ggml_tensor_overhead() } * (n + 1);
+        let ctx = crate::graph::descriptions_context(mem_size)?;
+        let mut by_name = HashMap::with_capacity(n);
+        let mut described = Vec::with_capacity(n);
+        for info in file.tensors() {
+            match describe_tensor(ctx, info) {
+                Ok(t) => {
+                    by_name.insert(info.name.clone(), t);
+                    described.push((info, t));
+                }
+                Err(e) => {
+                    // SAFETY: freeing the context we created; nothing else refers to it.
+                    unsafe { sys::ggml_free(ctx.as_ptr()) };
+                    return Err(e);
+                }
+            }
         }
-        // SAFETY: the shape was validated by the GGUF reader (1..=4 positive dims, whole blocks,
-        // no overflow) and the type id is one ggml knows; the context has room for every tensor.
-        let t = NonNull::new(unsafe {
-            sys::ggml_new_tensor(
-                self.ctx.as_ptr(),
-                info.ty.id(),
-                info.shape.len() as i32,
-                ne.as_ptr(),
-            )
-        })
-        .ok_or_else(|| Error::Ggml(format!("cannot describe tensor {}", info.name)))?;
+        // SAFETY: every tensor of the live context gets memory in one new buffer of the
+        // backend's buffer type; NULL (out of device memory) is handled.
+        let buffer = NonNull::new(unsafe {
+            sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.as_ptr(), backend.buffer_type())
+        });
+        let Some(buffer) = buffer else {
+            // SAFETY: as above.
+            unsafe { sys::ggml_free(ctx.as_ptr()) };
+            let bytes: u64 = file.tensors().iter().map(|t| t.size).sum();
+            return Err(Error::Device(format!(
+                "cannot allocate {:.1} MiB for the weights on {}",
+                bytes as f64 / (1 << 20) as f64,
+                backend.name()
+            )));
+        };
+        let weights = Weights {
+            file: file.clone(),
+            ctx,
+            buffer,
+            by_name,
+        };
+        let base = file.mapped_bytes();
+        for (info, t) in described {
+            let offset = (file.data_offset() + info.offset) as usize;
+            let bytes = &base[offset..offset + info.size as usize];
+            // SAFETY: the tensor was allocated above with ggml_nbytes == info.size bytes (the
+            // reader validated shape, type and extent), and `bytes` is exactly that long.
+            unsafe {
+                if sys::ggml_nbytes(t.as_ptr()) != bytes.len() {
+                    return Err(Error::Ggml(format!("size mismatch for {}", info.name)));
+                }
+                sys::ggml_backend_tensor_set(t.as_ptr(), bytes.as_ptr().cast(), 0, bytes.len());
+            }
+        }
+        Ok(weights)
+    }
+
+    fn bind(&self, info: &TensorInfo) -> Result<NonNull<sys::ggml_tensor>> {
+        let t = describe_tensor(self.ctx, info)?;
         let offset = (self.file.data_offset() + info.offset) as usize;
         // SAFETY: the reader checked offset + size against the file length, so the tensor's
         // bytes lie inside the buffer; ggml_nbytes equals info.size for the validated shape.
@@ -108,6 +154,28 @@ impl Weights {
     pub(crate) fn raw(&self, name: &str) -> Option<NonNull<sys::ggml_tensor>> {
         self.by_name.get(name).copied()
     }
+}
+
+/// A tensor description (no memory yet) for a GGUF tensor.
+fn describe_tensor(
+    ctx: NonNull<sys::ggml_context>,
+    info: &TensorInfo,
+) -> Result<NonNull<sys::ggml_tensor>> {
+    let mut ne = [1i64; 4];
+    for (d, &v) in ne.iter_mut().zip(&info.shape) {
+        *d = v as i64;
+    }
+    // SAFETY: the shape was validated by the GGUF reader (1..=4 positive dims, whole blocks,
+    // no overflow) and the type id is one ggml knows; the context has room for every tensor.
+    NonNull::new(unsafe {
+        sys::ggml_new_tensor(
+            ctx.as_ptr(),
+            info.ty.id(),
+            info.shape.len() as i32,
+            ne.as_ptr(),
+        )
+    })
+    .ok_or_else(|| Error::Ggml(format!("cannot describe tensor {}", info.name)))
 }
 
 impl Drop for Weights {

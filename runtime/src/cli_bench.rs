@@ -7,14 +7,15 @@
 //! meaningful. Peak RSS is read after the first step, before libllama is loaded: by then every
 //! weight page and compute buffer unmask uses has been touched.
 
-use crate::cli_generate::default_threads;
-use anyhow::{Context, Result};
+use crate::cli_generate::{default_threads, load_model};
+use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+use unmask_kernels::device::{DeviceKind, DeviceRequest, Placement};
 use unmask_kernels::llama::LlamaForward;
 use unmask_runtime::chat::encode;
-use unmask_runtime::{Algorithm, Control, GenerateParams, Generator, Model};
+use unmask_runtime::{Algorithm, Control, GenerateParams, Generator};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -42,9 +43,16 @@ pub struct BenchArgs {
     /// Skip the libllama comparison.
     #[arg(long)]
     no_llama: bool,
+    /// Where to run (cpu, cuda, cuda:N, auto, ggml-cpu; see `unmask generate --help`). On a GPU,
+    /// libllama offloads every layer to it too.
+    #[arg(long, default_value = "auto")]
+    device: DeviceRequest,
+    /// Print one JSON object with every number instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
-const BENCH_TEXT: &str = "def quicksort(items):\n    \"\"\"Sort a list of numbers in ascending order using quicksort and return a new list.\"\"\"\n    # Write the body of this function. Pick the middle element as the pivot, partition, recurse.\n";
+pub const BENCH_TEXT: &str = "def quicksort(items):\n    \"\"\"Sort a list of numbers in ascending order using quicksort and return a new list.\"\"\"\n    # Write the body of this function. Pick the middle element as the pivot, partition, recurse.\n";
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -59,9 +67,11 @@ fn peak_rss_mib() -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let model = Arc::new(
-        Model::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?,
-    );
+    let load_start = Instant::now();
+    let (model, placement) = load_model(&args.model, &args.device)?;
+    let load_seconds = load_start.elapsed().as_secs_f64();
+    let model = Arc::new(model);
+    let gpu = matches!(&placement, Placement::Device(d) if d.kind() == DeviceKind::Gpu);
     let file_mib = std::fs::metadata(&args.model)?.len() as f64 / (1u64 << 20) as f64;
     let mut prompt = encode(&model, BENCH_TEXT)?;
     while prompt.len() < args.prompt_tokens {
@@ -105,7 +115,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             rss = peak_rss_mib();
         }
         if runs > 0 && event.step % every == every / 2 && forward_times.len() < runs {
-            match time_llama(&args, &mut llama, event.canvas, prompt_len) {
+            match time_llama(&args, gpu, &mut llama, event.canvas, prompt_len) {
                 Ok((forward, scoring)) => {
                     forward_times.push(forward);
                     scoring_times.push(scoring);
@@ -124,9 +134,48 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let unmask_seconds = result.seconds - in_callback;
     let per_step = unmask_seconds / result.steps as f64;
+    let passes = result.forward_passes.max(1) as f64;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let llama_forward = median(&mut forward_times);
+    let llama_scoring = median(&mut scoring_times);
+    let report = serde_json::json!({
+        "model": args.model.display().to_string(),
+        "file_mib": file_mib,
+        "device": placement.describe(),
+        "threads": args.threads,
+        "load_seconds": load_seconds,
+        "prompt_tokens": prompt.len(),
+        "new_tokens": args.gen,
+        "steps": args.steps,
+        "alg": format!("{:?}", args.alg),
+        "temperature": args.temperature,
+        "forward_passes": result.forward_passes,
+        "seconds_per_step": per_step,
+        "tokens_per_second": result.tokens.len() as f64 / unmask_seconds,
+        "seconds": unmask_seconds,
+        "layers_seconds_per_pass": result.timings.body / passes,
+        "head_and_scoring_seconds_per_pass": result.timings.head_and_scoring / passes,
+        "bytes_to_host_per_step": result.bytes_to_host as f64 / result.steps as f64,
+        "scores_on_device": generator.forward_for(prompt.len() + args.gen)?.scores_on_device(),
+        "peak_rss_mib": rss,
+        "compute_mib": compute_mib,
+        "llama_forward_seconds": llama_forward,
+        "llama_host_scoring_seconds": llama_scoring,
+        "llama_logits_bytes": llama_forward.map(|_| (result.canvas.len() * model.n_vocab * 4) as u64),
+        "ratio_llama_forward_over_unmask_step": llama_forward.map(|f| f / per_step),
+        "ratio_llama_forward_and_scoring_over_unmask_step": llama_forward.zip(llama_scoring).map(|(f, s)| (f + s) / per_step),
+    });
+    if args.json {
+        println!("{report}");
+        return Ok(());
+    }
     println!(
-        "model: {} ({file_mib:.1} MiB), threads {}",
+        "model: {} ({file_mib:.1} MiB) on {}, threads {}",
         args.model.display(),
+        placement.describe(),
         args.threads
     );
     println!(
@@ -146,23 +195,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     println!(
         "unmask: per step {:.3} s in the layers, {:.3} s in output projection + scoring ({} forward passes)",
-        result.timings.body / result.forward_passes.max(1) as f64,
-        result.timings.head_and_scoring / result.forward_passes.max(1) as f64,
+        result.timings.body / passes,
+        result.timings.head_and_scoring / passes,
         result.forward_passes
     );
+    if !matches!(placement, Placement::Cpu) {
+        println!(
+            "unmask: {:.0} bytes copied device-to-host per step (scoring on the device: {})",
+            result.bytes_to_host as f64 / result.steps as f64,
+            report["scores_on_device"]
+        );
+    }
     println!(
         "unmask: peak RSS {rss:.1} MiB (file {file_mib:.1} MiB + compute buffers {compute_mib:.1} MiB = {:.1} MiB)",
         file_mib + compute_mib
     );
-    if forward_times.is_empty() {
+    let (Some(llama_forward), Some(llama_scoring)) = (llama_forward, llama_scoring) else {
         return Ok(());
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
     };
-    let llama_forward = median(&mut forward_times);
-    let llama_scoring = median(&mut scoring_times);
     println!(
         "libllama: forward {:.3} s over the same {} tokens (logits for every position; median of {}, interleaved with unmask's steps), host copy + scoring of all masked rows {:.3} s",
         llama_forward,
@@ -183,13 +233,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// (here: the generated part of the canvas, all of it masked at the first step).
 fn time_llama(
     args: &BenchArgs,
+    gpu: bool,
     llama: &mut Option<LlamaForward>,
     canvas: &[u32],
     prompt_len: usize,
 ) -> Result<(f64, f64)> {
     let canvas: Vec<i32> = canvas.iter().map(|&t| t as i32).collect();
     if llama.is_none() {
-        let mut loaded = LlamaForward::new(&args.model, canvas.len(), args.threads)?;
+        let mut loaded = LlamaForward::with_gpu(&args.model, canvas.len(), args.threads, gpu)?;
         loaded.logits(&canvas)?; // warm-up
         *llama = Some(loaded);
     }

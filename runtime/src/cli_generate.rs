@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
+use unmask_kernels::device::{self, DeviceRequest, Placement};
 use unmask_runtime::chat::{answer_text, encode, instruct_prompt, supports_chat};
 use unmask_runtime::order::{global_ar_ness, local_ar_ness};
 use unmask_runtime::{Algorithm, Control, GenerateParams, Generator, Model, StepEvent};
@@ -55,6 +56,12 @@ pub struct GenerateArgs {
     /// Threads for the forward pass and the scoring.
     #[arg(short, long, default_value_t = default_threads())]
     threads: usize,
+    /// Where to run: cpu, cuda (cuda:N for the N-th GPU), or auto (CUDA when a CUDA backend
+    /// library and a GPU are present, else the CPU). ggml-cpu runs the GPU code path on the CPU.
+    /// The CUDA backend (libggml-cuda.so) is looked for in $UNMASK_BACKEND_DIR, next to this
+    /// program and in ../lib/unmask.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceRequest,
     /// Use the prompt as is, without the Instruct chat template (on by default when the model's
     /// tokenizer has <|im_start|>).
     #[arg(long)]
@@ -74,10 +81,17 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get())
 }
 
+/// Resolves `--device` and loads the model there.
+pub fn load_model(path: &std::path::Path, request: &DeviceRequest) -> Result<(Model, Placement)> {
+    let placement = device::resolve(request)?;
+    let model = Model::load_on(path, &placement)
+        .with_context(|| format!("loading {} on {}", path.display(), placement.describe()))?;
+    Ok((model, placement))
+}
+
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let model = Arc::new(
-        Model::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?,
-    );
+    let (model, placement) = load_model(&args.model, &args.device)?;
+    let model = Arc::new(model);
     let prompt_ids = match (&args.prompt_ids, &args.prompt, &args.file) {
         (Some(ids), _, _) => ids.clone(),
         (None, Some(text), _) => prompt_tokens(&model, text, args.no_chat)?,
@@ -140,6 +154,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "seconds": result.seconds,
             "tokens_per_second": tokens_per_second,
             "commits": result.commits,
+            "device": placement.describe(),
+            "bytes_to_host": result.bytes_to_host,
         });
         if args.order {
             json["ar_ness"] = ar_ness_json(&order);

@@ -10,8 +10,12 @@
 
 use crate::model::Model;
 use crate::Result;
+use rayon::prelude::*;
 use unmask_kernels::backend::CpuBackend;
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
+use unmask_kernels::score::{
+    score_row, score_summary, Confidence, Filter, RowSummary, Scored, Scratch,
+};
 use unmask_kernels::GgmlType;
 use unmask_quantize::config::DreamConfig;
 
@@ -20,6 +24,11 @@ use unmask_quantize::config::DreamConfig;
 /// price is a logits buffer of `HEAD_ROWS x n_vocab` floats (155 MB for Qwen2.5's vocabulary),
 /// which the benchmark counts as compute memory.
 pub const HEAD_ROWS: usize = 256;
+
+/// Largest logits of each row a device hands back with its summary (see
+/// `unmask_kernels::score::score_summary`): enough for the nucleus of a trained model's
+/// distribution at the usual temperatures; rows whose filtered set reaches further are copied.
+pub const DEVICE_CANDIDATES: usize = 256;
 
 /// Built graphs for one canvas length, reused by every step.
 pub struct Forward {
@@ -30,11 +39,49 @@ pub struct Forward {
     positions: TensorId,
     position_ids: Vec<i32>,
     hidden: TensorId,
-    head: Graph,
-    head_input: TensorId,
-    head_logits: TensorId,
+    head: Head,
     n_vocab: usize,
+    /// Bytes copied from the backend's memory to the host since the last
+    /// [`take_bytes_to_host`](Self::take_bytes_to_host).
+    bytes_to_host: u64,
+}
+
+/// The output projection: on the built-in CPU backend a graph fed with copied hidden rows whose
+/// logits are scored in place; on a device a graph that picks the rows itself and also scores
+/// them, so that only a summary per row comes back.
+enum Head {
+    Host(Box<HostHead>),
+    Device(Box<DeviceHead>),
+}
+
+struct HostHead {
+    graph: Graph,
+    input: TensorId,
+    logits: TensorId,
     hidden_rows: Vec<f32>,
+}
+
+struct DeviceHead {
+    graph: Graph,
+    /// i32 `[rows]`: hidden rows to project (padded with row 0).
+    row_ids: TensorId,
+    rows: usize,
+    /// f32 `[n_vocab, rows]`.
+    logits: TensorId,
+    scoring: Option<DeviceScoring>,
+}
+
+/// Outputs of the scoring part of a device head.
+struct DeviceScoring {
+    /// f32 `[1, 1]`: the temperature (1 when greedy); logits are divided by it.
+    divisor: TensorId,
+    best: TensorId,
+    best_logit: TensorId,
+    sum: TensorId,
+    neg_entropy: TensorId,
+    cand_ids: TensorId,
+    cand_logits: TensorId,
+    k: usize,
 }
 
 /// How attention is computed in the layer stack.
@@ -167,6 +214,8 @@ pub fn build_body(
 
 impl Forward {
     /// Builds the graphs over `model`'s tensors (GGUF weights or any other [`TensorSource`]).
+    /// On a device backend (not the built-in CPU) every operation is checked to be supported:
+    /// fused attention falls back to the explicit form, scoring on the device to copying rows.
     pub fn new<W: TensorSource>(
         model: &Model<W>,
         len: usize,
@@ -175,20 +224,53 @@ impl Forward {
         let c = &model.config;
         let w: &dyn TensorSource = &model.weights;
         let h = c.hidden_size as i64;
-        let mut g = Graph::new(graph_capacity(model.n_layers()))?;
+        let device = !backend.is_builtin_cpu();
+        let build = |attention| -> Result<(Graph, Body)> {
+            let mut g = Graph::new(graph_capacity(model.n_layers()))?;
+            let body = build_body(&mut g, c, w, len, attention)?;
+            g.allocate(&[body.hidden], backend)?;
+            Ok((g, body))
+        };
+        let (mut g, mut body) = build(AttentionKind::Fused)?;
+        if device && !g.unsupported_ops(backend)?.is_empty() {
+            (g, body) = build(AttentionKind::Explicit)?;
+            let missing = g.unsupported_ops(backend)?;
+            if !missing.is_empty() {
+                return Err(crate::Error::Model(format!(
+                    "{} cannot compute these operations of the model: {}",
+                    backend.name(),
+                    missing.join(", ")
+                )));
+            }
+        }
         let Body {
             tokens,
             positions,
             hidden,
-        } = build_body(&mut g, c, w, len, AttentionKind::Fused)?;
-        g.allocate(&[hidden], backend)?;
-
+        } = body;
         let head_rows = len.min(HEAD_ROWS);
-        let mut head = Graph::new(8)?;
-        let head_input = head.input(GgmlType::F32, &[h, head_rows as i64])?;
-        let out_w = w.attach(&mut head, output_weight_name(w))?;
-        let head_logits = head.mul_mat(out_w, head_input)?;
-        head.allocate(&[head_logits], backend)?;
+        let head = if device {
+            Head::Device(Box::new(DeviceHead::new(
+                &g,
+                hidden,
+                w,
+                head_rows,
+                model.n_vocab,
+                backend,
+            )?))
+        } else {
+            let mut graph = Graph::new(8)?;
+            let input = graph.input(GgmlType::F32, &[h, head_rows as i64])?;
+            let out_w = w.attach(&mut graph, output_weight_name(w))?;
+            let logits = graph.mul_mat(out_w, input)?;
+            graph.allocate(&[logits], backend)?;
+            Head::Host(Box::new(HostHead {
+                graph,
+                input,
+                logits,
+                hidden_rows: vec![0.0; h as usize * head_rows],
+            }))
+        };
         Ok(Forward {
             len,
             hidden_size: h as usize,
@@ -198,16 +280,29 @@ impl Forward {
             position_ids: (0..len as i32).collect(),
             hidden,
             head,
-            head_input,
-            head_logits,
             n_vocab: model.n_vocab,
-            hidden_rows: vec![0.0; h as usize * head_rows],
+            bytes_to_host: 0,
         })
     }
 
     /// Bytes of compute memory both graphs hold.
     pub fn compute_bytes(&self) -> usize {
-        self.body.compute_buffer_size() + self.head.compute_buffer_size()
+        let head = match &self.head {
+            Head::Host(hh) => hh.graph.compute_buffer_size(),
+            Head::Device(d) => d.graph.compute_buffer_size(),
+        };
+        self.body.compute_buffer_size() + head
+    }
+
+    /// Whether rows are scored on the device (only summaries are copied to the host).
+    pub fn scores_on_device(&self) -> bool {
+        matches!(&self.head, Head::Device(d) if d.scoring.is_some())
+    }
+
+    /// Bytes copied from device memory to the host since the last call (0 on the built-in CPU
+    /// backend, where results are read in place).
+    pub fn take_bytes_to_host(&mut self) -> u64 {
+        std::mem::take(&mut self.bytes_to_host)
     }
 
     /// Runs the layers over the canvas; afterwards [`logits_rows`](Self::logits_rows) can project
@@ -221,42 +316,158 @@ impl Forward {
         Ok(())
     }
 
+    fn check_rows(&self, rows: &[usize]) -> Result<()> {
+        match rows.iter().find(|&&r| r >= self.len) {
+            Some(bad) => Err(crate::Error::Params(format!(
+                "hidden row {bad} is outside the canvas"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Projects the hidden states at `rows` to logits, up to `HEAD_ROWS` at a time, and hands each
     /// chunk to `visit(first_index, logits)` where `logits` holds one `n_vocab` row per entry.
+    /// On a device the logits are copied to the host.
     pub fn logits_rows(
         &mut self,
         rows: &[usize],
         backend: &mut CpuBackend,
         mut visit: impl FnMut(usize, &[f32]) -> Result<()>,
     ) -> Result<()> {
+        self.check_rows(rows)?;
         let h = self.hidden_size;
-        // The body's output stays in place (the body is not recomputed until the next step);
-        // only the rows a chunk needs are copied into the head's input.
-        let hidden = self.body.read_f32(self.hidden)?;
-        if let Some(&bad) = rows.iter().find(|&&r| (r + 1) * h > hidden.len()) {
-            return Err(crate::Error::Params(format!(
-                "hidden row {bad} is outside the canvas"
-            )));
-        }
-        let per_pass = self.hidden_rows.len() / h;
-        for (chunk_index, chunk) in rows.chunks(per_pass).enumerate() {
-            for (slot, &row) in chunk.iter().enumerate() {
-                self.hidden_rows[slot * h..(slot + 1) * h]
-                    .copy_from_slice(&hidden[row * h..(row + 1) * h]);
+        let n_vocab = self.n_vocab;
+        match &mut self.head {
+            Head::Host(head) => {
+                // The body's output stays in place (the body is not recomputed until the next
+                // step); only the rows a chunk needs are copied into the head's input.
+                let hidden = self.body.read_f32(self.hidden)?;
+                let per_pass = head.hidden_rows.len() / h;
+                for (chunk_index, chunk) in rows.chunks(per_pass).enumerate() {
+                    for (slot, &row) in chunk.iter().enumerate() {
+                        head.hidden_rows[slot * h..(slot + 1) * h]
+                            .copy_from_slice(&hidden[row * h..(row + 1) * h]);
+                    }
+                    // Only the chunk's rows are multiplied: no padding rows in the last chunk.
+                    head.graph
+                        .set_active_rows(&[head.input, head.logits], chunk.len() as i64)?;
+                    head.graph
+                        .set_f32(head.input, &head.hidden_rows[..chunk.len() * h])?;
+                    head.graph.compute(backend)?;
+                    let logits = head.graph.read_f32(head.logits)?;
+                    visit(chunk_index * per_pass, &logits[..chunk.len() * n_vocab])?;
+                }
             }
-            // Only the chunk's rows are multiplied: no padding rows in the last chunk.
-            self.head
-                .set_active_rows(&[self.head_input, self.head_logits], chunk.len() as i64)?;
-            self.head
-                .set_f32(self.head_input, &self.hidden_rows[..chunk.len() * h])?;
-            self.head.compute(backend)?;
-            let logits = self.head.read_f32(self.head_logits)?;
-            visit(
-                chunk_index * per_pass,
-                &logits[..chunk.len() * self.n_vocab],
-            )?;
+            Head::Device(head) => {
+                let mut buf = Vec::new();
+                for (chunk_index, chunk) in rows.chunks(head.rows).enumerate() {
+                    head.run(chunk, 1.0, backend)?;
+                    buf.resize(chunk.len() * n_vocab, 0.0);
+                    head.graph.get_f32_range(head.logits, 0, &mut buf)?;
+                    self.bytes_to_host += (buf.len() * 4) as u64;
+                    visit(chunk_index * head.rows, &buf)?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Scores the rows predicting masked positions (`rows[j]` with draw `uniforms[j]`): on the
+    /// built-in CPU backend from logits read in place, on `pool`'s threads; on a device from the
+    /// summaries the device computes, copying a row's logits only when its summary cannot decide
+    /// exactly.
+    pub fn score_rows(
+        &mut self,
+        rows: &[usize],
+        filter: &Filter,
+        kind: Confidence,
+        uniforms: &[f64],
+        backend: &mut CpuBackend,
+        pool: &rayon::ThreadPool,
+    ) -> Result<Vec<Scored>> {
+        self.check_rows(rows)?;
+        let n_vocab = self.n_vocab;
+        let on_device = self.scores_on_device();
+        if !on_device {
+            let mut scored: Vec<Scored> = Vec::with_capacity(rows.len());
+            self.logits_rows(rows, backend, |first, logits| {
+                let chunk: Vec<Scored> = pool.install(|| {
+                    logits
+                        .par_chunks(n_vocab)
+                        .enumerate()
+                        .map_init(Scratch::default, |scratch, (j, row)| {
+                            score_row(row, filter, kind, uniforms[first + j], scratch)
+                        })
+                        .collect()
+                });
+                scored.extend(chunk);
+                Ok(())
+            })?;
+            return Ok(scored);
+        }
+        let Head::Device(head) = &mut self.head else {
+            unreachable!("scores_on_device checked the head");
+        };
+        let divisor = if filter.temperature > 0.0 {
+            filter.temperature
+        } else {
+            1.0
+        };
+        let mut scored = Vec::with_capacity(rows.len());
+        let mut scratch = Scratch::default();
+        let mut row_buf = Vec::new();
+        for (chunk_index, chunk) in rows.chunks(head.rows).enumerate() {
+            head.run(chunk, divisor, backend)?;
+            let n = chunk.len();
+            let s = head.scoring.as_ref().expect("checked");
+            let k = s.k;
+            let mut best = vec![0i32; n];
+            let mut best_logit = vec![0f32; n];
+            let mut sum = vec![0f32; n];
+            let mut neg_entropy = vec![0f32; n];
+            let mut cand_ids = vec![0i32; n * k];
+            let mut cand_logits = vec![0f32; n * k];
+            head.graph.get_i32_range(s.best, 0, &mut best)?;
+            head.graph.get_f32_range(s.best_logit, 0, &mut best_logit)?;
+            head.graph.get_f32_range(s.sum, 0, &mut sum)?;
+            head.graph
+                .get_f32_range(s.neg_entropy, 0, &mut neg_entropy)?;
+            head.graph.get_i32_range(s.cand_ids, 0, &mut cand_ids)?;
+            head.graph
+                .get_f32_range(s.cand_logits, 0, &mut cand_logits)?;
+            self.bytes_to_host += (n * (4 * 4 + k * 8)) as u64;
+            let mut pairs: Vec<(f32, u32)> = Vec::with_capacity(k);
+            for j in 0..n {
+                pairs.clear();
+                pairs.extend(
+                    cand_logits[j * k..(j + 1) * k]
+                        .iter()
+                        .zip(&cand_ids[j * k..(j + 1) * k])
+                        .map(|(&l, &id)| (l, id as u32)),
+                );
+                let summary = RowSummary {
+                    best_token: best[j] as u32,
+                    best_logit: best_logit[j],
+                    sum: f64::from(sum[j]),
+                    neg_entropy: neg_entropy[j],
+                    candidates: &pairs,
+                    n_vocab,
+                };
+                let u = uniforms[chunk_index * head.rows + j];
+                let got = match score_summary(&summary, filter, kind, u, &mut scratch) {
+                    Some(s) => s,
+                    None => {
+                        row_buf.resize(n_vocab, 0.0);
+                        head.graph
+                            .get_f32_range(head.logits, j * n_vocab, &mut row_buf)?;
+                        self.bytes_to_host += (n_vocab * 4) as u64;
+                        score_row(&row_buf, filter, kind, u, &mut scratch)
+                    }
+                };
+                scored.push(got);
+            }
+        }
+        Ok(scored)
     }
 
     /// Logits of every position (unshifted), row-major; for parity tests and debugging.
@@ -269,5 +480,99 @@ impl Forward {
             Ok(())
         })?;
         Ok(out)
+    }
+}
+
+impl DeviceHead {
+    /// The head on a device: picks `rows` hidden rows of `body`'s output in place, projects
+    /// them and computes each row's summary (argmax, softmax denominator at the temperature,
+    /// negative entropy, the largest logits) with graph operations.
+    fn new(
+        body: &Graph,
+        hidden: TensorId,
+        w: &dyn TensorSource,
+        rows: usize,
+        n_vocab: usize,
+        backend: &CpuBackend,
+    ) -> Result<Self> {
+        let build = |with_scoring: bool| -> Result<DeviceHead> {
+            let mut g = Graph::new(48)?;
+            let hidden = g.import(body, hidden)?;
+            let row_ids = g.input(GgmlType::I32, &[rows as i64])?;
+            let picked = g.get_rows(hidden, row_ids)?;
+            let out_w = w.attach(&mut g, output_weight_name(w))?;
+            let logits = g.mul_mat(out_w, picked)?;
+            let mut outputs = vec![logits];
+            let scoring = if with_scoring {
+                let k = DEVICE_CANDIDATES.min(n_vocab);
+                let best = g.argmax(logits)?;
+                let best_col = g.reshape(best, &[1, rows as i64])?;
+                let best_logit = g.gather(logits, best_col)?;
+                let divisor = g.input(GgmlType::F32, &[1, 1])?;
+                // Divided, not multiplied by the reciprocal: the host divides too.
+                let scaled = g.div(logits, divisor)?;
+                let scaled_best = g.div(best_logit, divisor)?;
+                let shifted = g.sub(scaled, scaled_best)?;
+                let e = g.exp(shifted)?;
+                let sum = g.sum_rows(e)?;
+                // sum p * ln(p + 1e-10), as Dream's entropy (used at temperature 1 only).
+                let p = g.div(e, sum)?;
+                let eps = g.scale_bias(p, 1.0, 1e-10)?;
+                let lp = g.ln(eps)?;
+                let plp = g.mul(p, lp)?;
+                let neg_entropy = g.sum_rows(plp)?;
+                let cand_ids = g.top_k(logits, k)?;
+                let cand_logits = g.gather(logits, cand_ids)?;
+                outputs.extend([best, best_logit, sum, neg_entropy, cand_ids, cand_logits]);
+                Some(DeviceScoring {
+                    divisor,
+                    best,
+                    best_logit,
+                    sum,
+                    neg_entropy,
+                    cand_ids,
+                    cand_logits,
+                    k,
+                })
+            } else {
+                None
+            };
+            g.allocate(&outputs, backend)?;
+            Ok(DeviceHead {
+                graph: g,
+                row_ids,
+                rows,
+                logits,
+                scoring,
+            })
+        };
+        let head = build(true)?;
+        if head.graph.unsupported_ops(backend)?.is_empty() {
+            return Ok(head);
+        }
+        drop(head);
+        let head = build(false)?;
+        let missing = head.graph.unsupported_ops(backend)?;
+        if missing.is_empty() {
+            Ok(head)
+        } else {
+            Err(crate::Error::Model(format!(
+                "{} cannot compute the output projection: {}",
+                backend.name(),
+                missing.join(", ")
+            )))
+        }
+    }
+
+    /// Projects (and, with scoring, summarises) the hidden rows `chunk` (at most `self.rows`).
+    fn run(&mut self, chunk: &[usize], divisor: f32, backend: &mut CpuBackend) -> Result<()> {
+        let mut ids: Vec<i32> = chunk.iter().map(|&r| r as i32).collect();
+        ids.resize(self.rows, ids.first().copied().unwrap_or(0));
+        self.graph.set_i32(self.row_ids, &ids)?;
+        if let Some(s) = &self.scoring {
+            self.graph.set_f32(s.divisor, &[divisor])?;
+        }
+        self.graph.compute(backend)?;
+        Ok(())
     }
 }

@@ -8,12 +8,12 @@ use crate::model::Model;
 use crate::rng::Rng;
 use crate::schedule::{reveal_probability, timesteps, transfer_count};
 use crate::{Error, Result};
-use rayon::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
 use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::device::Placement;
 use unmask_kernels::graph::TensorSource;
-use unmask_kernels::score::{score_row, Confidence, Filter, Scored, Scratch};
+use unmask_kernels::score::{Confidence, Filter, Scored};
 use unmask_kernels::weights::Weights;
 
 /// How positions are chosen for commitment.
@@ -189,6 +189,9 @@ pub struct Generation {
     pub commits: Vec<Vec<usize>>,
     pub cancelled: bool,
     pub seconds: f64,
+    /// Bytes copied from device memory to the host by the steps (0 on the built-in CPU
+    /// backend, which reads results in place).
+    pub bytes_to_host: u64,
     /// Where the time went.
     pub timings: Timings,
 }
@@ -220,12 +223,21 @@ impl<W: TensorSource> Generator<W> {
             .num_threads(threads)
             .build()
             .map_err(|e| Error::Model(format!("cannot start {threads} worker threads: {e}")))?;
+        let backend = match &model.placement {
+            Placement::Cpu => CpuBackend::new(threads)?,
+            Placement::Device(device) => CpuBackend::on_device(device, threads)?,
+        };
         Ok(Generator {
             model,
-            backend: CpuBackend::new(threads)?,
+            backend,
             pool,
             forward: None,
         })
+    }
+
+    /// Name of the device the graphs run on (`CPU`, `CUDA0`, ...).
+    pub fn device_name(&self) -> &str {
+        self.backend.name()
     }
 
     pub fn model(&self) -> &Arc<Model<W>> {
@@ -293,7 +305,6 @@ impl<W: TensorSource> Generator<W> {
         }
         let start = Instant::now();
         let mask = self.model.special.mask;
-        let n_vocab = self.model.n_vocab;
         let mut canvas: Vec<u32> = prompt.to_vec();
         canvas.resize(prompt.len() + params.max_new_tokens, mask);
         let len = canvas.len();
@@ -322,6 +333,7 @@ impl<W: TensorSource> Generator<W> {
             commits: Vec::new(),
             cancelled: false,
             seconds: 0.0,
+            bytes_to_host: 0,
             timings: Timings::default(),
         };
         'blocks: for b in 0..n_blocks {
@@ -354,20 +366,9 @@ impl<W: TensorSource> Generator<W> {
                     let uniforms: Vec<f64> = candidates.iter().map(|_| rng.uniform()).collect();
                     // The logits shift: position p is predicted by the hidden state at p - 1.
                     let rows: Vec<usize> = candidates.iter().map(|&p| p - 1).collect();
-                    let mut scored: Vec<Scored> = Vec::with_capacity(rows.len());
-                    forward.logits_rows(&rows, backend, |first, logits| {
-                        let chunk: Vec<Scored> = pool.install(|| {
-                            logits
-                                .par_chunks(n_vocab)
-                                .enumerate()
-                                .map_init(Scratch::default, |scratch, (j, row)| {
-                                    score_row(row, &filter, kind, uniforms[first + j], scratch)
-                                })
-                                .collect()
-                        });
-                        scored.extend(chunk);
-                        Ok(())
-                    })?;
+                    let scored: Vec<Scored> =
+                        forward.score_rows(&rows, &filter, kind, &uniforms, backend, pool)?;
+                    out.bytes_to_host += forward.take_bytes_to_host();
                     out.timings.head_and_scoring += head_start.elapsed().as_secs_f64();
                     let chosen = if params.alg == Algorithm::Origin {
                         (0..candidates.len()).collect()

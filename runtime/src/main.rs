@@ -1,6 +1,7 @@
 //! The `unmask` command line: offline generation with a DiffuCoder/Dream GGUF, and a benchmark.
 
 mod cli_bench;
+mod cli_check;
 mod cli_generate;
 
 use clap::{Parser, Subcommand};
@@ -28,11 +29,36 @@ enum Command {
     /// Measure seconds per step, tokens per second and peak memory, and libllama's forward pass
     /// over the same canvas.
     Bench(cli_bench::BenchArgs),
+    /// List the devices unmask can run on (after loading GPU backend libraries).
+    Devices,
+    /// Compare a device (CUDA) with the CPU on one model file: logits of every position and
+    /// greedy generations. Prints one JSON report; exit code 1 when they disagree.
+    CheckDevice(cli_check::CheckArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Generate(args) => cli_generate::run(args),
         Command::Bench(args) => cli_bench::run(args),
+        Command::Devices => list_devices(),
+        Command::CheckDevice(args) => cli_check::run(args),
     }
+}
+
+fn list_devices() -> anyhow::Result<()> {
+    use unmask_kernels::device;
+    println!("CUDA backend: {}", device::load_family("cuda"));
+    for d in device::devices() {
+        let (free, total) = d.memory();
+        println!(
+            "{:8} {:?} {} [{}], {:.1}/{:.1} GiB free",
+            d.name(),
+            d.kind(),
+            d.description(),
+            d.registry(),
+            free as f64 / (1u64 << 30) as f64,
+            total as f64 / (1u64 << 30) as f64
+        );
+    }
+    Ok(())
 }

@@ -11,6 +11,8 @@ use std::ops::Deref;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use tokenizers::Tokenizer;
+use unmask_kernels::backend::Backend;
+use unmask_kernels::device::Placement;
 use unmask_kernels::gguf::{GgufFile, GgufValue};
 use unmask_kernels::graph::TensorSource;
 use unmask_kernels::weights::Weights;
@@ -227,6 +229,8 @@ impl ModelSpec {
 pub struct Model<W = Arc<Weights>> {
     pub spec: ModelSpec,
     pub weights: W,
+    /// Where the weights live and graphs run (the built-in CPU unless loaded onto a device).
+    pub placement: Placement,
 }
 
 impl<W> Deref for Model<W> {
@@ -240,17 +244,34 @@ impl<W> Deref for Model<W> {
 impl Model {
     /// Maps a GGUF file: description from its metadata, weights zero-copy from its data.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_on(path, &Placement::Cpu)
+    }
+
+    /// Loads a GGUF file for `placement`: on the CPU mapped zero-copy, on a device copied into
+    /// the device's memory (graphs then run there; see [`crate::Generator`]).
+    pub fn load_on(path: &Path, placement: &Placement) -> Result<Self> {
         let mut file = GgufFile::open(path)?;
         let spec = ModelSpec::from_gguf(&file)?;
         check_tensor_shapes(&file, &spec.config)?;
         // Everything needed from the metadata has been read: don't keep the vocabulary arrays
         // and the stored tokenizer.json alive next to the weights.
         file.drop_metadata();
-        let weights = Arc::new(Weights::map_cpu(Arc::new(file))?);
+        let file = Arc::new(file);
+        let weights = Arc::new(match placement {
+            Placement::Cpu => Weights::map_cpu(file)?,
+            Placement::Device(device) => {
+                let backend = Backend::on_device(device, 1)?;
+                Weights::upload(file, &backend)?
+            }
+        });
         // Nobody holds the tokenizer now (the spec keeps a weak reference): it was freed, and is
         // rebuilt when next needed.
         unmask_kernels::heap::release_free_memory();
-        Ok(Model { spec, weights })
+        Ok(Model {
+            spec,
+            weights,
+            placement: placement.clone(),
+        })
     }
 }
 
@@ -267,7 +288,11 @@ impl<W: TensorSource> Model<W> {
                 )));
             }
         }
-        Ok(Model { spec, weights })
+        Ok(Model {
+            spec,
+            weights,
+            placement: Placement::Cpu,
+        })
     }
 
     /// Name of the output projection (the embedding when tied).

@@ -58,6 +58,9 @@ pub struct SftConfig {
     pub save_dtype: Option<SaveDtype>,
     /// GGML threads (default: the number of CPUs).
     pub threads: Option<usize>,
+    /// Where to train: `cpu` (default) or `auto` (the CPU: training does not run on CUDA yet;
+    /// `cuda` is refused with the reason).
+    pub device: Option<String>,
 }
 
 impl Default for SftConfig {
@@ -85,6 +88,7 @@ impl Default for SftConfig {
             save_every: 0,
             save_dtype: None,
             threads: None,
+            device: None,
         }
     }
 }
@@ -145,6 +149,9 @@ pub struct SftArgs {
     pub save_dtype: Option<SaveDtype>,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where to train: cpu (default) or auto; cuda is refused with the reason.
+    #[arg(long)]
+    pub device: Option<String>,
     /// Sleep this long after every update (for tests that interrupt a run).
     #[arg(long, hide = true, default_value_t = 0)]
     pub throttle_ms: u64,
@@ -199,7 +206,7 @@ impl SftConfig {
             seed,
             save_every
         );
-        take_opt!(model, out, warmup_steps, save_dtype, threads);
+        take_opt!(model, out, warmup_steps, save_dtype, threads, device);
         if !args.data.is_empty() {
             c.data = args.data.clone();
         }
@@ -209,6 +216,7 @@ impl SftConfig {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
+        check_device(self.device.as_deref())?;
         if self.model.is_none() {
             return bad("no model (--model or `model` in the config file)".into());
         }
@@ -320,6 +328,9 @@ pub struct GrpoConfig {
     pub save_dtype: Option<SaveDtype>,
     /// GGML threads (default: the number of CPUs).
     pub threads: Option<usize>,
+    /// Where to train: `cpu` (default) or `auto` (the CPU: training does not run on CUDA yet;
+    /// `cuda` is refused with the reason).
+    pub device: Option<String>,
     /// Concurrent reward sandboxes (default: the number of CPUs).
     pub reward_jobs: Option<usize>,
     /// Wall-clock timeout per test case, seconds.
@@ -363,6 +374,7 @@ impl Default for GrpoConfig {
             save_every: 0,
             save_dtype: None,
             threads: None,
+            device: None,
             reward_jobs: None,
             reward_timeout: 5.0,
             python: None,
@@ -454,6 +466,9 @@ pub struct GrpoArgs {
     pub save_dtype: Option<SaveDtype>,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where to train: cpu (default) or auto; cuda is refused with the reason.
+    #[arg(long)]
+    pub device: Option<String>,
     #[arg(long)]
     pub reward_jobs: Option<usize>,
     #[arg(long)]
@@ -518,6 +533,7 @@ impl GrpoConfig {
             warmup_steps,
             save_dtype,
             threads,
+            device,
             reward_jobs,
             python
         );
@@ -527,6 +543,7 @@ impl GrpoConfig {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
+        check_device(self.device.as_deref())?;
         if self.model.is_none() {
             return bad("no model (--model or `model` in the config file)".into());
         }
@@ -583,6 +600,34 @@ impl GrpoConfig {
 
     pub fn warmup(&self) -> u64 {
         self.warmup_steps.unwrap_or(self.steps / 100)
+    }
+}
+
+/// `--device`: training (gradients, optimizer, rollouts on the f32 policy) runs on the built-in
+/// CPU backend. `cuda` is refused: with a clear "not available" error when there is no CUDA
+/// backend, else because training on CUDA is not implemented.
+pub fn check_device(device: Option<&str>) -> Result<()> {
+    use unmask_kernels::device::{resolve, DeviceRequest, Placement};
+    let Some(text) = device else {
+        return Ok(());
+    };
+    let request: DeviceRequest = text
+        .parse()
+        .map_err(|e: unmask_kernels::Error| Error::InvalidArgument(e.to_string()))?;
+    match request {
+        DeviceRequest::Cpu | DeviceRequest::Auto => Ok(()),
+        DeviceRequest::GgmlCpu => Err(Error::InvalidArgument(
+            "device ggml-cpu is for inference tests; train with --device cpu".into(),
+        )),
+        DeviceRequest::Cuda(_) => match resolve(&request) {
+            Err(e) => Err(Error::InvalidArgument(e.to_string())),
+            Ok(Placement::Device(d)) => Err(Error::InvalidArgument(format!(
+                "{} is available, but unmask-train computes on the CPU only (training on CUDA \
+                 is not implemented); use --device cpu",
+                d.name()
+            ))),
+            Ok(Placement::Cpu) => Ok(()),
+        },
     }
 }
 

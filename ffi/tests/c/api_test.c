@@ -261,6 +261,7 @@ static int abuse(const char *path, const char *corrupt, const char *truncated) {
     CHECK(strcmp(unmask_status_string(UNMASK_OK), "success") == 0);
     CHECK(strcmp(unmask_status_string(12345), "unknown status") == 0);
     for (int s = -13; s <= 1; s++) CHECK(unmask_status_string(s) != NULL);
+    CHECK(strcmp(unmask_status_string(UNMASK_ERR_DEVICE), "unknown status") != 0);
     CHECK(unmask_last_error(NULL) != NULL);
 
     /* Loading. */
@@ -279,6 +280,42 @@ static int abuse(const char *path, const char *corrupt, const char *truncated) {
     CHECK(unmask_model_load(truncated, &model) == UNMASK_ERR_MODEL);
     printf("truncated: %s\n", unmask_last_error(NULL));
     CHECK(model == NULL);
+
+    /* Devices (the test runs with UNMASK_BACKEND_DIR pointing nowhere: no CUDA backend). */
+    model = (unmask_model_t *)0x1;
+    CHECK(unmask_model_load_on(path, "cuda", &model) == UNMASK_ERR_DEVICE);
+    CHECK(model == NULL);
+    CHECK(strstr(unmask_last_error(NULL), "libggml-cuda.so") != NULL);
+    printf("cuda: %s\n", unmask_last_error(NULL));
+    CHECK(unmask_model_load_on(path, "tpu", &model) == UNMASK_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(unmask_last_error(NULL), "expected auto, cpu, cuda") != NULL);
+    CHECK(unmask_model_load_on(path, "\xff", &model) == UNMASK_ERR_INVALID_UTF8);
+    CHECK(unmask_model_load_on(NULL, "cpu", &model) == UNMASK_ERR_NULL_ARGUMENT);
+    CHECK(unmask_model_load_on(path, "cpu", NULL) == UNMASK_ERR_NULL_ARGUMENT);
+    CHECK(unmask_model_load_on(truncated, "ggml-cpu", &model) == UNMASK_ERR_MODEL);
+    CHECK(unmask_model_device(NULL) == NULL);
+    {
+        /* auto falls back to the CPU; ggml-cpu runs the device path; both generate the same. */
+        unmask_model_t *on_auto = NULL, *on_dev = NULL;
+        unmask_context_t *c1 = NULL, *c2 = NULL;
+        unmask_result_t *r1 = NULL, *r2 = NULL;
+        CHECK(unmask_model_load_on(path, NULL, &on_auto) == UNMASK_OK);
+        CHECK(on_auto && strcmp(unmask_model_device(on_auto), "cpu") == 0);
+        CHECK(unmask_model_load_on(path, "ggml-cpu", &on_dev) == UNMASK_OK);
+        CHECK(on_dev && strncmp(unmask_model_device(on_dev), "CPU", 3) == 0);
+        CHECK(unmask_context_new(on_auto, cp, &c1) == UNMASK_OK);
+        CHECK(unmask_context_new(on_dev, cp, &c2) == UNMASK_OK);
+        CHECK(unmask_generate(c1, PROMPT, N_PROMPT, small_params(1), NULL, NULL, &r1) == UNMASK_OK);
+        CHECK(unmask_generate(c2, PROMPT, N_PROMPT, small_params(1), NULL, NULL, &r2) == UNMASK_OK);
+        CHECK(r1 && r2 && same_tokens(r1, r2));
+        unmask_result_free(r1);
+        unmask_result_free(r2);
+        unmask_context_free(c1);
+        unmask_context_free(c2);
+        unmask_model_free(on_auto);
+        unmask_model_free(on_dev);
+    }
+    model = NULL;
 
     /* Getters and free functions with NULL and bogus handles. */
     CHECK(unmask_model_architecture(NULL) == NULL);

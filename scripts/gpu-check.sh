@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# The CUDA check, in one run (about 8 minutes on an H100/H200 machine with 16 cores):
+#   1. builds ggml's CUDA backend (libggml-cuda.so) from the ggml source unmask was built with;
+#   2. backend agreement: `unmask check-device` on tiny and 0.5b synth models in f16, q8_0 and
+#      q4_k (logits of every position of a canvas, greedy generations);
+#   3. a 7b synth q4_k_m file, made on the machine, benchmarked with `unmask bench --device cuda`
+#      for 256 new tokens at 256 and 64 steps, with libllama's forward over the same canvas
+#      through the same CUDA backend, and the host-side scoring llama.cpp's diffusion example
+#      would add;
+#   4. a short report: $OUT/gpu-report.md (and the raw JSON lines).
+#
+# Runs from the repository root with the files of scripts/gpu-bundle.sh (target/gpu-bundle:
+# binaries and ggml source; no Rust needed). Without nvcc or a GPU, or with --cpu, it runs the
+# same steps on the CPU path: it builds ggml's CPU backend as the loadable "device"
+# (libggml-cpu.so, device ggml-cpu) and uses smaller shapes, so the script itself is tested
+# anywhere.
+#
+#   scripts/gpu-check.sh [--cpu]      environment: OUT (report directory), WORK (scratch,
+#                                     default /tmp/unmask-gpu-check), BUNDLE, BIN_DIR (where
+#                                     unmask and unmask-quantize are), CHECK_PRESETS (default
+#                                     "tiny 0.5b"), and on the CPU path BIG_PRESET, BENCH_GEN,
+#                                     BENCH_STEPS (smaller runs, used by CI)
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bundle=${BUNDLE:-$root/target/gpu-bundle}
+out=${OUT:-$root/target/gpu-check}
+work=${WORK:-/tmp/unmask-gpu-check}
+mode=cuda
+if [[ "${1:-}" == "--cpu" ]] || ! { command -v nvcc >/dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; } ||
+    ! nvidia-smi -L >/dev/null 2>&1; then
+    mode=cpu
+fi
+bin=${BIN_DIR:-$bundle/bin}
+[[ -x $bin/unmask ]] || bin=$root/target/release
+mkdir -p "$out" "$work/models"
+log=$out/gpu-check.log
+: >"$log"
+json=$out/gpu-check.jsonl
+: >"$json"
+say() { echo "[$(date +%T)] $*" | tee -a "$log" >&2; }
+t0=$(date +%s)
+threads=$(nproc)
+
+if [[ $mode == cuda ]]; then
+    device=cuda
+    big_preset=7b
+    bench_gen=256
+    bench_steps="256 64"
+    check_args=(--gen 96 --steps 48)
+    gpu_name=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)
+    say "mode: CUDA on $gpu_name; $(nvcc --version 2>/dev/null | tail -1 || /usr/local/cuda/bin/nvcc --version | tail -1)"
+else
+    device=ggml-cpu
+    big_preset=${BIG_PRESET:-0.5b}
+    bench_gen=${BENCH_GEN:-64}
+    bench_steps=${BENCH_STEPS:-"64 16"}
+    check_args=(--gen 32 --steps 8)
+    gpu_name="none (CPU path: ggml's CPU backend loaded as the device)"
+    say "mode: CPU path (no nvcc/GPU, or --cpu)"
+fi
+
+# The models are made while the backend compiles (the synth writer is mostly one thread).
+synth() { # preset type file
+    [[ -s $3 ]] || "$bin/unmask-quantize" synth --preset "$1" --gguf "$3" --type "$2" --seed 7 \
+        --force -q >>"$log" 2>&1
+}
+big=$work/models/$big_preset-q4_k_m.gguf
+(synth "$big_preset" q4_k_m "$big") &
+big_pid=$!
+presets=${CHECK_PRESETS:-tiny 0.5b}
+(for p in $presets; do for t in f16 q8_0 q4_k; do synth $p $t "$work/models/$p-$t.gguf"; done; done) &
+small_pid=$!
+
+say "building the $mode backend"
+bstart=$(date +%s)
+[[ -f $bundle/ggml/CMakeLists.txt ]] && export GGML_SRC=$bundle/ggml
+if "$root/scripts/build-ggml-backend.sh" "$mode" "$work/backends" >>"$log" 2>&1; then
+    build_s=$(($(date +%s) - bstart))
+    say "backend built in $build_s s"
+else
+    say "backend build FAILED (see $log)"
+    tail -30 "$log" >&2
+    exit 1
+fi
+export UNMASK_BACKEND_DIR=$work/backends
+"$bin/unmask" devices | tee -a "$log"
+
+wait $small_pid
+declare -A tolerance=([f16]=2e-2 [q8_0]=3e-2 [q4_k]=5e-2)
+agree_rows=""
+status=0
+for p in $presets; do
+    for t in f16 q8_0 q4_k; do
+        f=$work/models/$p-$t.gguf
+        say "check-device $p $t"
+        if line=$("$bin/unmask" check-device -m "$f" --device $device --tolerance "${tolerance[$t]}" \
+            --threads "$threads" "${check_args[@]}" 2>>"$log"); then
+            verdict=pass
+        else
+            verdict=FAIL
+            status=1
+        fi
+        echo "$line" >>"$json"
+        agree_rows+=$(python3 - "$p" "$t" "$verdict" "$line" <<'PY'
+import json, sys
+p, t, verdict, line = sys.argv[1:5]
+try:
+    r = json.loads(line)
+except Exception:
+    print(f"| {p} | {t} | - | - | - | no report | {verdict} |")
+    sys.exit()
+d = r.get("first_divergence")
+div = "identical" if r["greedy_identical"] else (
+    f"differs at step {d['step']} ({d['kind']}, explained: {d['explained']})" if d else "differs")
+print(f"| {p} | {t} | {r['logits_rel_error']:.2e} (tol {r['tolerance']:.0e}) | "
+      f"{r['rows_same_argmax']}/{r['rows']} | {r['device_bytes_to_host_per_step']:.0f} | {div} | {verdict} |")
+PY
+)$'\n'
+    done
+done
+
+say "waiting for the $big_preset q4_k_m file"
+wait $big_pid
+bench_rows=""
+for steps in $bench_steps; do
+    say "bench $big_preset q4_k_m: $bench_gen tokens, $steps steps"
+    if line=$("$bin/unmask" bench -m "$big" --device $device --gen "$bench_gen" --steps "$steps" \
+        --threads "$threads" --llama-runs 3 --json 2>>"$log"); then
+        echo "$line" >>"$json"
+        bench_rows+=$(python3 - "$line" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+f = lambda v, fmt: "-" if v is None else format(v, fmt)
+print(f"| {r['steps']} | {r['seconds_per_step']:.4f} | {r['tokens_per_second']:.1f} | "
+      f"{r['layers_seconds_per_pass']:.4f} + {r['head_and_scoring_seconds_per_pass']:.4f} | "
+      f"{r['bytes_to_host_per_step']:.0f} | {f(r['llama_forward_seconds'], '.4f')} | "
+      f"{f(r['llama_host_scoring_seconds'], '.4f')} | {f(r['llama_logits_bytes'], ',')} | "
+      f"{f(r['ratio_llama_forward_over_unmask_step'], '.2f')}x | "
+      f"{f(r['ratio_llama_forward_and_scoring_over_unmask_step'], '.2f')}x |")
+PY
+)$'\n'
+    else
+        say "bench FAILED"
+        status=1
+    fi
+done
+
+total=$(($(date +%s) - t0))
+{
+    echo "# unmask GPU check"
+    echo
+    echo "- date: $(date -u +%FT%TZ); mode: $mode; device: $gpu_name"
+    echo "- backend build: ${build_s}s; whole check: ${total}s; threads: $threads"
+    echo "- binaries: $("$bin/unmask" --version)"
+    echo
+    echo "## Backend agreement (unmask check-device: CPU vs $device)"
+    echo
+    echo "Logits of every position of a 30-token prompt + masks (\`${check_args[*]}\`); relative error = max |cpu - device| / max |cpu|."
+    echo "Greedy generations: entropy, temperature 0, the same length and steps."
+    echo
+    echo "| model | type | logits rel. error | same argmax rows | D2H bytes/step | greedy generation | verdict |"
+    echo "|---|---|---|---|---|---|---|"
+    printf '%s' "$agree_rows"
+    echo
+    echo "## Benchmark: $big_preset synth q4_k_m, $bench_gen new tokens, 30-token prompt, greedy entropy"
+    echo
+    echo "| steps | unmask s/step | tokens/s | layers + head/scoring s | D2H bytes/step | libllama forward s | + host scoring s | libllama logits bytes/forward | ratio fwd | ratio fwd+scoring |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
+    printf '%s' "$bench_rows"
+    echo
+    echo "Raw JSON: gpu-check.jsonl; log: gpu-check.log."
+} >"$out/gpu-report.md"
+cat "$out/gpu-report.md"
+exit $status
