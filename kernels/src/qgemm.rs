@@ -1,0 +1,841 @@
+//! Matrix products of q8_0 weights with f32 activations, faster than ggml's llamafile path on
+//! AVX2 machines without VNNI.
+//!
+//! `y = W x` with `W` `[k, n]` in ggml's q8_0 (rows of 34-byte blocks: an f16 scale and 32
+//! int8) and `x` `[k, m]` f32, in ggml's order (dimension 0 first). As ggml does, the activations
+//! are first quantized to 8 bits per value with one scale per 32 ([`quantize_activations`]: the
+//! same values and scales as ggml's AVX2 `quantize_row_q8_0`, except that the scale is kept as
+//! the f32 value of its f16 rounding), then every output is
+//!
+//! ```text
+//! y[j][i] = fold over blocks b, in order, of  acc = fma(I_b as f32, dw_b * dx_b, acc)
+//! ```
+//!
+//! starting from `acc = 0`, where `I_b` is the exact integer dot product of the two 32-value
+//! blocks and `dw_b`, `dx_b` their scales. The AVX2 kernel and the scalar fallback compute exactly
+//! this (same roundings, same order), so they agree bit for bit.
+//!
+//! The AVX2 kernel works on panels of 8 weight rows: each thread copies the 8 rows of its next
+//! row group into a small thread-local buffer, interleaved 4 bytes at a time (one 32-byte vector
+//! holds bytes 4t..4t+4 of each of the 8 rows; an 8 x 8 transpose of 32-bit groups), with their
+//! magnitudes and f32 scales alongside, and runs every activation column through it, 4 columns at
+//! a time. Per vector of weights and column it needs one broadcast, `sign` (the signed x signed
+//! trick for `maddubs`), `maddubs`, `madd` and an add; one vector then holds the 8 dot products of
+//! a block, so the conversion to float and the scale multiply are paid once per 8 outputs instead
+//! of once per output as in ggml's tinyBLAS. The panel copy is paid once per row group and
+//! amortised over all columns, so no repacked copy of the weights is kept: the kernel reads
+//! ggml's (memory-mapped) q8_0 rows as they are; the panel takes 544 bytes per 32 values of `k`
+//! (83 KB for k = 4864) per thread.
+
+use std::cell::RefCell;
+
+/// Values per q8_0 block.
+pub const QK8_0: usize = 32;
+/// Bytes per q8_0 block: an f16 scale and 32 int8.
+pub const Q8_0_BLOCK_BYTES: usize = 34;
+/// Weight rows per panel.
+const ROWS: usize = 8;
+/// Offset of the magnitudes in a panel block.
+const ABS_OFFSET: usize = ROWS * QK8_0;
+/// Offset of the scales in a panel block.
+const SCALE_OFFSET: usize = 2 * ROWS * QK8_0;
+/// Bytes of one block of a panel: 8 rows x 32 int8, interleaved, their magnitudes (u8) in the
+/// same order, then the 8 row scales as f32.
+const PANEL_BLOCK: usize = SCALE_OFFSET + ROWS * 4;
+
+/// Bytes of one quantized activation column of length `k`: `k` int8 then `k / 32` f32 scales,
+/// padded to a multiple of 64 bytes.
+pub fn xq_stride(k: usize) -> usize {
+    (k + k / QK8_0 * 4).div_ceil(64) * 64
+}
+
+/// Bytes of one q8_0 row of length `k`.
+pub fn q8_0_row_bytes(k: usize) -> usize {
+    k / QK8_0 * Q8_0_BLOCK_BYTES
+}
+
+/// Which implementation computes: both give identical results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// AVX2 + FMA + F16C when the CPU has them, else scalar.
+    Best,
+    /// The scalar code (tests compare it with the vector code).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Scalar,
+}
+
+impl Path {
+    fn simd(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self == Path::Best && has_avx2()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
+/// Whether this CPU runs the vectorised kernels (AVX2, FMA and F16C); without them the scalar
+/// fallback computes the same results, much more slowly than ggml's own `mul_mat`.
+pub fn has_simd() -> bool {
+    Path::Best.simd()
+}
+
+fn check_k(k: usize) {
+    assert!(
+        k > 0 && k.is_multiple_of(QK8_0),
+        "k = {k} is not a positive multiple of {QK8_0}"
+    );
+}
+
+/// Quantizes the `m` columns of `x` (`k` values each, contiguous) into `out`, `m` columns of
+/// [`xq_stride`]`(k)` bytes.
+pub fn quantize_activations(x: &[f32], k: usize, out: &mut [u8]) {
+    check_k(k);
+    assert!(
+        x.len().is_multiple_of(k),
+        "x is not a whole number of columns"
+    );
+    let m = x.len() / k;
+    let stride = xq_stride(k);
+    assert_eq!(out.len(), m * stride, "output size");
+    // SAFETY: `x` holds m columns of k floats 4 bytes apart (stride 4k bytes) and `out` m columns
+    // of `stride` bytes, exclusively borrowed.
+    unsafe {
+        quantize_columns_raw(
+            Path::Best,
+            x.as_ptr().cast(),
+            4 * k,
+            k,
+            0,
+            m,
+            out.as_mut_ptr(),
+            stride,
+        )
+    };
+}
+
+/// [`quantize_activations`] split over the threads of `pool` (by columns).
+pub fn quantize_activations_parallel(
+    pool: &rayon::ThreadPool,
+    x: &[f32],
+    k: usize,
+    out: &mut [u8],
+) {
+    check_k(k);
+    assert!(
+        x.len().is_multiple_of(k),
+        "x is not a whole number of columns"
+    );
+    let m = x.len() / k;
+    let stride = xq_stride(k);
+    assert_eq!(out.len(), m * stride, "output size");
+    let nth = pool.current_num_threads();
+    let out_ptr = SendPtr(out.as_mut_ptr().cast());
+    pool.broadcast(|ctx| {
+        let out = out_ptr;
+        let (c0, c1) = (m * ctx.index() / nth, m * (ctx.index() + 1) / nth);
+        // SAFETY: sizes checked above; the threads write disjoint column ranges of `out`, which
+        // stays exclusively borrowed until `broadcast` returns.
+        unsafe {
+            quantize_columns_raw(
+                Path::Best,
+                x.as_ptr().cast(),
+                4 * k,
+                k,
+                c0,
+                c1,
+                out.0.cast(),
+                stride,
+            )
+        };
+    });
+}
+
+/// Quantizes columns `c0..c1` of the activations at `x` (column `c` starts `c * x_col_bytes`
+/// bytes after `x` and holds `k` contiguous f32) into the columns of `xq` (stride `xq_col`).
+///
+/// # Safety
+/// `x` must be valid for reading and `xq` for writing the columns `c0..c1` described, `k` a
+/// positive multiple of 32, `xq_col >= xq_stride(k)`, and no one else may access the written
+/// columns meanwhile. `x` needs only 4-byte alignment.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn quantize_columns_raw(
+    path: Path,
+    x: *const u8,
+    x_col_bytes: usize,
+    k: usize,
+    c0: usize,
+    c1: usize,
+    xq: *mut u8,
+    xq_col: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if path.simd() {
+            for c in c0..c1 {
+                // SAFETY: the CPU has AVX2/FMA/F16C (checked); the column lies inside the memory
+                // the caller vouched for.
+                unsafe {
+                    avx2::quantize_column(x.add(c * x_col_bytes).cast(), k, xq.add(c * xq_col))
+                };
+            }
+            return;
+        }
+    }
+    for c in c0..c1 {
+        // SAFETY: as above; the caller guarantees 4-byte alignment of the f32 column and
+        // exclusive access to the output column, which has room for k + k/8 bytes.
+        let (col, out) = unsafe {
+            (
+                std::slice::from_raw_parts(x.add(c * x_col_bytes).cast::<f32>(), k),
+                std::slice::from_raw_parts_mut(xq.add(c * xq_col), k + k / QK8_0 * 4),
+            )
+        };
+        quantize_column_scalar(col, out);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+}
+
+/// The scale ggml stores for a block whose largest magnitude is `amax`, as f32.
+fn block_scale(amax: f32) -> f32 {
+    half::f16::from_f32(amax / 127.0).to_f32()
+}
+
+/// One column: `k` int8 then `k / 32` f32 scales (little-endian) into `out`.
+fn quantize_column_scalar(x: &[f32], out: &mut [u8]) {
+    let k = x.len();
+    let (qs, scales) = out.split_at_mut(k);
+    for (b, block) in x.chunks_exact(QK8_0).enumerate() {
+        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        for (q, &v) in qs[b * QK8_0..(b + 1) * QK8_0].iter_mut().zip(block) {
+            *q = ((v * id).round_ties_even() as i32).clamp(-128, 127) as i8 as u8;
+        }
+        scales[b * 4..b * 4 + 4].copy_from_slice(&block_scale(amax).to_le_bytes());
+    }
+}
+
+/// `out = W x`: `w` holds `n` q8_0 rows of length `k`, `xq` `m` quantized activation columns
+/// ([`quantize_activations`]), and `out` receives `m` columns of `n` f32 (ggml's `[n, m]`).
+/// Computed on the calling thread.
+pub fn gemm(w: &[u8], k: usize, n: usize, xq: &[u8], m: usize, out: &mut [f32]) {
+    check_gemm(w, k, n, xq, m, out);
+    // SAFETY: sizes checked above; one caller writes all of `out`, exclusively borrowed.
+    unsafe {
+        gemm_raw(
+            Path::Best,
+            w.as_ptr(),
+            q8_0_row_bytes(k),
+            k,
+            n,
+            xq.as_ptr(),
+            xq_stride(k),
+            m,
+            out.as_mut_ptr(),
+            n,
+            0,
+            1,
+        )
+    };
+}
+
+/// [`gemm`] split over the threads of `pool` (by groups of 8 weight rows).
+pub fn gemm_parallel(
+    pool: &rayon::ThreadPool,
+    w: &[u8],
+    k: usize,
+    n: usize,
+    xq: &[u8],
+    m: usize,
+    out: &mut [f32],
+) {
+    check_gemm(w, k, n, xq, m, out);
+    let nth = pool.current_num_threads();
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    pool.broadcast(|ctx| {
+        let out = out_ptr;
+        // SAFETY: sizes checked above; thread `ith` writes only the rows of its own row groups
+        // (`gemm_raw` splits them disjointly), so the writes of different threads never overlap,
+        // and `out` stays exclusively borrowed until `broadcast` returns.
+        unsafe {
+            gemm_raw(
+                Path::Best,
+                w.as_ptr(),
+                q8_0_row_bytes(k),
+                k,
+                n,
+                xq.as_ptr(),
+                xq_stride(k),
+                m,
+                out.0,
+                n,
+                ctx.index(),
+                nth,
+            )
+        }
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to hand disjoint parts of one exclusively borrowed buffer to pool threads.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+fn check_gemm(w: &[u8], k: usize, n: usize, xq: &[u8], m: usize, out: &[f32]) {
+    check_k(k);
+    assert_eq!(w.len(), n * q8_0_row_bytes(k), "weight size");
+    assert_eq!(xq.len(), m * xq_stride(k), "activation size");
+    assert_eq!(out.len(), n * m, "output size");
+}
+
+/// The row groups (of 8 rows) thread `ith` of `nth` computes, of `groups`.
+pub(crate) fn thread_groups(groups: usize, ith: usize, nth: usize) -> (usize, usize) {
+    (groups * ith / nth, groups * (ith + 1) / nth)
+}
+
+/// Thread `ith` of `nth`'s share of `out = W x`: the outputs of its row groups for all `m`
+/// columns. Row `r` of `W` starts at `w + r * w_row` (q8_0 blocks, any alignment); column `c`
+/// of the quantized activations at `xq + c * xq_col`; output `(r, c)` is `out[c * out_col + r]`.
+///
+/// # Safety
+/// The pointers must be valid for the described reads and writes, `k` a positive multiple of
+/// 32, `xq_col >= xq_stride(k)` and `out_col >= n`; concurrent callers must use the same `nth`
+/// and distinct `ith`, and nothing else may access the output meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_raw(
+    path: Path,
+    w: *const u8,
+    w_row: usize,
+    k: usize,
+    n: usize,
+    xq: *const u8,
+    xq_col: usize,
+    m: usize,
+    out: *mut f32,
+    out_col: usize,
+    ith: usize,
+    nth: usize,
+) {
+    let (g0, g1) = thread_groups(n.div_ceil(ROWS), ith, nth);
+    if g0 == g1 || m == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if path.simd() {
+            PANEL.with_borrow_mut(|panel| {
+                let nb = k / QK8_0;
+                let chunks = nb * PANEL_BLOCK / 32;
+                if panel.len() < chunks {
+                    panel.resize(chunks, Chunk([0; 32]));
+                }
+                let panel = panel.as_mut_ptr().cast::<u8>();
+                for g in g0..g1 {
+                    let r0 = g * ROWS;
+                    let rows = ROWS.min(n - r0);
+                    // SAFETY: the CPU has AVX2/FMA/F16C (checked); the panel has room for nb
+                    // blocks; rows r0..r0+rows exist; the caller vouched for every pointer and
+                    // for exclusive access to the outputs of this thread's rows.
+                    unsafe {
+                        avx2::pack_panel(w.add(r0 * w_row), w_row, rows, nb, panel);
+                        avx2::panel_times_columns(
+                            panel,
+                            nb,
+                            xq,
+                            xq_col,
+                            m,
+                            out.add(r0),
+                            out_col,
+                            rows,
+                        );
+                    }
+                }
+            });
+            return;
+        }
+    }
+    let nb = k / QK8_0;
+    for r in g0 * ROWS..(g1 * ROWS).min(n) {
+        // SAFETY: row r exists and holds nb blocks; the caller vouched for the pointers.
+        let row = unsafe { std::slice::from_raw_parts(w.add(r * w_row), nb * Q8_0_BLOCK_BYTES) };
+        for c in 0..m {
+            // SAFETY: as above, column c exists and holds k + k/8 bytes.
+            let col = unsafe { std::slice::from_raw_parts(xq.add(c * xq_col), k + nb * 4) };
+            // SAFETY: output (r, c) belongs to this thread's rows.
+            unsafe { *out.add(c * out_col + r) = dot_scalar(row, col, nb) };
+        }
+    }
+}
+
+/// One output: the fold described in the module documentation.
+fn dot_scalar(row: &[u8], col: &[u8], nb: usize) -> f32 {
+    let (qx, sx) = col.split_at(nb * QK8_0);
+    let mut acc = 0f32;
+    for b in 0..nb {
+        let block = &row[b * Q8_0_BLOCK_BYTES..(b + 1) * Q8_0_BLOCK_BYTES];
+        let dw = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+        let dx = f32::from_le_bytes(sx[b * 4..b * 4 + 4].try_into().expect("4 bytes"));
+        let dot: i32 = block[2..]
+            .iter()
+            .zip(&qx[b * QK8_0..(b + 1) * QK8_0])
+            .map(|(&a, &x)| a as i8 as i32 * x as i8 as i32)
+            .sum();
+        acc = (dot as f32).mul_add(dw * dx, acc);
+    }
+    acc
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Chunk([u8; 32]);
+
+thread_local! {
+    /// The panel of the row group a thread is working on (grown, never shrunk).
+    static PANEL: RefCell<Vec<Chunk>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{
+        block_scale, ABS_OFFSET, PANEL_BLOCK, Q8_0_BLOCK_BYTES, QK8_0, ROWS, SCALE_OFFSET,
+    };
+
+    /// Interleaves `rows` (<= 8) q8_0 rows of `nb` blocks into `panel`: per block, 8 vectors of
+    /// 32 bytes (vector t holds bytes 4t..4t+4 of rows 0..8, an 8 x 8 transpose of 32-bit
+    /// groups), the same 8 vectors with every byte replaced by its magnitude (as u8), then the 8
+    /// scales as f32. Missing rows are zero.
+    ///
+    /// # Safety
+    /// `w` must hold `rows` rows of `nb` blocks, `w_row` bytes apart; `panel` must be 32-byte
+    /// aligned with room for `nb * PANEL_BLOCK` bytes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn pack_panel(
+        w: *const u8,
+        w_row: usize,
+        rows: usize,
+        nb: usize,
+        panel: *mut u8,
+    ) {
+        for b in 0..nb {
+            let mut r = [_mm256_setzero_si256(); ROWS];
+            let mut d = [0u16; ROWS];
+            for (i, (v, s)) in r.iter_mut().zip(&mut d).enumerate().take(rows) {
+                // SAFETY: block b of row i < rows exists (caller's guarantee); unaligned reads.
+                unsafe {
+                    let src = w.add(i * w_row + b * Q8_0_BLOCK_BYTES);
+                    *s = src.cast::<u16>().read_unaligned();
+                    *v = _mm256_loadu_si256(src.add(2).cast());
+                }
+            }
+            let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+            let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+            let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+            let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+            let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+            let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+            let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+            let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+            let u0 = _mm256_unpacklo_epi64(t0, t2);
+            let u1 = _mm256_unpackhi_epi64(t0, t2);
+            let u2 = _mm256_unpacklo_epi64(t1, t3);
+            let u3 = _mm256_unpackhi_epi64(t1, t3);
+            let u4 = _mm256_unpacklo_epi64(t4, t6);
+            let u5 = _mm256_unpackhi_epi64(t4, t6);
+            let u6 = _mm256_unpacklo_epi64(t5, t7);
+            let u7 = _mm256_unpackhi_epi64(t5, t7);
+            let out = [
+                _mm256_permute2x128_si256::<0x20>(u0, u4),
+                _mm256_permute2x128_si256::<0x20>(u1, u5),
+                _mm256_permute2x128_si256::<0x20>(u2, u6),
+                _mm256_permute2x128_si256::<0x20>(u3, u7),
+                _mm256_permute2x128_si256::<0x31>(u0, u4),
+                _mm256_permute2x128_si256::<0x31>(u1, u5),
+                _mm256_permute2x128_si256::<0x31>(u2, u6),
+                _mm256_permute2x128_si256::<0x31>(u3, u7),
+            ];
+            // SAFETY: block b of the panel (PANEL_BLOCK bytes from a 32-byte aligned offset)
+            // is inside the buffer (caller's guarantee).
+            unsafe {
+                let dst = panel.add(b * PANEL_BLOCK);
+                for (t, v) in out.into_iter().enumerate() {
+                    _mm256_store_si256(dst.add(t * 32).cast(), v);
+                    // abs(-128) wraps to -128, i.e. 128 as an unsigned byte.
+                    _mm256_store_si256(dst.add(ABS_OFFSET + t * 32).cast(), _mm256_abs_epi8(v));
+                }
+                let scales = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().cast()));
+                _mm256_store_ps(dst.add(SCALE_OFFSET).cast(), scales);
+            }
+        }
+    }
+    use std::arch::x86_64::*;
+
+    /// Same operations as ggml's AVX2 `quantize_row_q8_0`, one column of `k` values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn quantize_column(x: *const f32, k: usize, out: *mut u8) {
+        let nb = k / QK8_0;
+        let sign = _mm256_set1_ps(-0.0);
+        for b in 0..nb {
+            // SAFETY: block b of the column (32 floats) is readable (caller's guarantee).
+            let (v0, v1, v2, v3) = unsafe {
+                let p = x.add(b * QK8_0);
+                (
+                    _mm256_loadu_ps(p),
+                    _mm256_loadu_ps(p.add(8)),
+                    _mm256_loadu_ps(p.add(16)),
+                    _mm256_loadu_ps(p.add(24)),
+                )
+            };
+            let mut amax = _mm256_andnot_ps(sign, v0);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v1));
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v2));
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v3));
+            let mut m4 = _mm_max_ps(
+                _mm256_extractf128_ps::<1>(amax),
+                _mm256_castps256_ps128(amax),
+            );
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            let amax = _mm_cvtss_f32(m4);
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let mul = _mm256_set1_ps(id);
+            const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT;
+            let i0 = _mm256_cvtps_epi32(_mm256_round_ps::<NEAREST>(_mm256_mul_ps(v0, mul)));
+            let i1 = _mm256_cvtps_epi32(_mm256_round_ps::<NEAREST>(_mm256_mul_ps(v1, mul)));
+            let i2 = _mm256_cvtps_epi32(_mm256_round_ps::<NEAREST>(_mm256_mul_ps(v2, mul)));
+            let i3 = _mm256_cvtps_epi32(_mm256_round_ps::<NEAREST>(_mm256_mul_ps(v3, mul)));
+            let a = _mm256_packs_epi32(i0, i1);
+            let c = _mm256_packs_epi32(i2, i3);
+            let q = _mm256_packs_epi16(a, c);
+            let q = _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            let d = block_scale(amax);
+            // SAFETY: block b's 32 bytes and its scale lie inside the output column.
+            unsafe {
+                _mm256_storeu_si256(out.add(b * QK8_0).cast(), q);
+                out.add(k + b * 4).cast::<f32>().write_unaligned(d);
+            }
+        }
+    }
+
+    /// All `m` columns times one panel of `nb` blocks; `rows` (<= 8) outputs per column are
+    /// written, output `(r, c)` at `out[c * out_col + r]`.
+    ///
+    /// # Safety
+    /// `panel` holds `nb` packed blocks (32-byte aligned); `xq` `m` columns `xq_col` bytes apart
+    /// of `k = 32 nb` int8 and `nb` f32 scales; the outputs are writable.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn panel_times_columns(
+        panel: *const u8,
+        nb: usize,
+        xq: *const u8,
+        xq_col: usize,
+        m: usize,
+        out: *mut f32,
+        out_col: usize,
+        rows: usize,
+    ) {
+        let mut c = 0;
+        // SAFETY (all calls): columns c..c+C exist (c + C <= m) and the caller vouched for the
+        // rest.
+        while c + 4 <= m {
+            unsafe {
+                tile::<4>(
+                    panel,
+                    nb,
+                    xq.add(c * xq_col),
+                    xq_col,
+                    out.add(c * out_col),
+                    out_col,
+                    rows,
+                )
+            };
+            c += 4;
+        }
+        match m - c {
+            3 => unsafe {
+                tile::<3>(
+                    panel,
+                    nb,
+                    xq.add(c * xq_col),
+                    xq_col,
+                    out.add(c * out_col),
+                    out_col,
+                    rows,
+                )
+            },
+            2 => unsafe {
+                tile::<2>(
+                    panel,
+                    nb,
+                    xq.add(c * xq_col),
+                    xq_col,
+                    out.add(c * out_col),
+                    out_col,
+                    rows,
+                )
+            },
+            1 => unsafe {
+                tile::<1>(
+                    panel,
+                    nb,
+                    xq.add(c * xq_col),
+                    xq_col,
+                    out.add(c * out_col),
+                    out_col,
+                    rows,
+                )
+            },
+            _ => {}
+        }
+    }
+
+    /// `C` columns times one panel: `C` vectors of 8 outputs.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn tile<const C: usize>(
+        panel: *const u8,
+        nb: usize,
+        xq: *const u8,
+        xq_col: usize,
+        out: *mut f32,
+        out_col: usize,
+        rows: usize,
+    ) {
+        let k = nb * QK8_0;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); C];
+        for b in 0..nb {
+            // SAFETY: block b of the panel and of each of the C columns is readable (caller's
+            // guarantee); loads are unaligned or from the 32-byte aligned panel.
+            unsafe {
+                let pb = panel.add(b * PANEL_BLOCK);
+                let mut dots = [_mm256_setzero_si256(); C];
+                // A trip count the compiler cannot see keeps this loop rolled, and with it the
+                // schedule (and register use) written here.
+                for t in 0..std::hint::black_box(QK8_0 / 4) {
+                    let wv = _mm256_load_si256(pb.add(t * 32).cast());
+                    let wa = _mm256_load_si256(pb.add(ABS_OFFSET + t * 32).cast());
+                    for (i, dot) in dots.iter_mut().enumerate() {
+                        let x4 = xq
+                            .add(i * xq_col + b * QK8_0 + t * 4)
+                            .cast::<i32>()
+                            .read_unaligned();
+                        let xs = _mm256_sign_epi8(_mm256_set1_epi32(x4), wv);
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, xs), ones);
+                        *dot = _mm256_add_epi32(*dot, p);
+                    }
+                }
+                let dw = _mm256_load_ps(pb.add(SCALE_OFFSET).cast());
+                for (i, (a, dot)) in acc.iter_mut().zip(dots).enumerate() {
+                    let dx = xq
+                        .add(i * xq_col + k + b * 4)
+                        .cast::<f32>()
+                        .read_unaligned();
+                    let dx = _mm256_set1_ps(dx);
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, dx), *a);
+                }
+            }
+        }
+        for (i, a) in acc.into_iter().enumerate() {
+            // SAFETY: outputs 0..rows of column i are writable (caller's guarantee).
+            unsafe {
+                let o = out.add(i * out_col);
+                if rows == ROWS {
+                    _mm256_storeu_ps(o, a);
+                } else {
+                    let mut tmp = [0f32; ROWS];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), a);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), o, rows);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{quant, GgmlType};
+    use llama_cpp_sys_2 as sys;
+
+    fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+            })
+            .collect()
+    }
+
+    /// The definition, written out: exact integer dot products, then per block
+    /// `acc = fma(dot, dw * dx, acc)` in block order.
+    fn reference(w: &[u8], k: usize, n: usize, xq: &[u8], m: usize) -> Vec<f32> {
+        let (row, stride) = (q8_0_row_bytes(k), xq_stride(k));
+        let mut out = vec![0f32; n * m];
+        for c in 0..m {
+            let col = &xq[c * stride..(c + 1) * stride];
+            for r in 0..n {
+                let mut acc = 0f32;
+                for b in 0..k / 32 {
+                    let blk = &w[r * row + b * 34..r * row + b * 34 + 34];
+                    let dw = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                    let dx = f32::from_le_bytes(col[k + 4 * b..k + 4 * b + 4].try_into().unwrap());
+                    let mut dot = 0i32;
+                    for i in 0..32 {
+                        dot += blk[2 + i] as i8 as i32 * col[b * 32 + i] as i8 as i32;
+                    }
+                    acc = (dot as f32).mul_add(dw * dx, acc);
+                }
+                out[c * n + r] = acc;
+            }
+        }
+        out
+    }
+
+    fn quantize(path: Path, x: &[f32], k: usize) -> Vec<u8> {
+        let m = x.len() / k;
+        let mut out = vec![0u8; m * xq_stride(k)];
+        // SAFETY: x holds m columns of k floats, out m columns of xq_stride(k) bytes.
+        unsafe {
+            quantize_columns_raw(
+                path,
+                x.as_ptr().cast(),
+                4 * k,
+                k,
+                0,
+                m,
+                out.as_mut_ptr(),
+                xq_stride(k),
+            )
+        };
+        out
+    }
+
+    fn product(
+        path: Path,
+        w: &[u8],
+        k: usize,
+        n: usize,
+        xq: &[u8],
+        m: usize,
+        nth: usize,
+    ) -> Vec<f32> {
+        let mut out = vec![f32::NAN; n * m];
+        for ith in 0..nth {
+            // SAFETY: sizes as gemm_raw documents; the "threads" run one after the other.
+            unsafe {
+                gemm_raw(
+                    path,
+                    w.as_ptr(),
+                    q8_0_row_bytes(k),
+                    k,
+                    n,
+                    xq.as_ptr(),
+                    xq_stride(k),
+                    m,
+                    out.as_mut_ptr(),
+                    n,
+                    ith,
+                    nth,
+                )
+            };
+        }
+        out
+    }
+
+    #[test]
+    fn activations_are_quantized_exactly_as_ggml_does() {
+        let k = 4 * 32;
+        // Block 0 has ties (x * 127 / amax exactly half-way: ggml's AVX2 path rounds them to
+        // even), block 1 is zero, blocks 2 and 3 are noise.
+        let mut x = vec![0f32; k];
+        x[0] = 127.0;
+        for (i, v) in x[1..32].iter_mut().enumerate() {
+            *v = (i as f32 - 15.0) + 0.5;
+        }
+        x[64..].copy_from_slice(&noise(64, 7, 3.0));
+        let m = 3;
+        let mut cols = x.clone();
+        cols.extend(noise(k * (m - 1), 8, 0.01));
+        // SAFETY: ggml's CPU type table is static; from_float of q8_0 writes k / 32 blocks of
+        // 34 bytes, which `want` has room for.
+        let want: Vec<u8> = unsafe {
+            sys::ggml_cpu_init();
+            let from_float = (*sys::ggml_get_type_traits_cpu(GgmlType::Q8_0.id()))
+                .from_float
+                .unwrap();
+            let mut want = vec![0u8; m * q8_0_row_bytes(k)];
+            for c in 0..m {
+                from_float(
+                    cols[c * k..].as_ptr(),
+                    want[c * q8_0_row_bytes(k)..].as_mut_ptr().cast(),
+                    k as i64,
+                );
+            }
+            want
+        };
+        for path in [Path::Best, Path::Scalar] {
+            let got = quantize(path, &cols, k);
+            for c in 0..m {
+                let col = &got[c * xq_stride(k)..];
+                for b in 0..k / 32 {
+                    let blk = &want[c * q8_0_row_bytes(k) + b * 34..][..34];
+                    assert_eq!(&col[b * 32..b * 32 + 32], &blk[2..], "{path:?} {c} {b}");
+                    let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                    assert_eq!(col[k + 4 * b..k + 4 * b + 4], d.to_le_bytes(), "{path:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kernels_equal_the_integer_reference() {
+        for (i, &(k, n, m)) in [
+            (32, 1, 1),
+            (64, 13, 7),
+            (96, 21, 9),
+            (896, 40, 17),
+            (4864, 12, 5),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut w =
+                quant::quantize_rows(GgmlType::Q8_0, &noise(k * n, i as u64, 0.2), k).unwrap();
+            // ggml's quantizer never writes -128, other files might: still exact.
+            w[2] = (-128i8) as u8;
+            let x = noise(k * m, 100 + i as u64, 4.0);
+            let xq = quantize(Path::Best, &x, k);
+            assert_eq!(xq, quantize(Path::Scalar, &x, k));
+            let want = reference(&w, k, n, &xq, m);
+            for path in [Path::Best, Path::Scalar] {
+                for nth in [1, 2, 3] {
+                    let got = product(path, &w, k, n, &xq, m, nth);
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{path:?}, {nth} threads, k {k} n {n} m {m}"
+                    );
+                }
+            }
+            let mut out = vec![0f32; n * m];
+            gemm(&w, k, n, &xq, m, &mut out);
+            assert_eq!(out, want);
+        }
+    }
+}
