@@ -6,7 +6,8 @@
 //!
 //! [`build_body`] is the project's one definition of the layer stack: the trainer
 //! (`unmask-train`) builds it over trainable f32 parameters with [`AttentionKind::Explicit`]
-//! (differentiable ops), inference over the mapped GGUF weights with fused flash attention.
+//! (differentiable ops), inference over the mapped GGUF weights with fused flash attention and,
+//! for q8_0 weights on the CPU, our int8 GEMM (`unmask_kernels::qgemm`) instead of ggml's.
 
 use crate::model::Model;
 use crate::Result;
@@ -96,7 +97,7 @@ pub enum AttentionKind {
 /// Tensor descriptions a graph needs per layer of the body, with room to spare (the training
 /// graph adds the output projection and the loss).
 pub fn graph_capacity(n_layers: usize) -> usize {
-    64 * n_layers + 64
+    72 * n_layers + 64
 }
 
 /// Name of the output projection in `w` (the token embedding when tied).
@@ -163,8 +164,13 @@ pub fn build_body(
         );
         let normed = g.rms_norm(x, eps)?;
         let cur = g.mul(normed, attn_norm)?;
+        // Inference on the CPU: q8_0 weights go through our int8 GEMM, with the activations
+        // quantized once for q, k and v (ggml's own quantization; the products differ from
+        // ggml's only in f32 summation order).
+        let fast = attention == AttentionKind::Fused;
+        let cur_q8 = quantized_input(g, fast, &[wq, wk, wv], cur)?;
         let project = |g: &mut Graph, wt, b, heads: i64| -> Result<TensorId> {
-            let y = g.mul_mat(wt, cur)?;
+            let y = linear(g, wt, cur, cur_q8)?;
             let y = g.add(y, b)?;
             Ok(g.reshape(y, &[head_dim, heads, l])?)
         };
@@ -192,14 +198,17 @@ pub fn build_body(
             AttentionKind::Explicit => g.attention_explicit(q, k, v, scale)?,
         }; // [head_dim, heads, tokens]
         let attended = g.reshape(attended, &[h, l])?;
-        let out = g.mul_mat(wo, attended)?;
+        let attended_q8 = quantized_input(g, fast, &[wo], attended)?;
+        let out = linear(g, wo, attended, attended_q8)?;
         let hres = g.add(x, out)?;
         let normed = g.rms_norm(hres, eps)?;
         let cur = g.mul(normed, ffn_norm)?;
-        let gate = g.mul_mat(wg, cur)?;
-        let up = g.mul_mat(wu, cur)?;
+        let cur_q8 = quantized_input(g, fast, &[wg, wu], cur)?;
+        let gate = linear(g, wg, cur, cur_q8)?;
+        let up = linear(g, wu, cur, cur_q8)?;
         let act = g.swiglu(gate, up)?;
-        let down = g.mul_mat(wd, act)?;
+        let act_q8 = quantized_input(g, fast, &[wd], act)?;
+        let down = linear(g, wd, act, act_q8)?;
         x = g.add(hres, down)?;
     }
     let out_norm = w.attach(g, "output_norm.weight")?;
@@ -210,6 +219,34 @@ pub fn build_body(
         positions,
         hidden,
     })
+}
+
+/// `x` quantized for [`linear`] when `fast` and any of the weights `ws` that multiply it can use
+/// the int8 GEMM (mixed-type files have, e.g., q8_0 values next to other query/key types).
+fn quantized_input(
+    g: &mut Graph,
+    fast: bool,
+    ws: &[TensorId],
+    x: TensorId,
+) -> Result<Option<TensorId>> {
+    let mut any = false;
+    for &w in ws {
+        any |= g.can_mul_mat_q8(w, x)?;
+    }
+    if fast && any {
+        Ok(Some(g.quantize_q8(x)?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// `w x`: with the q8_0 GEMM when the input was quantized for it (and `w` qualifies), else
+/// ggml's `mul_mat`.
+fn linear(g: &mut Graph, w: TensorId, x: TensorId, xq: Option<TensorId>) -> Result<TensorId> {
+    match xq {
+        Some(xq) if g.can_mul_mat_q8(w, x)? => Ok(g.mul_mat_q8_quantized(w, xq)?),
+        _ => Ok(g.mul_mat(w, x)?),
+    }
 }
 
 impl Forward {

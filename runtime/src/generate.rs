@@ -316,6 +316,8 @@ impl<W: TensorSource> Generator<W> {
             ..
         } = self;
         let forward = forward.as_mut().expect("built above");
+        // Count only this generation's copies (not those of earlier `logits` calls).
+        forward.take_bytes_to_host();
 
         let block = params.block_length.unwrap_or(params.max_new_tokens);
         let n_blocks = params.max_new_tokens / block;

@@ -36,10 +36,16 @@ fn gpu_check_runs_end_to_end_on_the_cpu_path() {
     let report = std::fs::read_to_string(out_dir.path().join("gpu-report.md")).unwrap();
     assert!(report.contains("mode: cpu"), "{report}");
     // Three agreement rows (f16, q8_0, q4_k), all passing with identical generations.
-    let rows: Vec<&str> = report.lines().filter(|l| l.starts_with("| tiny |")).collect();
+    let rows: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("| tiny |"))
+        .collect();
     assert_eq!(rows.len(), 3, "{report}");
     for row in rows {
-        assert!(row.ends_with("| pass |") && row.contains("identical"), "{row}");
+        assert!(
+            row.ends_with("| pass |") && row.contains("identical"),
+            "{row}"
+        );
     }
     // Two benchmark rows with libllama's numbers.
     let bench: Vec<&str> = report
@@ -66,6 +72,10 @@ fn scripts_parse() {
             .arg(root.join("scripts").join(script))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
