@@ -1,14 +1,17 @@
-//! q8_0 weight x f32 activation products on the Qwen2.5-0.5B layer shapes (M = 286 canvas
-//! columns by default, `UNMASK_BENCH_M`): ggml's `mul_mat` (llamafile tinyBLAS) against `unmask_kernels::qgemm`, as a ggml
-//! graph op (`Graph::mul_mat_q8`, on ggml's thread pool) and called directly (on a rayon pool),
-//! all on the same number of threads (2 by default, `UNMASK_BENCH_THREADS`), timed interleaved in
-//! one process; each time includes quantizing the activations. Run:
+//! q8_0, q5_0 and q4_0 weight x f32 activation products on the Qwen2.5-0.5B layer shapes
+//! (M = 286 canvas columns by default, `UNMASK_BENCH_M`): ggml's `mul_mat` (llamafile tinyBLAS)
+//! against `unmask_kernels::qgemm`, as a ggml graph op (`Graph::mul_mat_q8`, on ggml's thread
+//! pool) and called directly (on a rayon pool), all on the same number of threads (2 by default,
+//! `UNMASK_BENCH_THREADS`), timed interleaved in one process (every weight type and shape in
+//! each round); each time includes quantizing the activations. The weight types are
+//! `UNMASK_BENCH_TYPES` (default `q8_0,q5_0,q4_0`). Run:
 //! `cargo bench -p unmask-kernels --bench qgemm`.
 
 use std::time::Instant;
 use unmask_kernels::backend::CpuBackend;
 use unmask_kernels::graph::{Graph, TensorId};
-use unmask_kernels::{qgemm, quant, GgmlType};
+use unmask_kernels::qgemm::{self, WeightType};
+use unmask_kernels::{quant, GgmlType};
 
 const SHAPES: [(&str, usize, usize); 7] = [
     ("q", 896, 896),
@@ -33,6 +36,7 @@ fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 struct Case {
+    ty: WeightType,
     name: &'static str,
     k: usize,
     n: usize,
@@ -66,26 +70,39 @@ fn main() {
         .num_threads(threads)
         .build()
         .expect("pool");
-    let mut cases: Vec<Case> = SHAPES
+    let types: Vec<WeightType> = std::env::var("UNMASK_BENCH_TYPES")
+        .unwrap_or_else(|_| "q8_0,q5_0,q4_0".into())
+        .split(',')
+        .map(|t| match t.trim() {
+            "q8_0" => WeightType::Q8_0,
+            "q5_0" => WeightType::Q5_0,
+            "q4_0" => WeightType::Q4_0,
+            other => panic!("UNMASK_BENCH_TYPES: unknown weight type {other}"),
+        })
+        .collect();
+    let mut cases: Vec<Case> = types
         .iter()
-        .enumerate()
-        .map(|(i, &(name, k, n))| {
+        .flat_map(|&ty| SHAPES.iter().enumerate().map(move |(i, &s)| (ty, i, s)))
+        .map(|(ty, i, (name, k, n))| {
             let w = noise(k * n, 2 * i as u64 + 1, 0.1);
             let x = noise(k * m, 2 * i as u64 + 2, 2.0);
-            let wq = quant::quantize_rows(GgmlType::Q8_0, &w, k).expect("quantize");
+            let gty = ty.ggml();
+            let wq = quant::quantize_rows(gty, &w, k).expect("quantize");
             let mut g = Graph::new(8).expect("graph");
-            let gw = g.input(GgmlType::Q8_0, &[k as i64, n as i64]).expect("w");
+            let gw = g.input(gty, &[k as i64, n as i64]).expect("w");
             let gx = g.input(GgmlType::F32, &[k as i64, m as i64]).expect("x");
             let gy = g.mul_mat(gw, gx).expect("mul_mat");
             g.allocate(&[gy], &backend).expect("allocate");
             g.set_bytes(gw, &wq).expect("set w");
             let mut o = Graph::new(8).expect("graph");
-            let ow = o.input(GgmlType::Q8_0, &[k as i64, n as i64]).expect("w");
+            let ow = o.input(gty, &[k as i64, n as i64]).expect("w");
             let ox = o.input(GgmlType::F32, &[k as i64, m as i64]).expect("x");
+            assert!(o.can_mul_mat_q8(ow, ox).expect("can"), "no fast path");
             let oy = o.mul_mat_q8(ow, ox).expect("mul_mat_q8");
             o.allocate(&[oy], &backend).expect("allocate");
             o.set_bytes(ow, &wq).expect("set w");
             Case {
+                ty,
                 name,
                 k,
                 n,
@@ -102,13 +119,16 @@ fn main() {
             }
         })
         .collect();
-    println!("q8_0 [K x N] x f32 [K x {m}], {reps} interleaved runs");
+    println!(
+        "{types:?} [K x N] x f32 [K x {m}], {reps} interleaved runs (all types and shapes in \
+         each)"
+    );
     // Correctness first (and warm-up).
     for c in &mut cases {
         c.ggml.set_f32(c.gx, &c.x).unwrap();
         c.ggml.compute(&mut backend).unwrap();
         qgemm::quantize_activations_parallel(&pool, &c.x, c.k, &mut c.xq);
-        qgemm::gemm_parallel(&pool, &c.wq, c.k, c.n, &c.xq, m, &mut c.y);
+        qgemm::gemm_typed_parallel(&pool, c.ty, &c.wq, c.k, c.n, &c.xq, m, &mut c.y);
         c.op.set_f32(c.ox, &c.x).unwrap();
         c.op.compute(&mut backend).unwrap();
         let want = c.ggml.read_f32(c.gy).unwrap();
@@ -123,7 +143,8 @@ fn main() {
             .zip(&c.y)
             .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
         println!(
-            "  {:<5} max |ggml - qgemm| / max |ggml| = {:.2e}",
+            "  {:?} {:<5} max |ggml - qgemm| / max |ggml| = {:.2e}",
+            c.ty,
             c.name,
             err / scale
         );
@@ -158,7 +179,7 @@ fn main() {
             t[1].push(start.elapsed().as_secs_f64() * 1e3);
             let start = Instant::now();
             qgemm::quantize_activations_parallel(&pool, &c.x, c.k, &mut c.xq);
-            qgemm::gemm_parallel(&pool, &c.wq, c.k, c.n, &c.xq, m, &mut c.y);
+            qgemm::gemm_typed_parallel(&pool, c.ty, &c.wq, c.k, c.n, &c.xq, m, &mut c.y);
             t[2].push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
@@ -166,10 +187,20 @@ fn main() {
     report(&cases, &mut times, &["ggml", "mul_mat_q8", "rayon"]);
 }
 
-/// Per shape and summed over the layer: min and median of each variant, and the speed-up of
-/// each over the first (ggml) by both.
+/// Per weight type: per shape and summed over the layer, min and median of each variant, and
+/// the speed-up of each over the first (ggml) by both.
 fn report<const V: usize>(cases: &[Case], times: &mut [[Vec<f64>; V]], names: &[&str; V]) {
-    let mut head = String::from("  shape   K     N  ");
+    let mut start = 0;
+    while start < cases.len() {
+        let ty = cases[start].ty;
+        let end = start + cases[start..].iter().take_while(|c| c.ty == ty).count();
+        report_type(&cases[start..end], &mut times[start..end], names);
+        start = end;
+    }
+}
+
+fn report_type<const V: usize>(cases: &[Case], times: &mut [[Vec<f64>; V]], names: &[&str; V]) {
+    let mut head = format!("  {:<6}shape   K     N  ", format!("{:?}", cases[0].ty));
     for (i, name) in names.iter().enumerate() {
         head += &format!(" {name:>16}");
         if i > 0 {
@@ -202,9 +233,12 @@ fn report<const V: usize>(cases: &[Case], times: &mut [[Vec<f64>; V]], names: &[
             s[0] += st[0];
             s[1] += st[1];
         }
-        line(format!("  {:<5} {:>5} {:>5}", c.name, c.k, c.n), &stats);
+        line(
+            format!("        {:<5} {:>5} {:>5}", c.name, c.k, c.n),
+            &stats,
+        );
     }
-    line(format!("  {:<17}", "layer"), &sums);
+    line(format!("        {:<17}", "layer"), &sums);
 }
 
 /// CPU time of the calling thread in ms (Linux).

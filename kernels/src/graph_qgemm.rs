@@ -1,18 +1,23 @@
 //! [`qgemm`](crate::qgemm) as ggml graph operations (ggml custom ops run by the backend's thread
-//! pool): `W x` for q8_0 weights, about 1.8x faster than ggml's `mul_mat` on the 0.5B model's
-//! layer shapes on an AVX2 CPU without VNNI (`cargo bench -p unmask-kernels --bench qgemm`).
+//! pool): `W x` for q8_0, q5_0 or q4_0 weights, faster than ggml's `mul_mat` on the 0.5B
+//! model's layer shapes on an AVX2 CPU without VNNI by about 1.7x (q8_0), 2.6x (q5_0) and 2.1x
+//! (q4_0) per layer on one thread (`cargo bench -p unmask-kernels --bench qgemm`).
+//!
+//! The "q8" in the names refers to the activations: like ggml's own `mul_mat` for these weight
+//! types, the f32 activations are quantized to ggml's q8_0 (int8 with one scale per 32 values);
+//! the weights may be any of [`qgemm::WeightType`] (q8_0, q5_0, q4_0).
 //!
 //! Two nodes per product: [`Graph::quantize_q8`] quantizes the f32 activations (in parallel, by
 //! columns) into an int8 tensor, [`Graph::mul_mat_q8_quantized`] multiplies (in parallel, by
 //! groups of 8 weight rows). The quantized activations can be shared by several products of the
-//! same input (q/k/v, gate/up). [`Graph::mul_mat_q8`] does both, and
-//! [`Graph::mul_mat_q8_or_ggml`] falls back to ggml's `mul_mat` where the fast path does not
-//! apply. The weights are read in ggml's own q8_0 layout (e.g. straight from the memory-mapped
+//! same input (q/k/v, gate/up), whatever their weight types. [`Graph::mul_mat_q8`] does both,
+//! and [`Graph::mul_mat_q8_or_ggml`] falls back to ggml's `mul_mat` where the fast path does not
+//! apply. The weights are read in ggml's own block layout (e.g. straight from the memory-mapped
 //! file): no repacked copy.
 
 use crate::graph::{Graph, TensorId};
-use crate::qgemm::{self, Path};
-use crate::{Error, Result};
+use crate::qgemm::{self, Path, WeightType};
+use crate::{Error, GgmlType, Result};
 use llama_cpp_sys_2 as sys;
 use std::os::raw::{c_int, c_void};
 
@@ -65,26 +70,31 @@ impl Graph {
         })
     }
 
-    /// `w x` for a q8_0 weight `w` `[k, n]` (2-D, contiguous, in host memory) and activations
-    /// quantized by [`quantize_q8`](Self::quantize_q8): f32 `[n, m]`, as `mul_mat(w, x)`. Only
-    /// for graphs computed on the CPU backend.
+    /// `w x` for a q8_0, q5_0 or q4_0 weight `w` `[k, n]` (2-D, contiguous, in host memory)
+    /// and activations quantized by [`quantize_q8`](Self::quantize_q8): f32 `[n, m]`, as
+    /// `mul_mat(w, x)`. Only for graphs computed on the CPU backend.
     pub fn mul_mat_q8_quantized(&mut self, w: TensorId, xq: TensorId) -> Result<TensorId> {
         self.check_custom()?;
         let (rw, rx) = (self.raw_tensor(w)?, self.raw_tensor(xq)?);
-        // SAFETY: live tensors of this graph.
-        let (wt, wne, xt, xne, x_op, w_contiguous) = unsafe {
+        // SAFETY: live tensors of this graph; a custom op's first source, when set, is live
+        // too, and its op parameters start with the callback (ggml's ggml_custom_op_params).
+        let (wt, wne, xt, xne, x_op, x_fun, x_k, w_contiguous) = unsafe {
+            let src = (*rx).src[0];
             (
                 (*rw).type_,
                 (*rw).ne,
                 (*rx).type_,
                 (*rx).ne,
                 (*rx).op,
+                (*rx).op_params.as_ptr().cast::<usize>().read_unaligned(),
+                if src.is_null() { -1 } else { (*src).ne[0] },
                 sys::ggml_is_contiguous(rw),
             )
         };
-        if wt != sys::GGML_TYPE_Q8_0 || !w_contiguous || wne[2] != 1 || wne[3] != 1 {
+        if weight_type(wt).is_none() || !w_contiguous || wne[2] != 1 || wne[3] != 1 {
             return Err(Error::Ggml(format!(
-                "mul_mat_q8 needs a contiguous 2-D q8_0 weight, got {wne:?} (type {wt})"
+                "mul_mat_q8 needs a contiguous 2-D q8_0, q5_0 or q4_0 weight, got {wne:?} \
+                 (type {wt})"
             )));
         }
         // SAFETY: `rw` is a live tensor of this graph.
@@ -93,8 +103,12 @@ impl Graph {
                 "mul_mat_q8 runs on the CPU: the weight is in device memory".into(),
             ));
         }
+        // The row length is checked on quantize_q8's input: columns of different lengths can
+        // have the same stride (64 and 96 values both take 128 bytes).
         if xt != XQ_TYPE
             || x_op != sys::GGML_OP_CUSTOM
+            || x_fun != quantize_op as *const () as usize
+            || x_k != wne[0]
             || xne[0] != qgemm::xq_stride(wne[0] as usize) as i64
         {
             return Err(Error::Ggml(format!(
@@ -124,8 +138,8 @@ impl Graph {
         })
     }
 
-    /// `w x` for a q8_0 weight `w` `[k, n]` and f32 activations `x` `[k, m]`: f32 `[n, m]`, in
-    /// place of `mul_mat(w, x)` (two graph nodes; see the module documentation).
+    /// `w x` for a q8_0, q5_0 or q4_0 weight `w` `[k, n]` and f32 activations `x` `[k, m]`: f32
+    /// `[n, m]`, in place of `mul_mat(w, x)` (two graph nodes; see the module documentation).
     pub fn mul_mat_q8(&mut self, w: TensorId, x: TensorId) -> Result<TensorId> {
         let sw = self.shape(w)?;
         let sx = self.shape(x)?;
@@ -139,7 +153,8 @@ impl Graph {
     }
 
     /// Whether [`mul_mat_q8`](Self::mul_mat_q8) applies to `w x` and is worth it: a contiguous
-    /// 2-D q8_0 weight in host memory (or not yet allocated), f32 activations with contiguous
+    /// 2-D q8_0, q5_0 or q4_0 weight in host memory (or not yet allocated), f32 activations with
+    /// contiguous
     /// rows, a graph without gradients (the custom operations have no backward pass) and a CPU
     /// with AVX2, FMA and F16C. The graph must be computed on the CPU backend (ggml's GPU backends
     /// do not run custom operations); that is not checked here.
@@ -147,7 +162,7 @@ impl Graph {
         let (rw, rx) = (self.raw_tensor(w)?, self.raw_tensor(x)?);
         // SAFETY: live tensors of this graph.
         let ok = unsafe {
-            (*rw).type_ == sys::GGML_TYPE_Q8_0
+            weight_type((*rw).type_).is_some()
                 && sys::ggml_is_contiguous(rw)
                 && (*rw).ne[2] == 1
                 && (*rw).ne[3] == 1
@@ -175,11 +190,16 @@ impl Graph {
     fn check_custom(&self) -> Result<()> {
         if self.has_gradients() {
             return Err(Error::Ggml(
-                "q8_0 products have no backward pass; use mul_mat in graphs with gradients".into(),
+                "q8 products have no backward pass; use mul_mat in graphs with gradients".into(),
             ));
         }
         Ok(())
     }
+}
+
+/// The kernel's weight format for a ggml type id, if it has one.
+fn weight_type(id: sys::ggml_type) -> Option<WeightType> {
+    WeightType::from_ggml(GgmlType::from_id(id).ok()?)
 }
 
 /// Whether `t`'s memory (if it has any yet) is host memory the CPU can read.
@@ -233,17 +253,21 @@ unsafe extern "C" fn quantize_op(
 /// memory is allocated.
 unsafe extern "C" fn gemm_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, _: *mut c_void) {
     // SAFETY: `dst` and its sources are live, allocated host tensors; mul_mat_q8_quantized
-    // checked that w is a contiguous 2-D q8_0 [k, n] (rows nb1 bytes apart), xq a quantize_q8
-    // result [xq_stride(k), m] (computed before this node: ggml runs nodes in order with a
-    // barrier between them) and made dst a contiguous f32 [n, m]. Columns are used up to the
-    // smaller current column count; `gemm_raw` gives each thread disjoint output rows.
+    // checked that w is a contiguous 2-D [k, n] of a `WeightType` (rows nb1 bytes apart), xq a
+    // quantize_q8 result [xq_stride(k), m] (computed before this node: ggml runs nodes in order
+    // with a barrier between them) and made dst a contiguous f32 [n, m]. Columns are used up to
+    // the smaller current column count; `gemm_raw` gives each thread disjoint output rows.
     unsafe {
         let w = (*dst).src[0];
         let xq = (*dst).src[1];
         let (k, n) = ((*w).ne[0] as usize, (*w).ne[1] as usize);
         let m = (*xq).ne[1].min((*dst).ne[1]) as usize;
+        let Some(ty) = weight_type((*w).type_) else {
+            return;
+        };
         qgemm::gemm_raw(
             Path::Best,
+            ty,
             (*w).data as *const u8,
             (*w).nb[1],
             k,
@@ -263,6 +287,7 @@ unsafe extern "C" fn gemm_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int,
 mod tests {
     use crate::backend::CpuBackend;
     use crate::graph::Graph;
+    use crate::qgemm::WeightType;
     use crate::{qgemm, quant, GgmlType};
 
     fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -278,73 +303,70 @@ mod tests {
     }
 
     /// Exact integer dot products, then `acc = fma(dot, dw * dx, acc)` block by block, from the
-    /// f32 activations quantized as ggml's AVX2 `quantize_row_q8_0` does.
-    fn reference(w: &[u8], k: usize, n: usize, x: &[f32], m: usize) -> Vec<f32> {
+    /// f32 activations quantized as ggml's AVX2 `quantize_row_q8_0` does (the weights decoded by
+    /// the test decoder of `qgemm`, itself checked against ggml's dequantization).
+    fn reference(ty: WeightType, w: &[u8], k: usize, n: usize, x: &[f32], m: usize) -> Vec<f32> {
         let mut xq = vec![0u8; m * qgemm::xq_stride(k)];
         qgemm::quantize_activations(x, k, &mut xq);
-        let (row, stride) = (qgemm::q8_0_row_bytes(k), qgemm::xq_stride(k));
-        let mut out = vec![0f32; n * m];
-        for c in 0..m {
-            let col = &xq[c * stride..(c + 1) * stride];
-            for r in 0..n {
-                let mut acc = 0f32;
-                for b in 0..k / 32 {
-                    let blk = &w[r * row + b * 34..r * row + b * 34 + 34];
-                    let dw = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                    let dx = f32::from_le_bytes(col[k + 4 * b..k + 4 * b + 4].try_into().unwrap());
-                    let dot: i32 = (0..32)
-                        .map(|i| blk[2 + i] as i8 as i32 * col[b * 32 + i] as i8 as i32)
-                        .sum();
-                    acc = (dot as f32).mul_add(dw * dx, acc);
-                }
-                out[c * n + r] = acc;
-            }
-        }
-        out
+        qgemm::tests::reference(ty, w, k, n, &xq, m)
     }
 
     #[test]
     fn graph_op_equals_the_reference_and_ggml() {
-        for (i, &(k, n, m, threads)) in [
-            (64, 8, 1, 1),
-            (96, 13, 7, 2),
-            (896, 100, 33, 2),
-            (4864, 20, 11, 3),
-            (896, 128, 286, 2),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let w = noise(k * n, 2 * i as u64, 0.2);
-            let wq = quant::quantize_rows(GgmlType::Q8_0, &w, k).unwrap();
-            let x = noise(k * m, 2 * i as u64 + 1, 3.0);
-            let mut backend = CpuBackend::new(threads).unwrap();
-            let mut g = Graph::new(8).unwrap();
-            let tw = g.input(GgmlType::Q8_0, &[k as i64, n as i64]).unwrap();
-            let tx = g.input(GgmlType::F32, &[k as i64, m as i64]).unwrap();
-            let fast = g.mul_mat_q8(tw, tx).unwrap();
-            let slow = g.mul_mat(tw, tx).unwrap();
-            assert_eq!(g.shape(fast).unwrap(), g.shape(slow).unwrap());
-            g.allocate(&[fast, slow], &backend).unwrap();
-            for _ in 0..2 {
-                g.set_bytes(tw, &wq).unwrap();
-                g.set_f32(tx, &x).unwrap();
-                g.compute(&mut backend).unwrap();
-                let got = g.read_f32(fast).unwrap();
-                let want = reference(&wq, k, n, &x, m);
-                assert!(
-                    got.iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "k {k} n {n} m {m}: not the reference"
-                );
-                let ggml = g.read_f32(slow).unwrap();
-                let scale = ggml.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let err = ggml
-                    .iter()
-                    .zip(got)
-                    .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
-                assert!(err <= 1e-5 * scale, "k {k} n {n} m {m}: {err} vs {scale}");
+        for ty in WeightType::ALL {
+            for (i, &(k, n, m, threads)) in [
+                (64, 8, 1, 1),
+                (96, 13, 7, 2),
+                (896, 100, 33, 2),
+                (4864, 20, 11, 3),
+                (4864, 27, 6, 2),
+                (896, 128, 286, 2),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let gty = ty.ggml();
+                let wq = qgemm::tests::weights(ty, k, n, 2 * i as u64);
+                let mut x = noise(k * m, 2 * i as u64 + 1, 3.0);
+                if m > 1 {
+                    // A zero column and a column of huge values.
+                    x[..k].fill(0.0);
+                    for (j, v) in x[k..2 * k].iter_mut().enumerate() {
+                        *v = 3.0e4 * (j % 7) as f32 - 9.0e4;
+                    }
+                }
+                let mut backend = CpuBackend::new(threads).unwrap();
+                let mut g = Graph::new(8).unwrap();
+                let tw = g.input(gty, &[k as i64, n as i64]).unwrap();
+                let tx = g.input(GgmlType::F32, &[k as i64, m as i64]).unwrap();
+                assert!(g.can_mul_mat_q8(tw, tx).unwrap() || !qgemm::has_simd());
+                let fast = g.mul_mat_q8(tw, tx).unwrap();
+                let slow = g.mul_mat(tw, tx).unwrap();
+                assert_eq!(g.shape(fast).unwrap(), g.shape(slow).unwrap());
+                g.allocate(&[fast, slow], &backend).unwrap();
+                for _ in 0..2 {
+                    g.set_bytes(tw, &wq).unwrap();
+                    g.set_f32(tx, &x).unwrap();
+                    g.compute(&mut backend).unwrap();
+                    let got = g.read_f32(fast).unwrap();
+                    let want = reference(ty, &wq, k, n, &x, m);
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{ty:?} k {k} n {n} m {m}: not the reference"
+                    );
+                    let ggml = g.read_f32(slow).unwrap();
+                    let scale = ggml.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let err = ggml
+                        .iter()
+                        .zip(got)
+                        .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+                    assert!(
+                        err <= 1e-5 * scale,
+                        "{ty:?} k {k} n {n} m {m}: {err} vs {scale}"
+                    );
+                }
             }
         }
     }
@@ -359,42 +381,65 @@ mod tests {
         let xq = g.quantize_q8(tx).unwrap();
         let mut outs = Vec::new();
         let mut weights = Vec::new();
-        for (j, n) in [(0u64, 24usize), (1, 9)] {
-            let wq = quant::quantize_rows(GgmlType::Q8_0, &noise(k * n, 10 + j, 0.3), k).unwrap();
-            let tw = g.input(GgmlType::Q8_0, &[k as i64, n as i64]).unwrap();
+        for (j, ty, n) in [
+            (0u64, WeightType::Q8_0, 24usize),
+            (1, WeightType::Q5_0, 9),
+            (2, WeightType::Q4_0, 17),
+        ] {
+            let wq = quant::quantize_rows(ty.ggml(), &noise(k * n, 10 + j, 0.3), k).unwrap();
+            let tw = g.input(ty.ggml(), &[k as i64, n as i64]).unwrap();
             outs.push((g.mul_mat_q8_quantized(tw, xq).unwrap(), n));
-            weights.push((tw, wq));
+            weights.push((tw, ty, wq));
         }
         let ids: Vec<_> = outs.iter().map(|o| o.0).collect();
         g.allocate(&ids, &backend).unwrap();
-        for (tw, wq) in &weights {
+        for (tw, _, wq) in &weights {
             g.set_bytes(*tw, wq).unwrap();
         }
         g.set_f32(tx, &x).unwrap();
         g.compute(&mut backend).unwrap();
-        for ((out, n), (_, wq)) in outs.iter().zip(&weights) {
-            assert_eq!(g.read_f32(*out).unwrap(), &reference(wq, k, *n, &x, m)[..]);
+        for ((out, n), (_, ty, wq)) in outs.iter().zip(&weights) {
+            assert_eq!(
+                g.read_f32(*out).unwrap(),
+                &reference(*ty, wq, k, *n, &x, m)[..]
+            );
         }
     }
 
     #[test]
     fn misuse_gives_errors() {
-        let mut g = Graph::new(16).unwrap();
-        let w4 = g.input(GgmlType::Q4_0, &[64, 8]).unwrap();
+        let mut g = Graph::new(32).unwrap();
+        let w41 = g.input(GgmlType::Q4_1, &[64, 8]).unwrap();
+        let w6k = g.input(GgmlType::Q6_K, &[256, 8]).unwrap();
         let w8 = g.input(GgmlType::Q8_0, &[64, 8]).unwrap();
+        let w5 = g.input(GgmlType::Q5_0, &[64, 8]).unwrap();
+        let w4 = g.input(GgmlType::Q4_0, &[64, 8]).unwrap();
         let x = g.input(GgmlType::F32, &[64, 3]).unwrap();
         let x96 = g.input(GgmlType::F32, &[96, 3]).unwrap();
-        assert!(g.mul_mat_q8(w4, x).is_err());
-        assert!(g.mul_mat_q8(w8, x96).is_err());
-        assert!(g.mul_mat_q8_quantized(w8, x).is_err(), "not quantized");
-        assert!(!g.can_mul_mat_q8(w4, x).unwrap());
-        assert!(!g.can_mul_mat_q8(w8, x96).unwrap());
-        let fallback = g.mul_mat_q8_or_ggml(w4, x).unwrap();
+        let x256 = g.input(GgmlType::F32, &[256, 3]).unwrap();
+        assert!(g.mul_mat_q8(w41, x).is_err());
+        assert!(g.mul_mat_q8(w6k, x256).is_err());
+        for w in [w8, w5, w4] {
+            assert!(g.mul_mat_q8(w, x96).is_err());
+            assert!(g.mul_mat_q8_quantized(w, x).is_err(), "not quantized");
+            assert!(!g.can_mul_mat_q8(w, x96).unwrap());
+            assert_eq!(g.can_mul_mat_q8(w, x).unwrap(), qgemm::has_simd());
+        }
+        let xq96 = g.quantize_q8(x96).unwrap();
+        assert!(g.mul_mat_q8_quantized(w5, xq96).is_err(), "k mismatch");
+        assert!(!g.can_mul_mat_q8(w41, x).unwrap());
+        assert!(!g.can_mul_mat_q8(w6k, x256).unwrap());
+        let fallback = g.mul_mat_q8_or_ggml(w41, x).unwrap();
         assert_eq!(g.shape(fallback).unwrap(), [8, 3, 1, 1]);
+        let fast = g.mul_mat_q8_or_ggml(w5, x).unwrap();
+        assert_eq!(g.shape(fast).unwrap(), [8, 3, 1, 1]);
         let mut g = Graph::with_gradients(8).unwrap();
         let w8 = g.input(GgmlType::Q8_0, &[64, 8]).unwrap();
+        let w5 = g.input(GgmlType::Q5_0, &[64, 8]).unwrap();
         let x = g.input(GgmlType::F32, &[64, 3]).unwrap();
         assert!(g.mul_mat_q8(w8, x).is_err(), "no backward pass");
+        assert!(g.mul_mat_q8(w5, x).is_err(), "no backward pass");
         assert!(!g.can_mul_mat_q8(w8, x).unwrap());
+        assert!(!g.can_mul_mat_q8(w5, x).unwrap());
     }
 }

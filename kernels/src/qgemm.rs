@@ -1,38 +1,102 @@
-//! Matrix products of q8_0 weights with f32 activations, faster than ggml's llamafile path on
-//! AVX2 machines without VNNI.
+//! Matrix products of q8_0, q5_0 or q4_0 weights with f32 activations, faster than ggml's
+//! llamafile path on AVX2 machines without VNNI.
 //!
-//! `y = W x` with `W` `[k, n]` in ggml's q8_0 (rows of 34-byte blocks: an f16 scale and 32
-//! int8) and `x` `[k, m]` f32, in ggml's order (dimension 0 first). As ggml does, the activations
+//! `y = W x` with `W` `[k, n]` in one of ggml's 32-value block formats with a single f16 scale per
+//! block ([`WeightType`]: q8_0 blocks hold 32 int8, q4_0 blocks 32 nibbles `q` meaning `q - 8`,
+//! q5_0 blocks 32 nibbles `q` and 32 high bits `h` meaning `(q | h << 4) - 16`) and `x` `[k, m]`
+//! f32, in ggml's order (dimension 0 first). As ggml does for all three types, the activations
 //! are first quantized to 8 bits per value with one scale per 32 ([`quantize_activations`]: the
 //! same values and scales as ggml's AVX2 `quantize_row_q8_0`, except that the scale is kept as
-//! the f32 value of its f16 rounding), then every output is
+//! the f32 value of its f16 rounding; this q8_0 activation format is what the "q8" in the graph
+//! operations' names refers to), then every output is
 //!
 //! ```text
 //! y[j][i] = fold over blocks b, in order, of  acc = fma(I_b as f32, dw_b * dx_b, acc)
 //! ```
 //!
 //! starting from `acc = 0`, where `I_b` is the exact integer dot product of the two 32-value
-//! blocks and `dw_b`, `dx_b` their scales. The AVX2 kernel and the scalar fallback compute exactly
-//! this (same roundings, same order), so they agree bit for bit.
+//! blocks (the weight block decoded to its int8 values) and `dw_b`, `dx_b` their scales. That is
+//! the sum ggml's `vec_dot_q8_0_q8_0`, `vec_dot_q5_0_q8_0` and `vec_dot_q4_0_q8_0` compute, in a
+//! different f32 order. The AVX2 kernel and the scalar fallback compute exactly this (same
+//! roundings, same order), so they agree bit for bit.
 //!
-//! The AVX2 kernel works on panels of 8 weight rows: each thread copies the 8 rows of its next
-//! row group into a small thread-local buffer, interleaved 4 bytes at a time (one 32-byte vector
-//! holds bytes 4t..4t+4 of each of the 8 rows; an 8 x 8 transpose of 32-bit groups), with their
-//! magnitudes and f32 scales alongside, and runs every activation column through it, 4 columns at
-//! a time. Per vector of weights and column it needs one broadcast, `sign` (the signed x signed
-//! trick for `maddubs`), `maddubs`, `madd` and an add; one vector then holds the 8 dot products of
-//! a block, so the conversion to float and the scale multiply are paid once per 8 outputs instead
-//! of once per output as in ggml's tinyBLAS. The panel copy is paid once per row group and
-//! amortised over all columns, so no repacked copy of the weights is kept: the kernel reads
-//! ggml's (memory-mapped) q8_0 rows as they are; the panel takes 544 bytes per 32 values of `k`
-//! (83 KB for k = 4864) per thread.
+//! The AVX2 kernel works on panels of 8 weight rows: each thread decodes the 8 rows of its next
+//! row group to int8 (a plain copy for q8_0) into a small thread-local buffer, interleaved 4
+//! bytes at a time (one 32-byte vector holds bytes 4t..4t+4 of each of the 8 rows; an 8 x 8
+//! transpose of 32-bit groups), with their magnitudes and f32 scales alongside, and runs every
+//! activation column through it, 4 columns at a time. Per vector of weights and column it needs
+//! one broadcast, `sign` (the signed x signed trick for `maddubs`), `maddubs`, `madd` and an add;
+//! one vector then holds the 8 dot products of a block, so the conversion to float and the scale
+//! multiply are paid once per 8 outputs instead of once per output as in ggml's tinyBLAS. The
+//! panel build is paid once per row group and amortised over all columns, so no repacked copy of
+//! the weights is kept: the kernel reads ggml's (memory-mapped) rows as they are; the panel
+//! takes 544 bytes per 32 values of `k` (83 KB for k = 4864) per thread, whatever the weight
+//! type. The weight type changes only the panel build; the inner loop is the same.
 
 use std::cell::RefCell;
 
-/// Values per q8_0 block.
+use crate::GgmlType;
+
+/// Values per q8_0 block (and per q5_0 and q4_0 block).
 pub const QK8_0: usize = 32;
 /// Bytes per q8_0 block: an f16 scale and 32 int8.
 pub const Q8_0_BLOCK_BYTES: usize = 34;
+/// Bytes per q5_0 block: an f16 scale, the 32 high bits (a little-endian u32, bit `i` for value
+/// `i`) and 16 bytes of nibbles (byte `j`: value `j` low, value `j + 16` high).
+pub const Q5_0_BLOCK_BYTES: usize = 22;
+/// Bytes per q4_0 block: an f16 scale and 16 bytes of nibbles (byte `j`: value `j` low, value
+/// `j + 16` high).
+pub const Q4_0_BLOCK_BYTES: usize = 18;
+
+/// The weight formats the kernel reads, ggml's blocks of 32 values with one f16 scale `d` each:
+/// value `i` of a block is `d * v_i` with the integer `v_i` in `-128..=127`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightType {
+    /// 32 int8 `v_i`.
+    Q8_0,
+    /// `v_i = (nibble_i | high_bit_i << 4) - 16`, in `-16..=15`.
+    Q5_0,
+    /// `v_i = nibble_i - 8`, in `-8..=7`.
+    Q4_0,
+}
+
+impl WeightType {
+    /// Every supported weight type.
+    pub const ALL: [WeightType; 3] = [WeightType::Q8_0, WeightType::Q5_0, WeightType::Q4_0];
+
+    /// The kernel's format for a ggml type, if it has one.
+    pub fn from_ggml(ty: GgmlType) -> Option<Self> {
+        match ty {
+            GgmlType::Q8_0 => Some(WeightType::Q8_0),
+            GgmlType::Q5_0 => Some(WeightType::Q5_0),
+            GgmlType::Q4_0 => Some(WeightType::Q4_0),
+            _ => None,
+        }
+    }
+
+    /// The ggml type.
+    pub fn ggml(self) -> GgmlType {
+        match self {
+            WeightType::Q8_0 => GgmlType::Q8_0,
+            WeightType::Q5_0 => GgmlType::Q5_0,
+            WeightType::Q4_0 => GgmlType::Q4_0,
+        }
+    }
+
+    /// Bytes per block of 32 values.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            WeightType::Q8_0 => Q8_0_BLOCK_BYTES,
+            WeightType::Q5_0 => Q5_0_BLOCK_BYTES,
+            WeightType::Q4_0 => Q4_0_BLOCK_BYTES,
+        }
+    }
+
+    /// Bytes of one row of length `k` (a multiple of 32).
+    pub fn row_bytes(self, k: usize) -> usize {
+        k / QK8_0 * self.block_bytes()
+    }
+}
 /// Weight rows per panel.
 const ROWS: usize = 8;
 /// Offset of the magnitudes in a panel block.
@@ -226,15 +290,29 @@ fn quantize_column_scalar(x: &[f32], out: &mut [u8]) {
 
 /// `out = W x`: `w` holds `n` q8_0 rows of length `k`, `xq` `m` quantized activation columns
 /// ([`quantize_activations`]), and `out` receives `m` columns of `n` f32 (ggml's `[n, m]`).
-/// Computed on the calling thread.
+/// Computed on the calling thread. [`gemm_typed`] for the other weight types.
 pub fn gemm(w: &[u8], k: usize, n: usize, xq: &[u8], m: usize, out: &mut [f32]) {
-    check_gemm(w, k, n, xq, m, out);
+    gemm_typed(WeightType::Q8_0, w, k, n, xq, m, out)
+}
+
+/// [`gemm`] for weights `w` of type `ty`: `n` rows of [`WeightType::row_bytes`]`(k)` bytes.
+pub fn gemm_typed(
+    ty: WeightType,
+    w: &[u8],
+    k: usize,
+    n: usize,
+    xq: &[u8],
+    m: usize,
+    out: &mut [f32],
+) {
+    check_gemm(ty, w, k, n, xq, m, out);
     // SAFETY: sizes checked above; one caller writes all of `out`, exclusively borrowed.
     unsafe {
         gemm_raw(
             Path::Best,
+            ty,
             w.as_ptr(),
-            q8_0_row_bytes(k),
+            ty.row_bytes(k),
             k,
             n,
             xq.as_ptr(),
@@ -258,7 +336,22 @@ pub fn gemm_parallel(
     m: usize,
     out: &mut [f32],
 ) {
-    check_gemm(w, k, n, xq, m, out);
+    gemm_typed_parallel(pool, WeightType::Q8_0, w, k, n, xq, m, out)
+}
+
+/// [`gemm_typed`] split over the threads of `pool` (by groups of 8 weight rows).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_typed_parallel(
+    pool: &rayon::ThreadPool,
+    ty: WeightType,
+    w: &[u8],
+    k: usize,
+    n: usize,
+    xq: &[u8],
+    m: usize,
+    out: &mut [f32],
+) {
+    check_gemm(ty, w, k, n, xq, m, out);
     let nth = pool.current_num_threads();
     let out_ptr = SendPtr(out.as_mut_ptr());
     pool.broadcast(|ctx| {
@@ -269,8 +362,9 @@ pub fn gemm_parallel(
         unsafe {
             gemm_raw(
                 Path::Best,
+                ty,
                 w.as_ptr(),
-                q8_0_row_bytes(k),
+                ty.row_bytes(k),
                 k,
                 n,
                 xq.as_ptr(),
@@ -292,9 +386,9 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
 
-fn check_gemm(w: &[u8], k: usize, n: usize, xq: &[u8], m: usize, out: &[f32]) {
+fn check_gemm(ty: WeightType, w: &[u8], k: usize, n: usize, xq: &[u8], m: usize, out: &[f32]) {
     check_k(k);
-    assert_eq!(w.len(), n * q8_0_row_bytes(k), "weight size");
+    assert_eq!(w.len(), n * ty.row_bytes(k), "weight size");
     assert_eq!(xq.len(), m * xq_stride(k), "activation size");
     assert_eq!(out.len(), n * m, "output size");
 }
@@ -305,7 +399,7 @@ pub(crate) fn thread_groups(groups: usize, ith: usize, nth: usize) -> (usize, us
 }
 
 /// Thread `ith` of `nth`'s share of `out = W x`: the outputs of its row groups for all `m`
-/// columns. Row `r` of `W` starts at `w + r * w_row` (q8_0 blocks, any alignment); column `c`
+/// columns. Row `r` of `W` starts at `w + r * w_row` (blocks of `ty`, any alignment); column `c`
 /// of the quantized activations at `xq + c * xq_col`; output `(r, c)` is `out[c * out_col + r]`.
 ///
 /// # Safety
@@ -315,6 +409,7 @@ pub(crate) fn thread_groups(groups: usize, ith: usize, nth: usize) -> (usize, us
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_raw(
     path: Path,
+    ty: WeightType,
     w: *const u8,
     w_row: usize,
     k: usize,
@@ -348,7 +443,7 @@ pub(crate) unsafe fn gemm_raw(
                     // blocks; rows r0..r0+rows exist; the caller vouched for every pointer and
                     // for exclusive access to the outputs of this thread's rows.
                     unsafe {
-                        avx2::pack_panel(w.add(r0 * w_row), w_row, rows, nb, panel);
+                        avx2::pack_panel(ty, w.add(r0 * w_row), w_row, rows, nb, panel);
                         avx2::panel_times_columns(
                             panel,
                             nb,
@@ -368,28 +463,58 @@ pub(crate) unsafe fn gemm_raw(
     let nb = k / QK8_0;
     for r in g0 * ROWS..(g1 * ROWS).min(n) {
         // SAFETY: row r exists and holds nb blocks; the caller vouched for the pointers.
-        let row = unsafe { std::slice::from_raw_parts(w.add(r * w_row), nb * Q8_0_BLOCK_BYTES) };
+        let row = unsafe { std::slice::from_raw_parts(w.add(r * w_row), ty.row_bytes(k)) };
         for c in 0..m {
             // SAFETY: as above, column c exists and holds k + k/8 bytes.
             let col = unsafe { std::slice::from_raw_parts(xq.add(c * xq_col), k + nb * 4) };
             // SAFETY: output (r, c) belongs to this thread's rows.
-            unsafe { *out.add(c * out_col + r) = dot_scalar(row, col, nb) };
+            unsafe { *out.add(c * out_col + r) = dot_scalar(ty, row, col, nb) };
         }
     }
 }
 
+/// Block `block` of type `ty` (exactly its bytes) decoded: its f16 scale as f32 and its 32
+/// integer values.
+fn decode_block(ty: WeightType, block: &[u8]) -> (f32, [i8; QK8_0]) {
+    let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+    let mut v = [0i8; QK8_0];
+    match ty {
+        WeightType::Q8_0 => {
+            for (v, &q) in v.iter_mut().zip(&block[2..2 + QK8_0]) {
+                *v = q as i8;
+            }
+        }
+        WeightType::Q5_0 => {
+            let qh = u32::from_le_bytes(block[2..6].try_into().expect("4 bytes"));
+            for (j, &q) in block[6..6 + QK8_0 / 2].iter().enumerate() {
+                let h0 = ((qh >> j) & 1) as u8;
+                let h1 = ((qh >> (j + 16)) & 1) as u8;
+                v[j] = ((q & 0x0f) | h0 << 4) as i8 - 16;
+                v[j + 16] = ((q >> 4) | h1 << 4) as i8 - 16;
+            }
+        }
+        WeightType::Q4_0 => {
+            for (j, &q) in block[2..2 + QK8_0 / 2].iter().enumerate() {
+                v[j] = (q & 0x0f) as i8 - 8;
+                v[j + 16] = (q >> 4) as i8 - 8;
+            }
+        }
+    }
+    (d, v)
+}
+
 /// One output: the fold described in the module documentation.
-fn dot_scalar(row: &[u8], col: &[u8], nb: usize) -> f32 {
+fn dot_scalar(ty: WeightType, row: &[u8], col: &[u8], nb: usize) -> f32 {
     let (qx, sx) = col.split_at(nb * QK8_0);
+    let bytes = ty.block_bytes();
     let mut acc = 0f32;
     for b in 0..nb {
-        let block = &row[b * Q8_0_BLOCK_BYTES..(b + 1) * Q8_0_BLOCK_BYTES];
-        let dw = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+        let (dw, v) = decode_block(ty, &row[b * bytes..(b + 1) * bytes]);
         let dx = f32::from_le_bytes(sx[b * 4..b * 4 + 4].try_into().expect("4 bytes"));
-        let dot: i32 = block[2..]
+        let dot: i32 = v
             .iter()
             .zip(&qx[b * QK8_0..(b + 1) * QK8_0])
-            .map(|(&a, &x)| a as i8 as i32 * x as i8 as i32)
+            .map(|(&a, &x)| a as i32 * x as i8 as i32)
             .sum();
         acc = (dot as f32).mul_add(dw * dx, acc);
     }
@@ -407,36 +532,88 @@ thread_local! {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{
-        block_scale, ABS_OFFSET, PANEL_BLOCK, Q8_0_BLOCK_BYTES, QK8_0, ROWS, SCALE_OFFSET,
-    };
+    use super::{block_scale, WeightType, ABS_OFFSET, PANEL_BLOCK, QK8_0, ROWS, SCALE_OFFSET};
 
-    /// Interleaves `rows` (<= 8) q8_0 rows of `nb` blocks into `panel`: per block, 8 vectors of
-    /// 32 bytes (vector t holds bytes 4t..4t+4 of rows 0..8, an 8 x 8 transpose of 32-bit
-    /// groups), the same 8 vectors with every byte replaced by its magnitude (as u8), then the 8
-    /// scales as f32. Missing rows are zero.
+    /// The 32 integer values of the weight block at `src` (of type `ty`), as int8 in order, and
+    /// its f16 scale's bits.
     ///
     /// # Safety
-    /// `w` must hold `rows` rows of `nb` blocks, `w_row` bytes apart; `panel` must be 32-byte
-    /// aligned with room for `nb * PANEL_BLOCK` bytes.
+    /// `src` must be readable for one whole block of `ty` (any alignment).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load_block(ty: WeightType, src: *const u8) -> (u16, __m256i) {
+        // SAFETY: every read below lies inside the block (caller's guarantee): q8_0 reads bytes
+        // 2..34 of 34, q5_0 2..6 and 6..22 of 22, q4_0 2..18 of 18; all unaligned.
+        unsafe {
+            let d = src.cast::<u16>().read_unaligned();
+            let v = match ty {
+                WeightType::Q8_0 => _mm256_loadu_si256(src.add(2).cast()),
+                WeightType::Q5_0 => {
+                    let qh = src.add(2).cast::<i32>().read_unaligned();
+                    let nibbles = nibbles(_mm_loadu_si128(src.add(6).cast()));
+                    // Byte i all ones where bit i of qh is set (ggml's bytes_from_bits_32).
+                    let bytes = _mm256_shuffle_epi8(
+                        _mm256_set1_epi32(qh),
+                        _mm256_set_epi64x(
+                            0x0303_0303_0303_0303,
+                            0x0202_0202_0202_0202,
+                            0x0101_0101_0101_0101,
+                            0,
+                        ),
+                    );
+                    let bits = _mm256_cmpeq_epi8(
+                        _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe)),
+                        _mm256_set1_epi64x(-1),
+                    );
+                    // (q | h << 4) - 16 as int8 is q where h is set and q | 0xf0 where not.
+                    _mm256_or_si256(
+                        nibbles,
+                        _mm256_andnot_si256(bits, _mm256_set1_epi8(0xf0u8 as i8)),
+                    )
+                }
+                WeightType::Q4_0 => _mm256_sub_epi8(
+                    nibbles(_mm_loadu_si128(src.add(2).cast())),
+                    _mm256_set1_epi8(8),
+                ),
+            };
+            (d, v)
+        }
+    }
+
+    /// 16 bytes of nibbles to 32 bytes: the low nibbles of bytes 0..16, then their high nibbles.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn nibbles(q: __m128i) -> __m256i {
+        let mask = _mm_set1_epi8(0x0f);
+        let lo = _mm_and_si128(q, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// Decodes `rows` (<= 8) rows of `nb` blocks of type `ty` to int8 and interleaves them into
+    /// `panel`: per block, 8 vectors of 32 bytes (vector t holds values 4t..4t+4 of rows 0..8,
+    /// an 8 x 8 transpose of 32-bit groups), the same 8 vectors with every byte replaced by its
+    /// magnitude (as u8), then the 8 scales as f32. Missing rows are zero.
+    ///
+    /// # Safety
+    /// `w` must hold `rows` rows of `nb` blocks of `ty`, `w_row` bytes apart; `panel` must be
+    /// 32-byte aligned with room for `nb * PANEL_BLOCK` bytes.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn pack_panel(
+        ty: WeightType,
         w: *const u8,
         w_row: usize,
         rows: usize,
         nb: usize,
         panel: *mut u8,
     ) {
+        let block_bytes = ty.block_bytes();
         for b in 0..nb {
             let mut r = [_mm256_setzero_si256(); ROWS];
             let mut d = [0u16; ROWS];
             for (i, (v, s)) in r.iter_mut().zip(&mut d).enumerate().take(rows) {
-                // SAFETY: block b of row i < rows exists (caller's guarantee); unaligned reads.
-                unsafe {
-                    let src = w.add(i * w_row + b * Q8_0_BLOCK_BYTES);
-                    *s = src.cast::<u16>().read_unaligned();
-                    *v = _mm256_loadu_si256(src.add(2).cast());
-                }
+                // SAFETY: block b of row i < rows exists (caller's guarantee).
+                (*s, *v) = unsafe { load_block(ty, w.add(i * w_row + b * block_bytes)) };
             }
             let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
             let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
@@ -664,7 +841,7 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{quant, GgmlType};
     use llama_cpp_sys_2 as sys;
@@ -681,22 +858,47 @@ mod tests {
             .collect()
     }
 
+    /// The integer values of a block of `ty`, written out from ggml's `dequantize_row_q8_0`,
+    /// `dequantize_row_q5_0` and `dequantize_row_q4_0` (independently of `decode_block`).
+    fn reference_values(ty: WeightType, blk: &[u8]) -> [i32; 32] {
+        std::array::from_fn(|e| {
+            let (j, shift) = (e % 16, if e < 16 { 0 } else { 4 });
+            match ty {
+                WeightType::Q8_0 => blk[2 + e] as i8 as i32,
+                WeightType::Q4_0 => ((blk[2 + j] >> shift) & 0x0f) as i32 - 8,
+                WeightType::Q5_0 => {
+                    let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                    let q = ((blk[6 + j] >> shift) & 0x0f) as i32;
+                    (q | (((qh >> e) & 1) as i32) << 4) - 16
+                }
+            }
+        })
+    }
+
     /// The definition, written out: exact integer dot products, then per block
     /// `acc = fma(dot, dw * dx, acc)` in block order.
-    fn reference(w: &[u8], k: usize, n: usize, xq: &[u8], m: usize) -> Vec<f32> {
-        let (row, stride) = (q8_0_row_bytes(k), xq_stride(k));
+    pub(crate) fn reference(
+        ty: WeightType,
+        w: &[u8],
+        k: usize,
+        n: usize,
+        xq: &[u8],
+        m: usize,
+    ) -> Vec<f32> {
+        let (row, stride, bb) = (ty.row_bytes(k), xq_stride(k), ty.block_bytes());
         let mut out = vec![0f32; n * m];
         for c in 0..m {
             let col = &xq[c * stride..(c + 1) * stride];
             for r in 0..n {
                 let mut acc = 0f32;
                 for b in 0..k / 32 {
-                    let blk = &w[r * row + b * 34..r * row + b * 34 + 34];
+                    let blk = &w[r * row + b * bb..r * row + (b + 1) * bb];
                     let dw = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
                     let dx = f32::from_le_bytes(col[k + 4 * b..k + 4 * b + 4].try_into().unwrap());
+                    let v = reference_values(ty, blk);
                     let mut dot = 0i32;
                     for i in 0..32 {
-                        dot += blk[2 + i] as i8 as i32 * col[b * 32 + i] as i8 as i32;
+                        dot += v[i] * col[b * 32 + i] as i8 as i32;
                     }
                     acc = (dot as f32).mul_add(dw * dx, acc);
                 }
@@ -704,6 +906,33 @@ mod tests {
             }
         }
         out
+    }
+
+    /// `n` rows of `k` random values quantized by ggml to `ty`, then some blocks' values (not
+    /// their scales) overwritten with extremes: random bytes (every bit pattern, -128 for q8_0),
+    /// all bits set (q4_0 7, q5_0 15, q8_0 -1) and all clear (q4_0 -8, q5_0 -16, q8_0 0).
+    pub(crate) fn weights(ty: WeightType, k: usize, n: usize, seed: u64) -> Vec<u8> {
+        let mut w = quant::quantize_rows(ty.ggml(), &noise(k * n, seed, 0.2), k).unwrap();
+        let bb = ty.block_bytes();
+        let bytes = noise(w.len(), seed + 1000, 512.0);
+        let blocks = w.len() / bb;
+        for b in (0..blocks).step_by(3) {
+            let blk = &mut w[b * bb + 2..(b + 1) * bb];
+            match b % 9 {
+                0 => blk.fill(0xff),
+                3 => blk.fill(0),
+                _ => {
+                    for (i, v) in blk.iter_mut().enumerate() {
+                        *v = (bytes[b * bb + i] as i32 & 0xff) as u8;
+                    }
+                }
+            }
+        }
+        if ty == WeightType::Q8_0 {
+            // ggml's quantizer never writes -128, other files might: still exact.
+            w[2] = (-128i8) as u8;
+        }
+        w
     }
 
     fn quantize(path: Path, x: &[f32], k: usize) -> Vec<u8> {
@@ -725,8 +954,10 @@ mod tests {
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn product(
         path: Path,
+        ty: WeightType,
         w: &[u8],
         k: usize,
         n: usize,
@@ -740,8 +971,9 @@ mod tests {
             unsafe {
                 gemm_raw(
                     path,
+                    ty,
                     w.as_ptr(),
-                    q8_0_row_bytes(k),
+                    ty.row_bytes(k),
                     k,
                     n,
                     xq.as_ptr(),
@@ -803,39 +1035,110 @@ mod tests {
     }
 
     #[test]
-    fn kernels_equal_the_integer_reference() {
-        for (i, &(k, n, m)) in [
-            (32, 1, 1),
-            (64, 13, 7),
-            (96, 21, 9),
-            (896, 40, 17),
-            (4864, 12, 5),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let mut w =
-                quant::quantize_rows(GgmlType::Q8_0, &noise(k * n, i as u64, 0.2), k).unwrap();
-            // ggml's quantizer never writes -128, other files might: still exact.
-            w[2] = (-128i8) as u8;
-            let x = noise(k * m, 100 + i as u64, 4.0);
-            let xq = quantize(Path::Best, &x, k);
-            assert_eq!(xq, quantize(Path::Scalar, &x, k));
-            let want = reference(&w, k, n, &xq, m);
-            for path in [Path::Best, Path::Scalar] {
-                for nth in [1, 2, 3] {
-                    let got = product(path, &w, k, n, &xq, m, nth);
-                    assert!(
-                        got.iter()
-                            .zip(&want)
-                            .all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{path:?}, {nth} threads, k {k} n {n} m {m}"
-                    );
+    fn decoders_agree_with_ggml_dequantization() {
+        for ty in WeightType::ALL {
+            let k = 4864;
+            let w = weights(ty, k, 3, 5);
+            let want = quant::dequantize(ty.ggml(), &w).unwrap();
+            let bb = ty.block_bytes();
+            for (b, blk) in w.chunks_exact(bb).enumerate() {
+                let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                let v = reference_values(ty, blk);
+                let (dk, vk) = decode_block(ty, blk);
+                assert_eq!(dk.to_bits(), d.to_bits(), "{ty:?} block {b}");
+                for i in 0..32 {
+                    assert_eq!(vk[i] as i32, v[i], "{ty:?} block {b} value {i}");
+                    let got = v[i] as f32 * d;
+                    let ggml = want[b * 32 + i];
+                    assert_eq!(got.to_bits(), ggml.to_bits(), "{ty:?} block {b} value {i}");
                 }
             }
-            let mut out = vec![0f32; n * m];
-            gemm(&w, k, n, &xq, m, &mut out);
-            assert_eq!(out, want);
+            // The extremes are present: both ends of each type's range.
+            let all: Vec<i32> = w
+                .chunks_exact(bb)
+                .flat_map(|blk| reference_values(ty, blk))
+                .collect();
+            let (lo, hi) = match ty {
+                WeightType::Q8_0 => (-128, 127),
+                WeightType::Q5_0 => (-16, 15),
+                WeightType::Q4_0 => (-8, 7),
+            };
+            assert_eq!(all.iter().min(), Some(&lo), "{ty:?}");
+            assert_eq!(all.iter().max(), Some(&hi), "{ty:?}");
         }
+    }
+
+    #[test]
+    fn kernels_equal_the_integer_reference() {
+        for ty in WeightType::ALL {
+            for (i, &(k, n, m)) in [
+                (32, 1, 1),
+                (64, 13, 7),
+                (96, 21, 9),
+                (896, 40, 17),
+                (4864, 12, 5),
+                (4864, 19, 6),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let w = weights(ty, k, n, i as u64);
+                let mut x = noise(k * m, 100 + i as u64, 4.0);
+                if m > 2 {
+                    // Extreme activations: a zero column, a column of huge values with one
+                    // zero block, and one value per block far above the rest.
+                    x[..k].fill(0.0);
+                    for (j, v) in x[k..2 * k].iter_mut().enumerate() {
+                        *v = if j < 32 {
+                            0.0
+                        } else {
+                            3.0e4 * (j % 7) as f32 - 9.0e4
+                        };
+                    }
+                    for v in x[2 * k..].iter_mut().step_by(32) {
+                        *v = 1.0e3;
+                    }
+                }
+                let xq = quantize(Path::Best, &x, k);
+                assert_eq!(xq, quantize(Path::Scalar, &x, k));
+                let want = reference(ty, &w, k, n, &xq, m);
+                for path in [Path::Best, Path::Scalar] {
+                    for nth in [1, 2, 3] {
+                        let got = product(path, ty, &w, k, n, &xq, m, nth);
+                        assert!(
+                            got.iter()
+                                .zip(&want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{ty:?} {path:?}, {nth} threads, k {k} n {n} m {m}"
+                        );
+                    }
+                }
+                let mut out = vec![0f32; n * m];
+                gemm_typed(ty, &w, k, n, &xq, m, &mut out);
+                assert_eq!(out, want, "{ty:?}");
+                if ty == WeightType::Q8_0 {
+                    gemm(&w, k, n, &xq, m, &mut out);
+                    assert_eq!(out, want);
+                }
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(2)
+                    .build()
+                    .unwrap();
+                out.fill(f32::NAN);
+                gemm_typed_parallel(&pool, ty, &w, k, n, &xq, m, &mut out);
+                assert_eq!(out, want, "{ty:?} parallel");
+            }
+        }
+    }
+
+    #[test]
+    fn weight_types_map_to_ggml() {
+        for ty in WeightType::ALL {
+            assert_eq!(WeightType::from_ggml(ty.ggml()), Some(ty));
+            assert_eq!(ty.block_bytes() as u64, ty.ggml().type_size());
+            assert_eq!(ty.ggml().block_size(), QK8_0 as u64);
+        }
+        assert_eq!(WeightType::from_ggml(GgmlType::Q4_1), None);
+        assert_eq!(WeightType::from_ggml(GgmlType::Q6_K), None);
     }
 }
