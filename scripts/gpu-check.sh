@@ -16,7 +16,7 @@
 # anywhere.
 #
 #   scripts/gpu-check.sh [--cpu]      environment: OUT (report directory), WORK (scratch,
-#                                     default /tmp/unmask-gpu-check), BUNDLE, BIN_DIR (where
+#                                     default target/gpu-work; kept, so a rerun resumes), BUNDLE, BIN_DIR (where
 #                                     unmask and unmask-quantize are), CHECK_PRESETS (default
 #                                     "tiny 0.5b"), and on the CPU path BIG_PRESET, BENCH_GEN,
 #                                     BENCH_STEPS (smaller runs, used by CI)
@@ -24,7 +24,9 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bundle=${BUNDLE:-$root/target/gpu-bundle}
 out=${OUT:-$root/target/gpu-check}
-work=${WORK:-/tmp/unmask-gpu-check}
+# Scratch in the repository's (ignored) target directory: a second run resumes (the backend
+# build, the models and the finished agreement rows are kept).
+work=${WORK:-$root/target/gpu-work}
 mode=cuda
 if [[ "${1:-}" == "--cpu" ]] || ! { command -v nvcc >/dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; } ||
     ! nvidia-smi -L >/dev/null 2>&1; then
@@ -35,8 +37,6 @@ bin=${BIN_DIR:-$bundle/bin}
 mkdir -p "$out" "$work/models"
 log=$out/gpu-check.log
 : >"$log"
-json=$out/gpu-check.jsonl
-: >"$json"
 say() { echo "[$(date +%T)] $*" | tee -a "$log" >&2; }
 t0=$(date +%s)
 threads=$(nproc)
@@ -74,11 +74,16 @@ small_pid=$!
 say "building the $mode backend"
 bstart=$(date +%s)
 [[ -f $bundle/ggml/CMakeLists.txt ]] && export GGML_SRC=$bundle/ggml
-if "$root/scripts/build-ggml-backend.sh" "$mode" "$work/backends" >>"$log" 2>&1; then
+if [[ -f $work/backends/libggml-$mode.so && -f $work/backends/build-seconds ]]; then
+    build_s="$(cat "$work/backends/build-seconds") (earlier run)"
+    say "backend already built"
+elif "$root/scripts/build-ggml-backend.sh" "$mode" "$work/backends" >>"$log" 2>&1; then
     build_s=$(($(date +%s) - bstart))
+    echo "$build_s" >"$work/backends/build-seconds"
     say "backend built in $build_s s"
 else
-    say "backend build FAILED (see $log)"
+    say "backend build FAILED (see $log and the build logs next to it)"
+    cp "$work"/backends/*.log "$out/" 2>/dev/null
     tail -30 "$log" >&2
     exit 1
 fi
@@ -87,10 +92,47 @@ export UNMASK_BACKEND_DIR=$work/backends
 
 wait $small_pid
 declare -A tolerance=([f16]=2e-2 [q8_0]=3e-2 [q4_k]=5e-2)
-agree_rows=""
 status=0
+# Rows and JSON lines live in $work (a resumed run keeps the finished ones); the report is
+# rewritten after every row, so a run cut short still leaves one.
+agree=$work/rows-agree.md
+benchrows=$work/rows-bench.md
+jsonl=$work/gpu-check.jsonl
+touch "$agree" "$benchrows" "$jsonl"
+write_report() {
+    local total=$(($(date +%s) - t0))
+    {
+        echo "# unmask GPU check"
+        echo
+        echo "- date: $(date -u +%FT%TZ); mode: $mode; device: $gpu_name"
+        echo "- backend build: ${build_s}s; this run so far: ${total}s; threads: $threads"
+        echo "- binaries: $("$bin/unmask" --version)"
+        echo
+        echo "## Backend agreement (unmask check-device: CPU vs $device)"
+        echo
+        echo "Logits of every position of a 30-token prompt + masks (\`${check_args[*]}\`); relative error = max |cpu - device| / max |cpu|."
+        echo "Greedy generations: entropy, temperature 0, the same length and steps."
+        echo
+        echo "| model | type | logits rel. error | same argmax rows | D2H bytes/step | greedy generation | verdict |"
+        echo "|---|---|---|---|---|---|---|"
+        cat "$agree"
+        echo
+        echo "## Benchmark: $big_preset synth q4_k_m, $bench_gen new tokens, 30-token prompt, greedy entropy"
+        echo
+        echo "| steps | unmask s/step | tokens/s | layers + head/scoring s | D2H bytes/step | libllama forward s | + host scoring s | libllama logits bytes/forward | ratio fwd | ratio fwd+scoring |"
+        echo "|---|---|---|---|---|---|---|---|---|---|"
+        cat "$benchrows"
+        echo
+        echo "Raw JSON: gpu-check.jsonl; log: gpu-check.log."
+    } >"$out/gpu-report.md"
+    cp "$jsonl" "$out/gpu-check.jsonl"
+}
+write_report
 for p in $presets; do
     for t in f16 q8_0 q4_k; do
+        if grep -q "^| $p | $t | .* | pass |$" "$agree"; then
+            continue # done by an earlier run
+        fi
         f=$work/models/$p-$t.gguf
         say "check-device $p $t"
         if line=$("$bin/unmask" check-device -m "$f" --device $device --tolerance "${tolerance[$t]}" \
@@ -100,8 +142,8 @@ for p in $presets; do
             verdict=FAIL
             status=1
         fi
-        echo "$line" >>"$json"
-        agree_rows+=$(python3 - "$p" "$t" "$verdict" "$line" <<'PY'
+        echo "$line" >>"$jsonl"
+        python3 - "$p" "$t" "$verdict" "$line" >>"$agree" <<'PY'
 import json, sys
 p, t, verdict, line = sys.argv[1:5]
 try:
@@ -115,19 +157,22 @@ div = "identical" if r["greedy_identical"] else (
 print(f"| {p} | {t} | {r['logits_rel_error']:.2e} (tol {r['tolerance']:.0e}) | "
       f"{r['rows_same_argmax']}/{r['rows']} | {r['device_bytes_to_host_per_step']:.0f} | {div} | {verdict} |")
 PY
-)$'\n'
+        write_report
     done
 done
 
 say "waiting for the $big_preset q4_k_m file"
 wait $big_pid
-bench_rows=""
+[[ -s $big ]] || { say "the $big_preset file was not written (see $log)"; exit 1; }
 for steps in $bench_steps; do
+    if grep -q "^| $steps | " "$benchrows"; then
+        continue
+    fi
     say "bench $big_preset q4_k_m: $bench_gen tokens, $steps steps"
     if line=$("$bin/unmask" bench -m "$big" --device $device --gen "$bench_gen" --steps "$steps" \
         --threads "$threads" --llama-runs 3 --json 2>>"$log"); then
-        echo "$line" >>"$json"
-        bench_rows+=$(python3 - "$line" <<'PY'
+        echo "$line" >>"$jsonl"
+        python3 - "$line" >>"$benchrows" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
 f = lambda v, fmt: "-" if v is None else format(v, fmt)
@@ -138,37 +183,12 @@ print(f"| {r['steps']} | {r['seconds_per_step']:.4f} | {r['tokens_per_second']:.
       f"{f(r['ratio_llama_forward_over_unmask_step'], '.2f')}x | "
       f"{f(r['ratio_llama_forward_and_scoring_over_unmask_step'], '.2f')}x |")
 PY
-)$'\n'
     else
         say "bench FAILED"
         status=1
     fi
+    write_report
 done
-
-total=$(($(date +%s) - t0))
-{
-    echo "# unmask GPU check"
-    echo
-    echo "- date: $(date -u +%FT%TZ); mode: $mode; device: $gpu_name"
-    echo "- backend build: ${build_s}s; whole check: ${total}s; threads: $threads"
-    echo "- binaries: $("$bin/unmask" --version)"
-    echo
-    echo "## Backend agreement (unmask check-device: CPU vs $device)"
-    echo
-    echo "Logits of every position of a 30-token prompt + masks (\`${check_args[*]}\`); relative error = max |cpu - device| / max |cpu|."
-    echo "Greedy generations: entropy, temperature 0, the same length and steps."
-    echo
-    echo "| model | type | logits rel. error | same argmax rows | D2H bytes/step | greedy generation | verdict |"
-    echo "|---|---|---|---|---|---|---|"
-    printf '%s' "$agree_rows"
-    echo
-    echo "## Benchmark: $big_preset synth q4_k_m, $bench_gen new tokens, 30-token prompt, greedy entropy"
-    echo
-    echo "| steps | unmask s/step | tokens/s | layers + head/scoring s | D2H bytes/step | libllama forward s | + host scoring s | libllama logits bytes/forward | ratio fwd | ratio fwd+scoring |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
-    printf '%s' "$bench_rows"
-    echo
-    echo "Raw JSON: gpu-check.jsonl; log: gpu-check.log."
-} >"$out/gpu-report.md"
+write_report
 cat "$out/gpu-report.md"
 exit $status
