@@ -24,6 +24,12 @@ pub struct CheckArgs {
     /// Largest accepted max-abs logit difference, relative to the largest |logit| on the CPU.
     #[arg(long, default_value_t = 5e-2)]
     tolerance: f32,
+    /// The same model unquantized (f16 or f32), to report each backend's own quantization error
+    /// (the quantized file against this one, on the same backend) next to their disagreement:
+    /// the backends quantize activations differently (ggml's CPU products use q8_0/q8_K
+    /// blocks, CUDA's q8_1). Reported only; the verdict uses --tolerance.
+    #[arg(long)]
+    reference: Option<PathBuf>,
     /// Prompt tokens of the test canvas.
     #[arg(long, default_value_t = 30)]
     prompt_tokens: usize,
@@ -109,6 +115,23 @@ pub fn run(args: CheckArgs) -> Result<()> {
         .get("explained")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
+    // Each backend's own quantization error: the quantized file against the reference file on
+    // the same backend.
+    let own_errors = match &args.reference {
+        Some(reference) => {
+            let (ref_cpu, _) = load_model(reference, &DeviceRequest::Cpu)?;
+            let (ref_dev, _) = load_model(reference, &args.device)?;
+            let rc = Generator::new(Arc::new(ref_cpu), args.threads)?.logits(&canvas)?;
+            let rd = Generator::new(Arc::new(ref_dev), args.threads)?.logits(&canvas)?;
+            let (ec, sc) = max_errors(&a, &rc);
+            let (ed, sd) = max_errors(&b, &rd);
+            Some((
+                ec / sc.max(f32::MIN_POSITIVE),
+                ed / sd.max(f32::MIN_POSITIVE),
+            ))
+        }
+        None => None,
+    };
     let pass = rel <= args.tolerance && (identical || explained);
     let report = serde_json::json!({
         "model": args.model.display().to_string(),
@@ -118,6 +141,8 @@ pub fn run(args: CheckArgs) -> Result<()> {
         "logits_max_abs": scale,
         "logits_rel_error": rel,
         "tolerance": args.tolerance,
+        "cpu_own_rel_error": own_errors.map(|e| e.0),
+        "device_own_rel_error": own_errors.map(|e| e.1),
         "rows_same_argmax": same_argmax,
         "rows": canvas.len(),
         "greedy_identical": identical,
