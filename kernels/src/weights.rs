@@ -116,6 +116,8 @@ impl Weights {
                 }
                 sys::ggml_backend_tensor_set(t.as_ptr(), bytes.as_ptr().cast(), 0, bytes.len());
             }
+            // The device has its copy: the file's pages need not stay resident.
+            file.release_pages(offset, bytes.len());
         }
         Ok(weights)
     }

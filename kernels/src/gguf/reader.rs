@@ -107,6 +107,26 @@ impl GgufFile {
         &self.map
     }
 
+    /// Gives back the resident pages of `len` bytes at `offset` of the mapping (after they were
+    /// copied elsewhere, e.g. into a GPU's memory); touching them again reads them from the file.
+    pub fn release_pages(&self, offset: usize, len: usize) {
+        if len == 0
+            || offset
+                .checked_add(len)
+                .is_none_or(|end| end > self.map.len())
+        {
+            return;
+        }
+        // SAFETY: a private, read-only file mapping holds only clean pages: MADV_DONTNEED drops
+        // this process's copies and the next access reads the same bytes from the file (which
+        // must not change while in use, as for the mapping itself). The range lies inside the
+        // mapping (checked above); memmap2 aligns it to pages. Failure only keeps the pages.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+        };
+    }
+
     /// Maps just this tensor's bytes with a mapping of their own, which releases its pages when
     /// dropped: streaming over every tensor this way keeps the resident set bounded.
     pub fn map_tensor(&self, info: &TensorInfo) -> Result<crate::mapping::MappedBytes> {
