@@ -77,22 +77,9 @@ pub unsafe extern "C" fn unmask_model_load(
     path: *const c_char,
     out: *mut *mut unmask_model,
 ) -> Status {
-    status_entry(|| {
-        if out.is_null() {
-            return Err(FfiError::Null("out"));
-        }
-        // SAFETY: out is non-NULL and valid for a write by the caller's contract.
-        unsafe { *out = std::ptr::null_mut() };
-        if path.is_null() {
-            return Err(FfiError::Null("path"));
-        }
-        // SAFETY: non-NULL and NUL-terminated by the caller's contract.
-        let path = unsafe { CStr::from_ptr(path) };
-        let handle = MODELS.insert(Arc::new(load(path, &DeviceRequest::Cpu)?));
-        // SAFETY: as above.
-        unsafe { *out = handle.cast_mut().cast() };
-        Ok(status::OK)
-    })
+    // SAFETY: the caller's contract is the one `unmask_model_load_on` needs; the device name is
+    // a static NUL-terminated string.
+    unsafe { unmask_model_load_on(path, c"cpu".as_ptr(), out) }
 }
 
 /// `unmask_model_load_on`: as `unmask_model_load`, on the device named by `device` (NULL:
