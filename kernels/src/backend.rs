@@ -15,8 +15,6 @@ pub struct Backend {
     pool: Option<NonNull<sys::ggml_threadpool>>,
     /// Name of the device (`CPU`, `CUDA0`, ...).
     name: String,
-    /// Whether the backend computes in host memory that Rust may borrow directly.
-    host: bool,
 }
 
 /// The CPU backend is the backend most code knows: kept as a name for it.
@@ -36,7 +34,6 @@ impl Backend {
             raw,
             pool: None,
             name: "CPU".into(),
-            host: true,
         };
         backend.set_threads(n_threads)?;
         Ok(backend)
@@ -52,15 +49,10 @@ impl Backend {
                 .ok_or_else(|| {
                     Error::Device(format!("cannot start a backend on {}", device.name()))
                 })?;
-        // SAFETY: `raw` is live; the buffer type belongs to it.
-        let host = unsafe {
-            sys::ggml_backend_buft_is_host(sys::ggml_backend_get_default_buffer_type(raw.as_ptr()))
-        };
         let mut backend = Backend {
             raw,
             pool: None,
             name: device.name().to_string(),
-            host,
         };
         // A CPU device from a loaded library takes a thread count too.
         // SAFETY: `raw` is live; the check only reads its identity.
@@ -126,11 +118,6 @@ impl Backend {
     /// Name of the device this backend computes on (`CPU`, `CUDA0`, ...).
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// Whether graph memory is host memory (results can be borrowed without a copy).
-    pub fn is_host(&self) -> bool {
-        self.host
     }
 
     /// Whether this is the built-in CPU backend with its own thread pool.

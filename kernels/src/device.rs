@@ -90,6 +90,12 @@ impl Device {
         self.raw.as_ptr()
     }
 
+    /// The buffer type of the device's own memory.
+    pub(crate) fn buffer_type(&self) -> sys::ggml_backend_buffer_type_t {
+        // SAFETY: live device handle.
+        unsafe { sys::ggml_backend_dev_buffer_type(self.raw()) }
+    }
+
     /// ggml's name for it (`CPU`, `CUDA0`).
     pub fn name(&self) -> &str {
         &self.name
@@ -240,11 +246,10 @@ pub fn load_family(family: &str) -> String {
     }
     let mut rec = LoadRecord::default();
     for dir in search_dirs() {
+        rec.tried.push(dir.clone());
         let Ok(entries) = std::fs::read_dir(&dir) else {
-            rec.tried.push(dir);
             continue;
         };
-        rec.tried.push(dir.clone());
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())

@@ -361,12 +361,24 @@ impl Graph {
         self.push(raw)
     }
 
+    /// `f(a)` for a ggml operation of one tensor that accepts any tensor.
+    fn unary(
+        &mut self,
+        a: TensorId,
+        f: unsafe extern "C" fn(
+            *mut sys::ggml_context,
+            *mut sys::ggml_tensor,
+        ) -> *mut sys::ggml_tensor,
+    ) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        // SAFETY: only used with ggml operations that accept any tensor of a live context.
+        let raw = unsafe { f(ctx, self.raw(a)?) };
+        self.push(raw)
+    }
+
     /// A contiguous copy of a (possibly strided) tensor.
     pub fn cont(&mut self, a: TensorId) -> Result<TensorId> {
-        let ctx = self.ctx_for_new()?;
-        // SAFETY: ggml_cont accepts any tensor.
-        let raw = unsafe { sys::ggml_cont(ctx, self.raw(a)?) };
-        self.push(raw)
+        self.unary(a, sys::ggml_cont)
     }
 
     /// NeoX-style ("rotate half") rotary embedding of `a` [head_dim, heads, tokens] at the i32
@@ -458,18 +470,12 @@ impl Graph {
 
     /// The sum of all elements of a tensor: shape `[1]`.
     pub fn sum(&mut self, a: TensorId) -> Result<TensorId> {
-        let ctx = self.ctx_for_new()?;
-        // SAFETY: ggml_sum accepts any tensor.
-        let raw = unsafe { sys::ggml_sum(ctx, self.raw(a)?) };
-        self.push(raw)
+        self.unary(a, sys::ggml_sum)
     }
 
     /// Swaps dimensions 0 and 1 (a strided view).
     pub fn transpose(&mut self, a: TensorId) -> Result<TensorId> {
-        let ctx = self.ctx_for_new()?;
-        // SAFETY: ggml_transpose accepts any tensor.
-        let raw = unsafe { sys::ggml_transpose(ctx, self.raw(a)?) };
-        self.push(raw)
+        self.unary(a, sys::ggml_transpose)
     }
 
     /// Attention without mask written out with differentiable operations (ggml's flash attention
@@ -635,12 +641,8 @@ impl Graph {
         backend: &CpuBackend,
     ) -> Result<()> {
         // SAFETY: backend is live; the allocator is freed in Drop.
-        let galloc = NonNull::new(unsafe {
-            sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(
-                backend.raw.as_ptr(),
-            ))
-        })
-        .ok_or_else(|| Error::Ggml("cannot create the graph allocator".into()))?;
+        let galloc = NonNull::new(unsafe { sys::ggml_gallocr_new(backend.buffer_type()) })
+            .ok_or_else(|| Error::Ggml("cannot create the graph allocator".into()))?;
         self.galloc = Some(Arc::new(Allocator(galloc)));
         // SAFETY: graph and allocator are live; weights already have memory and are skipped.
         if !unsafe { sys::ggml_gallocr_alloc_graph(galloc.as_ptr(), graph.as_ptr()) } {

@@ -290,17 +290,7 @@ mod tests {
     use crate::qgemm::WeightType;
     use crate::{qgemm, quant, GgmlType};
 
-    fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
-            })
-            .collect()
-    }
+    use crate::qgemm::tests::noise;
 
     /// Exact integer dot products, then `acc = fma(dot, dw * dx, acc)` block by block, from the
     /// f32 activations quantized as ggml's AVX2 `quantize_row_q8_0` does (the weights decoded by

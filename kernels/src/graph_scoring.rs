@@ -88,20 +88,6 @@ impl Graph {
         self.binary_broadcast(a, b, "div", sys::ggml_div)
     }
 
-    fn unary(
-        &mut self,
-        a: TensorId,
-        f: unsafe extern "C" fn(
-            *mut sys::ggml_context,
-            *mut sys::ggml_tensor,
-        ) -> *mut sys::ggml_tensor,
-    ) -> Result<TensorId> {
-        let ctx = self.ctx_for_new()?;
-        // SAFETY: element-wise ops accept any f32 tensor.
-        let raw = unsafe { f(ctx, self.raw(a)?) };
-        self.push(raw)
-    }
-
     /// Element-wise `e^a`.
     pub fn exp(&mut self, a: TensorId) -> Result<TensorId> {
         self.unary(a, sys::ggml_exp)

@@ -41,50 +41,25 @@ impl Graph {
         self.push(raw)
     }
 
-    /// Copies an f32 result (in any backend's memory) into `out`, resized to fit.
-    pub fn get_f32(&self, id: TensorId, out: &mut Vec<f32>) -> Result<()> {
-        self.get_into(id, sys::GGML_TYPE_F32, 0, None, |n| {
-            out.resize(n, 0.0);
-            bytemuck::cast_slice_mut(out.as_mut_slice())
-        })
-    }
-
-    /// Copies an i32 result (in any backend's memory) into `out`, resized to fit.
-    pub fn get_i32(&self, id: TensorId, out: &mut Vec<i32>) -> Result<()> {
-        self.get_into(id, sys::GGML_TYPE_I32, 0, None, |n| {
-            out.resize(n, 0);
-            bytemuck::cast_slice_mut(out.as_mut_slice())
-        })
-    }
-
-    /// Copies `out.len()` i32 values starting at element `start` of a contiguous i32 result.
+    /// Copies `out.len()` i32 values starting at element `start` of a contiguous i32 result (in
+    /// any backend's memory).
     pub fn get_i32_range(&self, id: TensorId, start: usize, out: &mut [i32]) -> Result<()> {
-        let len = out.len();
-        self.get_into(id, sys::GGML_TYPE_I32, start, Some(len), |_| {
-            bytemuck::cast_slice_mut(out)
-        })
+        self.get_into(id, sys::GGML_TYPE_I32, start, bytemuck::cast_slice_mut(out))
     }
 
-    /// Copies `out.len()` f32 values starting at element `start` of a contiguous f32 result.
+    /// Copies `out.len()` f32 values starting at element `start` of a contiguous f32 result (in
+    /// any backend's memory).
     pub fn get_f32_range(&self, id: TensorId, start: usize, out: &mut [f32]) -> Result<()> {
-        let len = out.len();
-        self.get_into(id, sys::GGML_TYPE_F32, start, Some(len), |_| {
-            bytemuck::cast_slice_mut(out)
-        })
+        self.get_into(id, sys::GGML_TYPE_F32, start, bytemuck::cast_slice_mut(out))
     }
 
-    fn get_into<'a>(
-        &self,
-        id: TensorId,
-        ty: u32,
-        start: usize,
-        len: Option<usize>,
-        out: impl FnOnce(usize) -> &'a mut [u8],
-    ) -> Result<()> {
+    /// Copies 4-byte elements `start..` of `id` into `bytes`.
+    fn get_into(&self, id: TensorId, ty: u32, start: usize, bytes: &mut [u8]) -> Result<()> {
         if self.graph.is_none() {
             return Err(Error::Ggml("graph is not allocated".into()));
         }
         let t = self.raw(id)?;
+        let len = bytes.len() / 4;
         // SAFETY: `t` is live; type, contiguity, memory and the requested range are checked
         // before ggml copies exactly `bytes.len()` bytes from inside the tensor.
         unsafe {
@@ -95,15 +70,12 @@ impl Graph {
                     "get needs an allocated contiguous tensor of the asked type".into(),
                 ));
             }
-            let len = len.unwrap_or(n - start.min(n));
             if start.checked_add(len).is_none_or(|end| end > n) {
                 return Err(Error::Ggml(format!(
                     "elements {start}..{} requested of a tensor of {n}",
                     start + len
                 )));
             }
-            let bytes = out(len);
-            debug_assert_eq!(bytes.len(), len * 4);
             sys::ggml_backend_tensor_get(t, bytes.as_mut_ptr().cast(), start * 4, bytes.len());
         }
         Ok(())

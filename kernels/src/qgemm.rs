@@ -722,57 +722,32 @@ mod avx2 {
         out_col: usize,
         rows: usize,
     ) {
-        let mut c = 0;
-        // SAFETY (all calls): columns c..c+C exist (c + C <= m) and the caller vouched for the
-        // rest.
-        while c + 4 <= m {
-            unsafe {
-                tile::<4>(
-                    panel,
-                    nb,
-                    xq.add(c * xq_col),
-                    xq_col,
-                    out.add(c * out_col),
-                    out_col,
-                    rows,
-                )
+        // Columns `c..c + C` through `tile::<C>`.
+        macro_rules! tile_at {
+            ($cols:literal, $c:expr) => {
+                // SAFETY: columns c..c+C exist (c + C <= m) and the caller vouched for the rest.
+                unsafe {
+                    tile::<$cols>(
+                        panel,
+                        nb,
+                        xq.add($c * xq_col),
+                        xq_col,
+                        out.add($c * out_col),
+                        out_col,
+                        rows,
+                    )
+                }
             };
+        }
+        let mut c = 0;
+        while c + 4 <= m {
+            tile_at!(4, c);
             c += 4;
         }
         match m - c {
-            3 => unsafe {
-                tile::<3>(
-                    panel,
-                    nb,
-                    xq.add(c * xq_col),
-                    xq_col,
-                    out.add(c * out_col),
-                    out_col,
-                    rows,
-                )
-            },
-            2 => unsafe {
-                tile::<2>(
-                    panel,
-                    nb,
-                    xq.add(c * xq_col),
-                    xq_col,
-                    out.add(c * out_col),
-                    out_col,
-                    rows,
-                )
-            },
-            1 => unsafe {
-                tile::<1>(
-                    panel,
-                    nb,
-                    xq.add(c * xq_col),
-                    xq_col,
-                    out.add(c * out_col),
-                    out_col,
-                    rows,
-                )
-            },
+            3 => tile_at!(3, c),
+            2 => tile_at!(2, c),
+            1 => tile_at!(1, c),
             _ => {}
         }
     }
@@ -846,7 +821,9 @@ pub(crate) mod tests {
     use crate::{quant, GgmlType};
     use llama_cpp_sys_2 as sys;
 
-    fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    /// Deterministic uniform values in `[-scale/2, scale/2)` (xorshift), for the tests here and
+    /// in `graph_qgemm`.
+    pub(crate) fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         (0..n)
             .map(|_| {

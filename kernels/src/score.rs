@@ -36,6 +36,26 @@ impl Filter {
     fn nucleus(&self) -> Option<f32> {
         self.top_p.filter(|&p| p < 1.0)
     }
+
+    /// Whether neither top-p nor top-k removes any token.
+    pub fn is_unfiltered(&self) -> bool {
+        self.nucleus().is_none() && self.top_k.is_none()
+    }
+
+    /// Whether tokens are sampled (temperature > 0) rather than taken by argmax.
+    pub fn samples(&self) -> bool {
+        self.temperature > 0.0
+    }
+
+    /// What logits are divided by: the temperature, or 1 when greedy (dividing by 1 is exact,
+    /// so one expression serves both).
+    pub fn divisor(&self) -> f32 {
+        if self.samples() {
+            self.temperature
+        } else {
+            1.0
+        }
+    }
 }
 
 /// A scored position.
@@ -64,9 +84,7 @@ pub fn score_row(
     uniform: f64,
     scratch: &mut Scratch,
 ) -> Scored {
-    let t = filter.temperature;
-    // Dividing by 1 is exact, so one expression serves greedy and tempered rows.
-    let divisor = if t > 0.0 { t } else { 1.0 };
+    let divisor = filter.divisor();
     let scale = move |x: f32| x / divisor;
     if logits.is_empty() {
         return Scored {
@@ -74,11 +92,11 @@ pub fn score_row(
             confidence: f32::NEG_INFINITY,
         };
     }
-    if filter.nucleus().is_none() && filter.top_k.is_none() {
-        return score_unfiltered(logits, divisor, t > 0.0, kind, uniform);
+    if filter.is_unfiltered() {
+        return score_unfiltered(logits, divisor, filter.samples(), kind, uniform);
     }
     let kept = filtered_candidates(logits, divisor, scale, filter, &mut scratch.candidates);
-    score_candidates(kept, t > 0.0, kind, uniform)
+    score_candidates(kept, filter.samples(), kind, uniform)
 }
 
 fn score_unfiltered(
@@ -228,7 +246,9 @@ fn score_candidates(kept: &[(f32, u32)], sample: bool, kind: Confidence, uniform
 
 /// What a device returns for one logits row instead of the row itself (see
 /// [`score_summary`]): the argmax, the softmax denominator, the negative entropy and the `K`
-/// largest logits.
+/// largest logits. Only what the filter and the confidence use must be set: `best_token` and
+/// `neg_entropy` for greedy rows without a filter (the entropy only for
+/// [`Confidence::NegEntropy`]), `candidates` for filtered rows and for [`Confidence::Margin`].
 #[derive(Clone, Copy, Debug)]
 pub struct RowSummary<'a> {
     /// Index of the largest logit (first on ties where the device guarantees it).
@@ -256,11 +276,9 @@ pub fn score_summary(
     uniform: f64,
     scratch: &mut Scratch,
 ) -> Option<Scored> {
-    let t = filter.temperature;
-    let divisor = if t > 0.0 { t } else { 1.0 };
-    let sample = t > 0.0;
-    let unfiltered = filter.nucleus().is_none() && filter.top_k.is_none();
-    if unfiltered {
+    let divisor = filter.divisor();
+    let sample = filter.samples();
+    if filter.is_unfiltered() {
         if sample {
             return None;
         }

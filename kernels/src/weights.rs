@@ -4,7 +4,7 @@
 //! the resident set stays close to the file size. For a device backend (a GPU) the tensors are
 //! copied once into one device buffer ([`Weights::upload`]).
 
-use crate::backend::Backend;
+use crate::device::Device;
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::{Error, Result};
 use llama_cpp_sys_2 as sys;
@@ -62,8 +62,8 @@ impl Weights {
         Ok(weights)
     }
 
-    /// Copies every tensor of `file` into one buffer of `backend`'s device (a GPU's memory).
-    pub fn upload(file: Arc<GgufFile>, backend: &Backend) -> Result<Self> {
+    /// Copies every tensor of `file` into one buffer in `device`'s memory (a GPU's).
+    pub fn upload(file: Arc<GgufFile>, device: &Device) -> Result<Self> {
         let n = file.tensors().len();
         // SAFETY: size query.
         let mem_size = unsafe { sys::ggml_tensor_overhead() } * (n + 1);
@@ -84,9 +84,9 @@ impl Weights {
             }
         }
         // SAFETY: every tensor of the live context gets memory in one new buffer of the
-        // backend's buffer type; NULL (out of device memory) is handled.
+        // device's buffer type; NULL (out of device memory) is handled.
         let buffer = NonNull::new(unsafe {
-            sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.as_ptr(), backend.buffer_type())
+            sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.as_ptr(), device.buffer_type())
         });
         let Some(buffer) = buffer else {
             // SAFETY: as above.
@@ -95,7 +95,7 @@ impl Weights {
             return Err(Error::Device(format!(
                 "cannot allocate {:.1} MiB for the weights on {}",
                 bytes as f64 / (1 << 20) as f64,
-                backend.name()
+                device.name()
             )));
         };
         let weights = Weights {

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use unmask_kernels::device::{DeviceRequest, Placement};
 use unmask_kernels::score::{score_row, Confidence, Filter, Scratch};
+use unmask_kernels::vmath::top2;
 use unmask_runtime::chat::encode;
 use unmask_runtime::{Algorithm, Control, GenerateParams, Generation, Generator};
 
@@ -75,18 +76,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
     let rel = err / scale.max(f32::MIN_POSITIVE);
     let argmax = |l: &[f32]| {
         l.chunks(n_vocab)
-            .map(|r| {
-                r.iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
-                        if x > best.1 {
-                            (i, x)
-                        } else {
-                            best
-                        }
-                    })
-                    .0
-            })
+            .map(|row| top2(row, 1.0).1)
             .collect::<Vec<_>>()
     };
     let same_argmax = argmax(&a)

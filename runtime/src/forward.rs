@@ -70,6 +70,22 @@ struct DeviceHead {
     /// f32 `[n_vocab, rows]`.
     logits: TensorId,
     scoring: Option<DeviceScoring>,
+    /// Host copies of the summaries of one chunk, reused across steps.
+    copies: SummaryCopies,
+}
+
+/// Host buffers for the summary outputs of a device head (see [`DeviceHead::score_chunk`]).
+#[derive(Default)]
+struct SummaryCopies {
+    best: Vec<i32>,
+    best_logit: Vec<f32>,
+    sum: Vec<f32>,
+    neg_entropy: Vec<f32>,
+    cand_ids: Vec<i32>,
+    cand_logits: Vec<f32>,
+    pairs: Vec<(f32, u32)>,
+    row: Vec<f32>,
+    scratch: Scratch,
 }
 
 /// Outputs of the scoring part of a device head.
@@ -422,7 +438,6 @@ impl Forward {
         backend: &mut CpuBackend,
         pool: &rayon::ThreadPool,
     ) -> Result<Vec<Scored>> {
-        self.check_rows(rows)?;
         let n_vocab = self.n_vocab;
         let on_device = self.scores_on_device();
         if !on_device {
@@ -442,67 +457,15 @@ impl Forward {
             })?;
             return Ok(scored);
         }
+        self.check_rows(rows)?;
         let Head::Device(head) = &mut self.head else {
             unreachable!("scores_on_device checked the head");
         };
-        let divisor = if filter.temperature > 0.0 {
-            filter.temperature
-        } else {
-            1.0
-        };
         let mut scored = Vec::with_capacity(rows.len());
-        let mut scratch = Scratch::default();
-        let mut row_buf = Vec::new();
         for (chunk_index, chunk) in rows.chunks(head.rows).enumerate() {
-            head.run(chunk, divisor, backend)?;
-            let n = chunk.len();
-            let s = head.scoring.as_ref().expect("checked");
-            let k = s.k;
-            let mut best = vec![0i32; n];
-            let mut best_logit = vec![0f32; n];
-            let mut sum = vec![0f32; n];
-            let mut neg_entropy = vec![0f32; n];
-            let mut cand_ids = vec![0i32; n * k];
-            let mut cand_logits = vec![0f32; n * k];
-            head.graph.get_i32_range(s.best, 0, &mut best)?;
-            head.graph.get_f32_range(s.best_logit, 0, &mut best_logit)?;
-            head.graph.get_f32_range(s.sum, 0, &mut sum)?;
-            head.graph
-                .get_f32_range(s.neg_entropy, 0, &mut neg_entropy)?;
-            head.graph.get_i32_range(s.cand_ids, 0, &mut cand_ids)?;
-            head.graph
-                .get_f32_range(s.cand_logits, 0, &mut cand_logits)?;
-            self.bytes_to_host += (n * (4 * 4 + k * 8)) as u64;
-            let mut pairs: Vec<(f32, u32)> = Vec::with_capacity(k);
-            for j in 0..n {
-                pairs.clear();
-                pairs.extend(
-                    cand_logits[j * k..(j + 1) * k]
-                        .iter()
-                        .zip(&cand_ids[j * k..(j + 1) * k])
-                        .map(|(&l, &id)| (l, id as u32)),
-                );
-                let summary = RowSummary {
-                    best_token: best[j] as u32,
-                    best_logit: best_logit[j],
-                    sum: f64::from(sum[j]),
-                    neg_entropy: neg_entropy[j],
-                    candidates: &pairs,
-                    n_vocab,
-                };
-                let u = uniforms[chunk_index * head.rows + j];
-                let got = match score_summary(&summary, filter, kind, u, &mut scratch) {
-                    Some(s) => s,
-                    None => {
-                        row_buf.resize(n_vocab, 0.0);
-                        head.graph
-                            .get_f32_range(head.logits, j * n_vocab, &mut row_buf)?;
-                        self.bytes_to_host += (n_vocab * 4) as u64;
-                        score_row(&row_buf, filter, kind, u, &mut scratch)
-                    }
-                };
-                scored.push(got);
-            }
+            head.run(chunk, filter.divisor(), backend)?;
+            let uniforms = &uniforms[chunk_index * head.rows..][..chunk.len()];
+            self.bytes_to_host += head.score_chunk(uniforms, filter, kind, n_vocab, &mut scored)?;
         }
         Ok(scored)
     }
@@ -581,6 +544,7 @@ impl DeviceHead {
                 rows,
                 logits,
                 scoring,
+                copies: SummaryCopies::default(),
             })
         };
         let head = build(true)?;
@@ -599,6 +563,94 @@ impl DeviceHead {
                 missing.join(", ")
             )))
         }
+    }
+
+    /// Scores the rows of the last [`run`](Self::run) (one per entry of `uniforms`) into `out`,
+    /// copying only the summary outputs the filter and confidence need (argmax and entropy only
+    /// for greedy unfiltered rows, candidates only where a filter or the margin uses them), and a
+    /// row's logits only where its summary cannot decide. Returns the bytes copied.
+    fn score_chunk(
+        &mut self,
+        uniforms: &[f64],
+        filter: &Filter,
+        kind: Confidence,
+        n_vocab: usize,
+        out: &mut Vec<Scored>,
+    ) -> Result<u64> {
+        let s = self.scoring.as_ref().expect("scoring head");
+        let c = &mut self.copies;
+        let g = &self.graph;
+        let n = uniforms.len();
+        let mut bytes = 0u64;
+        let mut fetch_f32 = |id, v: &mut Vec<f32>, len: usize| -> Result<()> {
+            v.resize(len, 0.0);
+            g.get_f32_range(id, 0, v)?;
+            bytes += (len * 4) as u64;
+            Ok(())
+        };
+        // Sampling without a filter walks the whole vocabulary: rows only.
+        let summaries = !(filter.is_unfiltered() && filter.samples());
+        let greedy_unfiltered = filter.is_unfiltered() && !filter.samples();
+        let candidates = !filter.is_unfiltered() || kind == Confidence::Margin;
+        let k = if candidates { s.k } else { 0 };
+        if summaries {
+            fetch_f32(s.best_logit, &mut c.best_logit, n)?;
+            fetch_f32(s.sum, &mut c.sum, n)?;
+        }
+        if greedy_unfiltered && kind == Confidence::NegEntropy {
+            fetch_f32(s.neg_entropy, &mut c.neg_entropy, n)?;
+        }
+        if candidates {
+            fetch_f32(s.cand_logits, &mut c.cand_logits, n * k)?;
+        }
+        let mut fetch_i32 = |id, v: &mut Vec<i32>, len: usize| -> Result<()> {
+            v.resize(len, 0);
+            g.get_i32_range(id, 0, v)?;
+            bytes += (len * 4) as u64;
+            Ok(())
+        };
+        if greedy_unfiltered {
+            fetch_i32(s.best, &mut c.best, n)?;
+        }
+        if candidates {
+            fetch_i32(s.cand_ids, &mut c.cand_ids, n * k)?;
+        }
+        for (j, &u) in uniforms.iter().enumerate() {
+            let decided = if summaries {
+                c.pairs.clear();
+                if candidates {
+                    c.pairs.extend(
+                        c.cand_logits[j * k..(j + 1) * k]
+                            .iter()
+                            .zip(&c.cand_ids[j * k..(j + 1) * k])
+                            .map(|(&l, &id)| (l, id as u32)),
+                    );
+                }
+                let at = |v: &[f32]| v.get(j).copied().unwrap_or(0.0);
+                let summary = RowSummary {
+                    best_token: c.best.get(j).map_or(0, |&t| t as u32),
+                    best_logit: c.best_logit[j],
+                    sum: f64::from(c.sum[j]),
+                    neg_entropy: at(&c.neg_entropy),
+                    candidates: &c.pairs,
+                    n_vocab,
+                };
+                score_summary(&summary, filter, kind, u, &mut c.scratch)
+            } else {
+                None
+            };
+            let scored = match decided {
+                Some(s) => s,
+                None => {
+                    c.row.resize(n_vocab, 0.0);
+                    g.get_f32_range(self.logits, j * n_vocab, &mut c.row)?;
+                    bytes += (n_vocab * 4) as u64;
+                    score_row(&c.row, filter, kind, u, &mut c.scratch)
+                }
+            };
+            out.push(scored);
+        }
+        Ok(bytes)
     }
 
     /// Projects (and, with scoring, summarises) the hidden rows `chunk` (at most `self.rows`).

@@ -11,7 +11,6 @@ use std::ops::Deref;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use tokenizers::Tokenizer;
-use unmask_kernels::backend::Backend;
 use unmask_kernels::device::Placement;
 use unmask_kernels::gguf::{GgufFile, GgufValue};
 use unmask_kernels::graph::TensorSource;
@@ -259,10 +258,7 @@ impl Model {
         let file = Arc::new(file);
         let weights = Arc::new(match placement {
             Placement::Cpu => Weights::map_cpu(file)?,
-            Placement::Device(device) => {
-                let backend = Backend::on_device(device, 1)?;
-                Weights::upload(file, &backend)?
-            }
+            Placement::Device(device) => Weights::upload(file, device)?,
         });
         // Nobody holds the tokenizer now (the spec keeps a weak reference): it was freed, and is
         // rebuilt when next needed.

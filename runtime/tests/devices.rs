@@ -144,29 +144,37 @@ fn greedy_device_steps_copy_only_summaries() {
     let dir = tempfile::tempdir().unwrap();
     let path = model_file(dir.path(), "q8_0");
     let (_, mut dev) = both(&path);
-    let params = GenerateParams {
-        max_new_tokens: 32,
-        steps: 8,
-        temperature: 0.0,
-        top_p: None,
-        ..Default::default()
-    };
     let n_vocab = dev.model().n_vocab;
-    let g = dev
-        .generate(&[1, 2, 3], &params, &mut |_| Control::Continue)
-        .unwrap();
-    assert!(dev.forward_for(35).unwrap().scores_on_device());
-    // Per masked row: argmax, max logit, denominator, entropy (4 x 4 bytes) and the candidates
-    // (8 bytes each), never a logits row, as long as the candidates are fewer than the vocabulary.
     let k = unmask_runtime::forward::DEVICE_CANDIDATES.min(n_vocab) as u64;
-    let mut masked = 32u64;
-    let mut masked_rows = 0u64;
-    for c in &g.commits {
-        masked_rows += masked;
-        masked -= c.len() as u64;
+    // Bytes per masked row: argmax, max logit and denominator (3 x 4), then what the confidence
+    // needs: the entropy (4), or for the margin the candidates (8 bytes each); never a logits
+    // row, as long as the candidates are fewer than the vocabulary.
+    for (alg, per_row) in [
+        (Algorithm::Entropy, 16),
+        (Algorithm::MaskgitPlus, 12),
+        (Algorithm::TopkMargin, 12 + 8 * k),
+    ] {
+        let params = GenerateParams {
+            max_new_tokens: 32,
+            steps: 8,
+            alg,
+            temperature: 0.0,
+            top_p: None,
+            ..Default::default()
+        };
+        let g = dev
+            .generate(&[1, 2, 3], &params, &mut |_| Control::Continue)
+            .unwrap();
+        assert!(dev.forward_for(35).unwrap().scores_on_device());
+        let mut masked = 32u64;
+        let mut masked_rows = 0u64;
+        for c in &g.commits {
+            masked_rows += masked;
+            masked -= c.len() as u64;
+        }
+        assert_eq!(g.forward_passes, 8);
+        assert_eq!(g.bytes_to_host, masked_rows * per_row, "{alg:?}");
     }
-    assert_eq!(g.forward_passes, 8);
-    assert_eq!(g.bytes_to_host, masked_rows * (16 + 8 * k));
 }
 
 #[test]

@@ -236,6 +236,23 @@ pub fn save_with_reference(
     Ok(dest)
 }
 
+/// Creates the output folder of a run and returns its latest complete checkpoint; a fresh
+/// run (`resume` false) refuses a folder that already holds checkpoints.
+pub fn prepare_out(out: &Path, resume: bool) -> Result<Option<(u64, PathBuf)>> {
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let latest = find_latest(out)?;
+    if latest.is_some() && !resume {
+        return Err(Error::InvalidArgument(format!(
+            "{} already holds checkpoints: pass --resume or choose another --out",
+            out.display()
+        )));
+    }
+    Ok(latest)
+}
+
 /// Removes partial checkpoints (`.tmp-*`) of `out` and returns the complete checkpoint with the
 /// highest step, if any. The `latest` pointer names the same folder unless a crash fell between
 /// the folder's rename and the pointer's update; the folders are authoritative.

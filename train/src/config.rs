@@ -603,6 +603,16 @@ impl GrpoConfig {
     }
 }
 
+/// The number of CPUs (1 if unknown): the default of every thread count.
+pub fn all_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `threads`, or [`all_cpus`] when unset.
+pub fn threads_or_all(threads: Option<usize>) -> usize {
+    threads.unwrap_or_else(all_cpus)
+}
+
 /// `--device`: training (gradients, optimizer, rollouts on the f32 policy) runs on the built-in
 /// CPU backend. `cuda` is refused: with a clear "not available" error when there is no CUDA
 /// backend, else because training on CUDA is not implemented.

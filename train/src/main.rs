@@ -184,8 +184,7 @@ fn main() -> Result<()> {
                     per_row: matches!(norm, NormArg::Rows),
                 },
             };
-            let threads = threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let threads = threads.unwrap_or_else(unmask_train::config::all_cpus);
             let result = run_files(&hf, &inputs, &out, kind, threads)
                 .with_context(|| format!("grad on {}", inputs.display()))?;
             println!("{}", serde_json::json!({ "loss": result.loss }));
@@ -214,8 +213,7 @@ fn main() -> Result<()> {
                 sandbox.isolation().name(),
                 sandbox.python().display()
             );
-            let jobs =
-                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let jobs = jobs.unwrap_or_else(unmask_train::config::all_cpus);
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(jobs.max(1))
                 .build()

@@ -46,7 +46,7 @@ impl Default for RolloutParams {
             alg: Algorithm::Entropy,
             alg_temp: 0.0,
             eps: 1e-3,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: crate::config::all_cpus(),
         }
     }
 }

@@ -256,20 +256,8 @@ pub fn train(cfg: &SftConfig, resume: bool, throttle: Duration) -> Result<Summar
     cfg.validate()?;
     let model_dir = cfg.model.clone().unwrap_or_default();
     let out = cfg.out.clone().unwrap_or_default();
-    std::fs::create_dir_all(&out).map_err(|source| Error::Io {
-        path: out.clone(),
-        source,
-    })?;
-    let latest = checkpoint::find_latest(&out)?;
-    if latest.is_some() && !resume {
-        return Err(Error::InvalidArgument(format!(
-            "{} already holds checkpoints: pass --resume or choose another --out",
-            out.display()
-        )));
-    }
-    let threads = cfg
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let latest = checkpoint::prepare_out(&out, resume)?;
+    let threads = crate::config::threads_or_all(cfg.threads);
     let mut backend = CpuBackend::new(threads)?;
     let mut policy = Policy::load_hf(&model_dir)?;
     let mask = mask_token(&policy)?;
