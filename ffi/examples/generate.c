@@ -49,6 +49,14 @@ static int parse_alg(const char *name) {
     return -1;
 }
 
+static int parse_cache(const char *name) {
+    static const char *names[] = {"none", "prefix", "dual"};
+    for (int i = 0; i < 3; i++) {
+        if (strcmp(name, names[i]) == 0) return i;
+    }
+    return -1;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s MODEL PROMPT [options]\n", argv[0]);
@@ -79,6 +87,8 @@ int main(int argc, char **argv) {
         else if (strcmp(opt, "--alg-temp") == 0) params.alg_temp = strtof(val, NULL);
         else if (strcmp(opt, "--eps") == 0) params.eps = strtof(val, NULL);
         else if (strcmp(opt, "--block-length") == 0) params.block_length = atoi(val);
+        else if (strcmp(opt, "--cache") == 0) params.cache = parse_cache(val);
+        else if (strcmp(opt, "--threshold") == 0) params.threshold = strtof(val, NULL);
         else if (strcmp(opt, "--seed") == 0) params.seed = strtoull(val, NULL, 10);
         else if (strcmp(opt, "--threads") == 0) cparams.n_threads = atoi(val);
         else if (strcmp(opt, "--cancel-at") == 0) progress.cancel_at = atoi(val);

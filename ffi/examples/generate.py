@@ -16,6 +16,7 @@ import os
 import sys
 
 ALGS = {"origin": 0, "maskgit_plus": 1, "topk_margin": 2, "entropy": 3}
+CACHES = {"none": 0, "prefix": 1, "dual": 2}
 UNMASK_OK, UNMASK_CANCELLED, UNMASK_SIZE_ERROR = 0, 1, -(2**31)
 
 
@@ -37,6 +38,8 @@ class GenerateParams(ctypes.Structure):
         ("block_length", ctypes.c_int32),
         ("chat", ctypes.c_int32),
         ("n_threads", ctypes.c_int32),
+        ("cache", ctypes.c_int32),
+        ("threshold", ctypes.c_float),
     ]
 
 
@@ -142,6 +145,8 @@ def main():
     ap.add_argument("--alg-temp", type=float)
     ap.add_argument("--eps", type=float)
     ap.add_argument("--block-length", type=int)
+    ap.add_argument("--cache", choices=sorted(CACHES))
+    ap.add_argument("--threshold", type=float)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-chat", action="store_true")
@@ -151,12 +156,14 @@ def main():
 
     lib = load_library(args.lib)
     params = lib.unmask_generate_default_params()
-    for field in ("max_new_tokens", "steps", "temperature", "top_p", "top_k", "alg_temp", "eps", "block_length", "seed"):
+    for field in ("max_new_tokens", "steps", "temperature", "top_p", "top_k", "alg_temp", "eps", "block_length", "seed", "threshold"):
         value = getattr(args, field)
         if value is not None:
             setattr(params, field, value)
     if args.alg is not None:
         params.alg = ALGS[args.alg]
+    if args.cache is not None:
+        params.cache = CACHES[args.cache]
     params.chat = 0 if args.no_chat else -1
 
     model = ctypes.c_void_p()

@@ -60,7 +60,7 @@ extern "C" {
 
 /* ABI version: changes whenever a signature or a struct layout changes incompatibly. The shared
  * library's SONAME is libunmask.so.<UNMASK_ABI_VERSION - 1>. */
-#define UNMASK_ABI_VERSION 1
+#define UNMASK_ABI_VERSION 2
 #define UNMASK_VERSION_MAJOR 0
 #define UNMASK_VERSION_MINOR 1
 #define UNMASK_VERSION_PATCH 0
@@ -246,9 +246,16 @@ UNMASK_API void unmask_context_free(unmask_context_t *ctx);
 #define UNMASK_ALG_TOPK_MARGIN 2  /* confidence = top-1 minus top-2 probability */
 #define UNMASK_ALG_ENTROPY 3      /* confidence = negative entropy (DiffuCoder-Instruct's choice) */
 
-/* Every sampling option of `unmask generate`. The defaults are the CLI's (DiffuCoder-Instruct's):
- * 256 new tokens, 256 steps, entropy, temperature 0.4, top-p 0.95, no top-k, alg_temp 0,
- * eps 1e-3, no blocks, seed 0, chat automatic, the context's threads. */
+/* unmask_generate_params.cache: the key/value cache of the fast-decoding modes. */
+#define UNMASK_CACHE_NONE 0       /* exact decoding (the default) */
+#define UNMASK_CACHE_PREFIX 1     /* cache the positions before the block */
+#define UNMASK_CACHE_DUAL 2       /* cache every position outside the block */
+
+/* Every sampling option of `unmask generate`. The defaults are the CLI's (DiffuCoder-Instruct's
+ * recommended settings, plus the top-k 50 that Dream's published code applies when none is given):
+ * 256 new tokens, 256 steps, entropy, temperature 0.4, top-p 0.95, top-k 50, alg_temp 0,
+ * eps 1e-3, no blocks, seed 0, chat automatic, the context's threads, exact decoding (no cache,
+ * no threshold). */
 typedef struct unmask_generate_params {
     uint64_t seed;           /* seed of unmask's own random generator (xoshiro256**) */
     int32_t max_new_tokens;  /* length of the canvas to fill, >= 1 */
@@ -265,6 +272,19 @@ typedef struct unmask_generate_params {
                                 chat markers), 0 the text as is, 1 the Instruct template (error if
                                 the model lacks the markers). Ignored by unmask_generate. */
     int32_t n_threads;       /* 0: the context's; else rebuild the context's workers with this many */
+    int32_t cache;           /* UNMASK_CACHE_*: approximate fast decoding with a key/value cache
+                                (docs/fast-decoding.md). NONE (default): exact decoding. PREFIX: per
+                                block, the block and everything after it run against the cached
+                                keys/values of the positions before it. DUAL: only the block runs,
+                                against the cached keys/values of every other position (fastest).
+                                With a cache, block_length 0 means 32 and must divide max_new_tokens;
+                                steps must be a multiple of the block count and, without a
+                                threshold, give at least 2 steps per block. alg must not be ORIGIN. */
+    float threshold;         /* 0 (default): off. In (0, 1]: confidence-threshold parallel decoding,
+                                approximate: each pass commits the most confident position and every
+                                other whose predicted token's probability is >= threshold (Fast-dLLM
+                                uses 0.9). With UNMASK_CACHE_NONE: no blocks (block_length 0), steps
+                                must divide max_new_tokens; with a cache each block runs until done. */
 } unmask_generate_params;
 
 /* The defaults above. Thread-safe. */

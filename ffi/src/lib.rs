@@ -28,7 +28,7 @@ pub use params::{unmask_context_params, unmask_generate_params};
 use std::ffi::c_char;
 
 /// Must equal `UNMASK_ABI_VERSION` in unmask.h (and the SONAME in build.rs).
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// `unmask_version`: the crate version, e.g. "0.1.0".
 #[no_mangle]
@@ -98,7 +98,7 @@ mod tests {
             .split('.')
             .map(|v| v.parse().unwrap())
             .collect();
-        let expected: [(&str, i64); 27] = [
+        let expected: [(&str, i64); 30] = [
             ("UNMASK_ABI_VERSION", i64::from(crate::ABI_VERSION)),
             ("UNMASK_VERSION_MAJOR", version[0]),
             ("UNMASK_VERSION_MINOR", version[1]),
@@ -129,15 +129,18 @@ mod tests {
             ("UNMASK_ALG_MASKGIT_PLUS", p::ALG_MASKGIT_PLUS.into()),
             ("UNMASK_ALG_TOPK_MARGIN", p::ALG_TOPK_MARGIN.into()),
             ("UNMASK_ALG_ENTROPY", p::ALG_ENTROPY.into()),
+            ("UNMASK_CACHE_NONE", p::CACHE_NONE.into()),
+            ("UNMASK_CACHE_PREFIX", p::CACHE_PREFIX.into()),
+            ("UNMASK_CACHE_DUAL", p::CACHE_DUAL.into()),
             // The SONAME build.rs sets is libunmask.so.<ABI - 1>.
-            ("UNMASK_ABI_VERSION", 1),
+            ("UNMASK_ABI_VERSION", 2),
             ("UNMASK_VERSION_MAJOR", 0),
             ("UNMASK_VERSION_MINOR", 1),
         ];
         for (name, value) in expected {
             assert_eq!(h.get(name), Some(&value), "{name}");
         }
-        assert!(include_str!("../build.rs").contains("libunmask.so.0"));
+        assert!(include_str!("../build.rs").contains("libunmask.so.1"));
         // Every status the library defines has its own description.
         let codes: Vec<i64> = h
             .iter()

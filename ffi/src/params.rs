@@ -2,7 +2,7 @@
 //! conversion to the runtime's parameters with every value checked.
 
 use crate::error::{entry, FfiError, FfiResult};
-use unmask_runtime::{Algorithm, GenerateParams};
+use unmask_runtime::{Algorithm, CacheMode, GenerateParams};
 
 /// The most worker threads a context may ask for.
 pub const MAX_THREADS: i32 = 512;
@@ -32,12 +32,18 @@ pub struct unmask_generate_params {
     pub block_length: i32,
     pub chat: i32,
     pub n_threads: i32,
+    pub cache: i32,
+    pub threshold: f32,
 }
 
 pub const ALG_ORIGIN: i32 = 0;
 pub const ALG_MASKGIT_PLUS: i32 = 1;
 pub const ALG_TOPK_MARGIN: i32 = 2;
 pub const ALG_ENTROPY: i32 = 3;
+
+pub const CACHE_NONE: i32 = 0;
+pub const CACHE_PREFIX: i32 = 1;
+pub const CACHE_DUAL: i32 = 2;
 
 /// Whether `unmask_generate_text` applies the Instruct template.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,12 +73,14 @@ impl Default for unmask_generate_params {
             alg: ALG_ENTROPY,
             temperature: d.temperature,
             top_p: d.top_p.unwrap_or(1.0),
-            top_k: 0,
+            top_k: d.top_k.map_or(0, |k| k as i32),
             alg_temp: d.alg_temp,
             eps: d.eps,
             block_length: 0,
             chat: -1,
             n_threads: 0,
+            cache: CACHE_NONE,
+            threshold: 0.0,
         }
     }
 }
@@ -111,8 +119,24 @@ impl unmask_generate_params {
         let block_length = match self.block_length {
             0 => None,
             b if b > 0 => Some(b as usize),
-            b => return invalid(format!("block_length {b} must be >= 0 (0: one block)")),
+            b => {
+                return invalid(format!(
+                    "block_length {b} must be >= 0 (0: one block, or 32 with a cache)"
+                ))
+            }
         };
+        let cache = match self.cache {
+            CACHE_NONE => CacheMode::None,
+            CACHE_PREFIX => CacheMode::Prefix,
+            CACHE_DUAL => CacheMode::Dual,
+            other => {
+                return invalid(format!(
+                    "cache {other} is not one of UNMASK_CACHE_* (0..=2)"
+                ))
+            }
+        };
+        // 0 disables; anything else is checked by the runtime ((0, 1]).
+        let threshold = (self.threshold != 0.0).then_some(self.threshold);
         let chat = match self.chat {
             -1 => Chat::Auto,
             0 => Chat::Off,
@@ -136,6 +160,8 @@ impl unmask_generate_params {
             eps: self.eps,
             block_length,
             seed: self.seed,
+            cache,
+            threshold,
         };
         params.validate()?;
         Ok(Checked {
@@ -241,6 +267,39 @@ mod tests {
             ),
             (unmask_generate_params { eps: 0.0, ..d }, "eps"),
             (unmask_generate_params { steps: 300, ..d }, "cannot exceed"),
+            (unmask_generate_params { cache: 3, ..d }, "cache 3"),
+            (
+                unmask_generate_params {
+                    threshold: 1.5,
+                    ..d
+                },
+                "threshold",
+            ),
+            (
+                unmask_generate_params {
+                    threshold: f32::NAN,
+                    ..d
+                },
+                "threshold",
+            ),
+            (
+                unmask_generate_params {
+                    cache: CACHE_DUAL,
+                    max_new_tokens: 48,
+                    steps: 48,
+                    ..d
+                },
+                "block_length",
+            ),
+            (
+                unmask_generate_params {
+                    cache: CACHE_DUAL,
+                    max_new_tokens: 64,
+                    steps: 2,
+                    ..d
+                },
+                "step per block",
+            ),
         ];
         for (p, needle) in cases {
             let e = p.check().unwrap_err();

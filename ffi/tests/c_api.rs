@@ -153,7 +153,7 @@ fn c_example_matches_the_cli_with_shared_and_static_library() {
         assert_example_matches_cli(exe, &setup.model, PROMPT, defaults);
     }
     // Every sampling option, through the shared library.
-    let variants: [&[&str]; 3] = [
+    let variants: [&[&str]; 6] = [
         &[
             "--max-new-tokens",
             "32",
@@ -200,6 +200,45 @@ fn c_example_matches_the_cli_with_shared_and_static_library() {
             "1",
             "--seed",
             "9",
+        ],
+        // The fast-decoding modes (cache, block length, threshold).
+        &[
+            "--max-new-tokens",
+            "32",
+            "--steps",
+            "32",
+            "--cache",
+            "dual",
+            "--block-length",
+            "8",
+            "--threshold",
+            "0.2",
+            "--temperature",
+            "0",
+        ],
+        &[
+            "--max-new-tokens",
+            "32",
+            "--steps",
+            "8",
+            "--cache",
+            "prefix",
+            "--block-length",
+            "16",
+            "--temperature",
+            "0",
+        ],
+        &[
+            "--max-new-tokens",
+            "32",
+            "--steps",
+            "16",
+            "--threshold",
+            "0.3",
+            "--temperature",
+            "0.5",
+            "--seed",
+            "3",
         ],
     ];
     for options in variants {
@@ -296,7 +335,9 @@ fn header_structs_have_the_rust_layout() {
             eps,
             block_length,
             chat,
-            n_threads
+            n_threads,
+            cache,
+            threshold
         ]
     );
     check!(
@@ -334,7 +375,7 @@ fn header_structs_have_the_rust_layout() {
     // The defaults crossed the ABI by value intact: the CLI's.
     assert_eq!(
         c["defaults"],
-        "256 256 3 0.400 0.950 0 0.000 0.0010 0 -1 0 0"
+        "256 256 3 0.400 0.950 50 0.000 0.0010 0 -1 0 0 0 0.000"
     );
     assert_eq!(out.lines().last(), Some("ok"));
 

@@ -27,7 +27,7 @@ fn run_example(setup: &Setup, prompt: &str, options: &[&str]) -> serde_json::Val
 fn python_ctypes_example_matches_the_cli() {
     let setup = Setup::new();
     let prompt = "Write a function that reverses a string";
-    let cases: [&[&str]; 2] = [
+    let cases: [&[&str]; 3] = [
         &[
             "--max-new-tokens",
             "32",
@@ -50,6 +50,22 @@ fn python_ctypes_example_matches_the_cli() {
             "--block-length",
             "12",
             "--no-chat",
+            "--threads",
+            "1",
+        ],
+        &[
+            "--max-new-tokens",
+            "32",
+            "--steps",
+            "32",
+            "--cache",
+            "dual",
+            "--block-length",
+            "8",
+            "--threshold",
+            "0.2",
+            "--temperature",
+            "0",
             "--threads",
             "1",
         ],

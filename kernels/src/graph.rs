@@ -376,6 +376,24 @@ impl Graph {
         self.push(raw)
     }
 
+    /// `a` and `b` joined along dimension `dim` (0..4): every other dimension and the type must
+    /// agree. The result is a new contiguous tensor.
+    pub fn concat(&mut self, a: TensorId, b: TensorId, dim: usize) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        let (sa, sb) = (self.shape(a)?, self.shape(b)?);
+        let fits = dim < 4
+            && self.type_of(a)? == self.type_of(b)?
+            && (0..4).all(|d| d == dim || sa[d] == sb[d]);
+        if !fits {
+            return Err(Error::Ggml(format!(
+                "concat along {dim}: {sa:?} and {sb:?} do not fit"
+            )));
+        }
+        // SAFETY: same type, all dimensions but `dim` equal, as ggml_concat asserts.
+        let raw = unsafe { sys::ggml_concat(ctx, self.raw(a)?, self.raw(b)?, dim as i32) };
+        self.push(raw)
+    }
+
     /// A contiguous copy of a (possibly strided) tensor.
     pub fn cont(&mut self, a: TensorId) -> Result<TensorId> {
         self.unary(a, sys::ggml_cont)

@@ -52,7 +52,8 @@ struct WriteArgs {
 enum Command {
     /// Write a model of the Dream architecture with seeded random weights.
     Synth {
-        /// tiny (about 1.4 M parameters, 512-token vocabulary), 0.5b (Qwen2.5-0.5B shape) or 7b
+        /// tiny (about 1.4 M parameters, 512-token vocabulary), tiny-wide (tiny layers with the
+        /// real 151936-token vocabulary and tokenizer), 0.5b (Qwen2.5-0.5B shape) or 7b
         /// (DiffuCoder-7B shape).
         #[arg(long)]
         preset: Preset,

@@ -15,6 +15,9 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preset {
     Tiny,
+    /// The tiny layers with Qwen2.5-0.5B's vocabulary and tokenizer (151936 rows, tied): the
+    /// real vocabulary's scoring at a test's speed.
+    TinyWide,
     HalfB,
     SevenB,
 }
@@ -25,11 +28,12 @@ impl FromStr for Preset {
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "tiny" => Ok(Preset::Tiny),
+            "tiny-wide" => Ok(Preset::TinyWide),
             "0.5b" | "05b" | "half" => Ok(Preset::HalfB),
             "7b" => Ok(Preset::SevenB),
             other => Err(Error::Config {
                 path: "--preset".into(),
-                message: format!("unknown preset `{other}` (tiny, 0.5b, 7b)"),
+                message: format!("unknown preset `{other}` (tiny, tiny-wide, 0.5b, 7b)"),
             }),
         }
     }
@@ -82,6 +86,22 @@ impl SynthModel {
                 rope_theta: 1_000_000.0,
                 rms_norm_eps: 1e-6,
                 tie_word_embeddings: false,
+                bos_token_id: Some(eos),
+                eos_token_id: Some(eos),
+                pad_token_id: Some(eos),
+                mask_token_id: Some(mask),
+            },
+            Preset::TinyWide => DreamConfig {
+                hidden_size: 256,
+                intermediate_size: 512,
+                num_hidden_layers: 2,
+                num_attention_heads: 4,
+                num_key_value_heads: 2,
+                vocab_size: 151_936,
+                max_position_embeddings: 4096,
+                rope_theta: 1_000_000.0,
+                rms_norm_eps: 1e-6,
+                tie_word_embeddings: true,
                 bos_token_id: Some(eos),
                 eos_token_id: Some(eos),
                 pad_token_id: Some(eos),

@@ -7,6 +7,7 @@
 //! meaningful. Peak RSS is read after the first step, before libllama is loaded: by then every
 //! weight page and compute buffer unmask uses has been touched.
 
+use crate::cli_decoding::DecodingArgs;
 use crate::cli_generate::{default_threads, load_model};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -19,20 +20,26 @@ use unmask_runtime::{Algorithm, Control, GenerateParams, Generator};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
+    /// The model (GGUF).
     #[arg(short, long)]
     model: PathBuf,
     /// New tokens (canvas length after the prompt).
     #[arg(long, default_value_t = 256)]
     gen: usize,
+    /// Denoising steps (exact decoding: forward passes; see --threshold for the fast modes).
     #[arg(long, default_value_t = 64)]
     steps: usize,
-    /// Prompt length in tokens.
+    /// Prompt length in tokens (the benchmark text, repeated or cut).
     #[arg(long, default_value_t = 30)]
     prompt_tokens: usize,
+    /// Threads for the forward pass and the scoring (libllama uses as many).
     #[arg(short, long, default_value_t = default_threads())]
     threads: usize,
+    /// Which positions to commit: origin, maskgit_plus, topk_margin or entropy.
     #[arg(long, default_value = "entropy")]
     alg: Algorithm,
+    #[command(flatten)]
+    decoding: DecodingArgs,
     /// Sampling temperature (0: greedy). Synthetic models have nearly flat distributions, which
     /// make nucleus sampling unrepresentatively expensive, so the benchmark is greedy by default.
     #[arg(long, default_value_t = 0.0)]
@@ -87,8 +94,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         temperature: args.temperature,
         top_p: None,
         top_k: None,
+        block_length: args.decoding.block_length,
+        cache: args.decoding.cache,
+        threshold: args.decoding.threshold,
         ..GenerateParams::default()
     };
+    params.validate()?;
     let mut generator = Generator::new(model.clone(), args.threads)?;
     // Build the graphs once outside the timing, as a long-running user would have them.
     generator.forward_for(prompt.len() + args.gen)?;
@@ -101,7 +112,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
     } else {
         args.llama_runs.max(1)
     };
-    let every = (args.steps / runs.max(1)).max(1);
     let mut llama: Option<LlamaForward> = None;
     let mut llama_error: Option<anyhow::Error> = None;
     let mut rss = f64::NAN;
@@ -114,6 +124,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if event.step == 0 {
             rss = peak_rss_mib();
         }
+        let every = (event.total_steps / runs.max(1)).max(1);
         if runs > 0 && event.step % every == every / 2 && forward_times.len() < runs {
             match time_llama(&args, gpu, &mut llama, event.canvas, prompt_len) {
                 Ok((forward, scoring)) => {
@@ -156,6 +167,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "seconds_per_step": per_step,
         "tokens_per_second": result.tokens.len() as f64 / unmask_seconds,
         "seconds": unmask_seconds,
+        "cache": params.cache.name(),
+        "threshold": params.threshold,
+        "block_length": params.block_length.or((params.cache != unmask_runtime::CacheMode::None).then(|| params.cache_block())),
+        "tokens_per_forward": result.tokens.len() as f64 / passes,
+        "rows_per_pass_mean": result.rows_per_pass.iter().sum::<usize>() as f64 / passes,
+        "refresh_passes": result.timings.refresh_passes,
+        "seconds_per_refresh": per_pass(result.timings.refresh, result.timings.refresh_passes),
+        "cached_passes": result.timings.cached_passes,
+        "seconds_per_cached_pass": per_pass(result.timings.cached, result.timings.cached_passes),
+        "cache_mib": result.cache_bytes as f64 / (1u64 << 20) as f64,
         "layers_seconds_per_pass": result.timings.body / passes,
         "head_and_scoring_seconds_per_pass": result.timings.head_and_scoring / passes,
         "bytes_to_host_per_step": result.bytes_to_host as f64 / result.steps as f64,
@@ -193,6 +214,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         result.tokens.len() as f64 / unmask_seconds,
         unmask_seconds
     );
+    if params.is_fast() {
+        println!(
+            "unmask: cache {}, threshold {:?}, {:.2} tokens per forward; {} refresh passes of {:.3} s, {} cached passes of {:.3} s; cache {:.1} MiB",
+            params.cache.name(),
+            params.threshold,
+            result.tokens.len() as f64 / passes,
+            result.timings.refresh_passes,
+            per_pass(result.timings.refresh, result.timings.refresh_passes).unwrap_or(0.0),
+            result.timings.cached_passes,
+            per_pass(result.timings.cached, result.timings.cached_passes).unwrap_or(0.0),
+            result.cache_bytes as f64 / (1u64 << 20) as f64
+        );
+    }
     println!(
         "unmask: per step {:.3} s in the layers, {:.3} s in output projection + scoring ({} forward passes)",
         result.timings.body / passes,
@@ -226,6 +260,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (llama_forward + llama_scoring) / per_step
     );
     Ok(())
+}
+
+/// Seconds per pass, when any ran.
+fn per_pass(seconds: f64, passes: usize) -> Option<f64> {
+    (passes > 0).then(|| seconds / passes as f64)
 }
 
 /// One libllama forward pass over `canvas` (loading libllama on first use, with a warm-up pass),

@@ -91,6 +91,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
         alg: Algorithm::Entropy,
         temperature: 0.0,
         top_p: None,
+        top_k: None,
         ..GenerateParams::default()
     };
     let ga = cpu.generate(&prompt, &params, &mut |_| Control::Continue)?;

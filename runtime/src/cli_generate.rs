@@ -1,5 +1,6 @@
 //! `unmask generate`.
 
+use crate::cli_decoding::DecodingArgs;
 use anyhow::{bail, Context, Result};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -38,18 +39,19 @@ pub struct GenerateArgs {
     /// Nucleus filter (1 disables it).
     #[arg(long, default_value_t = 0.95)]
     top_p: f32,
-    /// Keep only the k most likely tokens.
-    #[arg(long)]
-    top_k: Option<usize>,
+    /// Keep only the k most likely tokens (after the nucleus filter); 0 disables it. The default
+    /// 50 is what Dream's published code applies when the caller passes no top-k (transformers'
+    /// legacy generation default; docs/model.md, "effective defaults").
+    #[arg(long, default_value_t = unmask_runtime::generate::DEFAULT_TOP_K)]
+    top_k: usize,
     /// Temperature of the choice of positions (0: the most confident ones).
     #[arg(long, default_value_t = 0.0)]
     alg_temp: f32,
     /// Final time of the schedule linspace(1, eps, steps + 1).
     #[arg(long, default_value_t = 1e-3)]
     eps: f32,
-    /// Denoise in blocks of this many tokens, left to right (semi-autoregressive).
-    #[arg(long)]
-    block_length: Option<usize>,
+    #[command(flatten)]
+    decoding: DecodingArgs,
     /// Seed of unmask's own random generator (PyTorch's stream cannot be reproduced).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -108,11 +110,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         alg: args.alg,
         temperature: args.temperature,
         top_p: Some(args.top_p).filter(|&p| p < 1.0),
-        top_k: args.top_k,
+        top_k: Some(args.top_k).filter(|&k| k > 0),
         alg_temp: args.alg_temp,
         eps: args.eps,
-        block_length: args.block_length,
+        block_length: args.decoding.block_length,
         seed: args.seed,
+        cache: args.decoding.cache,
+        threshold: args.decoding.threshold,
     };
     // The tokenizer is not kept while the model computes (it is as large as a small model's
     // compute buffers); the live view needs it, so only then it stays.
@@ -156,6 +160,17 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "commits": result.commits,
             "device": placement.describe(),
             "bytes_to_host": result.bytes_to_host,
+            "cache": params.cache.name(),
+            "threshold": params.threshold,
+            "block_length": match params.cache {
+                unmask_runtime::CacheMode::None => params.block_length,
+                _ => Some(params.cache_block()),
+            },
+            "rows_per_pass": result.rows_per_pass,
+            "tokens_per_forward": result.tokens.len() as f64 / result.forward_passes.max(1) as f64,
+            "block_starts": result.block_starts,
+            "forced": result.forced,
+            "cache_bytes": result.cache_bytes,
         });
         if args.order {
             json["ar_ness"] = ar_ness_json(&order);
@@ -164,10 +179,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         println!("{text}");
         eprintln!(
-            "{} tokens, {} steps ({} forward passes) in {:.2} s: {:.1} tokens/s",
+            "{} tokens, {} steps ({} forward passes, {:.2} tokens per forward) in {:.2} s: {:.1} tokens/s",
             result.tokens.len(),
             result.steps,
             result.forward_passes,
+            result.tokens.len() as f64 / result.forward_passes.max(1) as f64,
             result.seconds,
             tokens_per_second
         );

@@ -1,9 +1,11 @@
 //! The denoising loop of MODEL.md §4: a fixed canvas of prompt + masks; at each step the masked
 //! positions are scored from the shifted logits and the most confident ones (or, for `origin`,
 //! random ones) are committed, never to be re-masked. Block-wise scheduling denoises the canvas
-//! in blocks, left to right.
+//! in blocks, left to right. The approximate fast-decoding modes (key/value caches, parallel
+//! decoding) are opt-in ([`CacheMode`], `threshold`) and live in `crate::fast`.
 
 use crate::forward::Forward;
+use crate::kv_cache::CachedPass;
 use crate::model::Model;
 use crate::rng::Rng;
 use crate::schedule::{reveal_probability, timesteps, transfer_count};
@@ -46,7 +48,7 @@ impl std::str::FromStr for Algorithm {
 }
 
 impl Algorithm {
-    fn confidence(self) -> Confidence {
+    pub(crate) fn confidence(self) -> Confidence {
         match self {
             Algorithm::TopkMargin => Confidence::Margin,
             Algorithm::Entropy => Confidence::NegEntropy,
@@ -54,6 +56,53 @@ impl Algorithm {
         }
     }
 }
+
+/// Which key/value cache the fast-decoding modes use (FAST_DECODING.md §3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheMode {
+    /// No cache: every step runs the whole canvas (exact decoding, or with a threshold the
+    /// no-cache parallel decoding of FAST_DECODING.md §5).
+    #[default]
+    None,
+    /// Per block, the rows from the block start to the end of the canvas run against the cached
+    /// keys and values of the positions before the block.
+    Prefix,
+    /// Per block, only the block's rows run, against the cached keys and values of every other
+    /// position.
+    Dual,
+}
+
+impl std::str::FromStr for CacheMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(CacheMode::None),
+            "prefix" => Ok(CacheMode::Prefix),
+            "dual" => Ok(CacheMode::Dual),
+            other => Err(Error::Params(format!(
+                "unknown cache `{other}` (none, prefix, dual)"
+            ))),
+        }
+    }
+}
+
+impl CacheMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheMode::None => "none",
+            CacheMode::Prefix => "prefix",
+            CacheMode::Dual => "dual",
+        }
+    }
+}
+
+/// Block length of the cached modes when none is given (Fast-dLLM's default).
+pub const DEFAULT_CACHE_BLOCK: usize = 32;
+
+/// The top-k filter Dream's published code applies when the caller passes none (MODEL.md §4,
+/// "effective defaults": transformers 4.x's legacy generation default).
+pub const DEFAULT_TOP_K: usize = 50;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerateParams {
@@ -66,9 +115,15 @@ pub struct GenerateParams {
     /// Temperature of the softmax over confidences when choosing positions; 0 = top-k.
     pub alg_temp: f32,
     pub eps: f32,
-    /// Block-wise (semi-autoregressive) schedule: blocks of this many new tokens.
+    /// Block-wise (semi-autoregressive) schedule: blocks of this many new tokens. With a cache,
+    /// `None` means [`DEFAULT_CACHE_BLOCK`].
     pub block_length: Option<usize>,
     pub seed: u64,
+    /// Key/value cache of the fast modes (approximate); `None` is exact decoding.
+    pub cache: CacheMode,
+    /// Confidence-threshold parallel decoding (approximate): commit, besides the most confident
+    /// position, every one whose predicted token's probability is at least this, in (0, 1].
+    pub threshold: Option<f32>,
 }
 
 impl Default for GenerateParams {
@@ -80,11 +135,13 @@ impl Default for GenerateParams {
             alg: Algorithm::Entropy,
             temperature: 0.4,
             top_p: Some(0.95),
-            top_k: None,
+            top_k: Some(DEFAULT_TOP_K),
             alg_temp: 0.0,
             eps: 1e-3,
             block_length: None,
             seed: 0,
+            cache: CacheMode::None,
+            threshold: None,
         }
     }
 }
@@ -122,6 +179,14 @@ impl GenerateParams {
         if !(self.eps > 0.0 && self.eps < 1.0) {
             return bad(format!("eps {} must be in (0, 1)", self.eps));
         }
+        if let Some(t) = self.threshold {
+            if !(t > 0.0 && t <= 1.0) {
+                return bad(format!("threshold {t} must be in (0, 1]"));
+            }
+        }
+        if self.is_fast() {
+            return self.validate_fast();
+        }
         if let Some(b) = self.block_length {
             if b == 0 || !self.max_new_tokens.is_multiple_of(b) {
                 return bad(format!(
@@ -146,7 +211,79 @@ impl GenerateParams {
         Ok(())
     }
 
-    fn filter(&self) -> Filter {
+    /// Whether these settings select an approximate fast-decoding mode.
+    pub fn is_fast(&self) -> bool {
+        self.cache != CacheMode::None || self.threshold.is_some()
+    }
+
+    /// The block length the cached modes use.
+    pub fn cache_block(&self) -> usize {
+        self.block_length.unwrap_or(DEFAULT_CACHE_BLOCK)
+    }
+
+    /// The rules of the fast modes (FAST_DECODING.md §2-§5).
+    fn validate_fast(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Params(m));
+        let n = self.max_new_tokens;
+        if self.cache == CacheMode::None {
+            // No-cache parallel decoding: no blocks, `n / steps` tokens due per step.
+            if self.block_length.is_some() {
+                return bad(
+                    "block_length applies to the cached modes and to exact decoding, not to \
+                     --threshold without a cache"
+                        .into(),
+                );
+            }
+            if !n.is_multiple_of(self.steps) {
+                return bad(format!(
+                    "with --threshold and no cache, steps ({}) must divide max_new_tokens ({n})",
+                    self.steps
+                ));
+            }
+            return Ok(());
+        }
+        if self.alg == Algorithm::Origin {
+            return bad(
+                "the cached modes rank positions by confidence: alg origin has none".into(),
+            );
+        }
+        let b = self.cache_block();
+        if b == 0 || !n.is_multiple_of(b) {
+            let source = if self.block_length.is_some() {
+                "block_length"
+            } else {
+                "the default block_length (32) of the cached modes"
+            };
+            return bad(format!(
+                "{source} {b} must divide max_new_tokens {n}; pass a block length that does"
+            ));
+        }
+        let blocks = n / b;
+        if !self.steps.is_multiple_of(blocks) {
+            return bad(format!(
+                "steps {} must be a multiple of the number of blocks ({blocks})",
+                self.steps
+            ));
+        }
+        if self.threshold.is_none() {
+            let per_block = self.steps / blocks;
+            if per_block < 2 {
+                return bad(format!(
+                    "{per_block} step per block in the fixed-step cached mode would leave each \
+                     block masked after its first token; use at least {} steps, or --threshold",
+                    2 * blocks
+                ));
+            }
+            if per_block > b {
+                return bad(format!(
+                    "{per_block} steps per block exceed the block length {b}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn filter(&self) -> Filter {
         Filter {
             temperature: self.temperature,
             top_p: self.top_p,
@@ -194,15 +331,31 @@ pub struct Generation {
     pub bytes_to_host: u64,
     /// Where the time went.
     pub timings: Timings,
+    /// Rows each forward pass ran through the layers, in order (the canvas length for full and
+    /// refresh passes; fewer for cached passes).
+    pub rows_per_pass: Vec<usize>,
+    /// Cached modes: the first canvas position of each block, in order.
+    pub block_starts: Vec<usize>,
+    /// Fast modes: (pass, position, token) where the progress rule replaced a predicted mask
+    /// token (see `crate::fast`).
+    pub forced: Vec<(usize, usize, u32)>,
+    /// Bytes of backend memory the kept keys and values hold (0 without a cache).
+    pub cache_bytes: usize,
 }
 
 /// Seconds spent in each part of the steps.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Timings {
-    /// The layers over the whole canvas.
+    /// The layers (every forward pass: full, refresh and cached).
     pub body: f64,
     /// Output projection and scoring of the rows that predict masked positions.
     pub head_and_scoring: f64,
+    /// Of `body`: the refresh passes of the cached modes, and how many ran.
+    pub refresh: f64,
+    pub refresh_passes: usize,
+    /// Of `body`: the cached passes, and how many ran.
+    pub cached: f64,
+    pub cached_passes: usize,
 }
 
 /// Generation state for one model: the CPU backend, worker threads and the graphs for the last
@@ -210,10 +363,13 @@ pub struct Timings {
 /// from (a GGUF file's mapped weights by default; the trainer runs its f32 parameters through the
 /// same loop).
 pub struct Generator<W = Arc<Weights>> {
-    model: Arc<Model<W>>,
-    backend: CpuBackend,
-    pool: rayon::ThreadPool,
-    forward: Option<Forward>,
+    pub(crate) model: Arc<Model<W>>,
+    pub(crate) backend: CpuBackend,
+    pub(crate) pool: rayon::ThreadPool,
+    pub(crate) forward: Option<Forward>,
+    /// Cached passes over the current refresh graph, one per run length (they read its keys
+    /// and values in place, so they are dropped whenever it is rebuilt).
+    pub(crate) cached: Vec<CachedPass>,
 }
 
 impl<W: TensorSource> Generator<W> {
@@ -232,6 +388,7 @@ impl<W: TensorSource> Generator<W> {
             backend,
             pool,
             forward: None,
+            cached: Vec::new(),
         })
     }
 
@@ -246,9 +403,18 @@ impl<W: TensorSource> Generator<W> {
 
     /// The graphs for a canvas of `len` tokens (built on first use, then reused).
     pub fn forward_for(&mut self, len: usize) -> Result<&mut Forward> {
-        if self.forward.as_ref().is_none_or(|f| f.len != len) {
-            self.forward = None; // free the old graphs before building new ones
-            self.forward = Some(Forward::new(&self.model, len, &self.backend)?);
+        self.forward_with(len, false)
+    }
+
+    /// The graphs for a canvas of `len` tokens; with `keep_kv` a refresh pass that keeps every
+    /// layer's keys and values for cached passes (a plain forward that has them is reused too).
+    pub(crate) fn forward_with(&mut self, len: usize, keep_kv: bool) -> Result<&mut Forward> {
+        let fits = |f: &Forward| f.len == len && (!keep_kv || !f.kv().1.is_empty());
+        if !self.forward.as_ref().is_some_and(fits) {
+            // Free the old graphs (and the cached passes reading them) before building new ones.
+            self.cached.clear();
+            self.forward = None;
+            self.forward = Some(Forward::new(&self.model, len, keep_kv, &self.backend)?);
         }
         Ok(self.forward.as_mut().expect("just built"))
     }
@@ -307,6 +473,43 @@ impl<W: TensorSource> Generator<W> {
         let mask = self.model.special.mask;
         let mut canvas: Vec<u32> = prompt.to_vec();
         canvas.resize(prompt.len() + params.max_new_tokens, mask);
+        let mut out = Generation {
+            tokens: Vec::new(),
+            canvas: Vec::new(),
+            prompt_len: prompt.len(),
+            steps: 0,
+            forward_passes: 0,
+            commits: Vec::new(),
+            cancelled: false,
+            seconds: 0.0,
+            bytes_to_host: 0,
+            timings: Timings::default(),
+            rows_per_pass: Vec::new(),
+            block_starts: Vec::new(),
+            forced: Vec::new(),
+            cache_bytes: 0,
+        };
+        if params.is_fast() {
+            crate::fast::generate(self, &mut canvas, params, on_step, &mut out)?;
+        } else {
+            self.generate_exact(&mut canvas, params, on_step, &mut out)?;
+        }
+        out.tokens = canvas[prompt.len()..].to_vec();
+        out.canvas = canvas;
+        out.seconds = start.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    /// Dream's loop (MODEL.md §4) over `canvas` (prompt + masks), recording into `out`.
+    fn generate_exact(
+        &mut self,
+        canvas: &mut [u32],
+        params: &GenerateParams,
+        on_step: &mut dyn FnMut(&StepEvent) -> Control,
+        out: &mut Generation,
+    ) -> Result<()> {
+        let mask = self.model.special.mask;
+        let prompt_len = out.prompt_len;
         let len = canvas.len();
         self.forward_for(len)?;
         let Generator {
@@ -326,20 +529,8 @@ impl<W: TensorSource> Generator<W> {
         let filter = params.filter();
         let kind = params.alg.confidence();
         let mut rng = Rng::new(params.seed);
-        let mut out = Generation {
-            tokens: Vec::new(),
-            canvas: Vec::new(),
-            prompt_len: prompt.len(),
-            steps: 0,
-            forward_passes: 0,
-            commits: Vec::new(),
-            cancelled: false,
-            seconds: 0.0,
-            bytes_to_host: 0,
-            timings: Timings::default(),
-        };
         'blocks: for b in 0..n_blocks {
-            let lo = prompt.len() + b * block;
+            let lo = prompt_len + b * block;
             let hi = lo + block;
             for i in 0..steps_per_block {
                 let masked: Vec<usize> = (lo..hi).filter(|&p| canvas[p] == mask).collect();
@@ -361,8 +552,9 @@ impl<W: TensorSource> Generator<W> {
                 let mut committed: Vec<(usize, u32)> = Vec::new();
                 if k > 0 && !candidates.is_empty() {
                     let body_start = Instant::now();
-                    forward.run_body(&canvas, backend)?;
+                    forward.run_body(canvas, backend)?;
                     out.forward_passes += 1;
+                    out.rows_per_pass.push(len);
                     let head_start = Instant::now();
                     out.timings.body += (head_start - body_start).as_secs_f64();
                     let uniforms: Vec<f64> = candidates.iter().map(|_| rng.uniform()).collect();
@@ -390,8 +582,8 @@ impl<W: TensorSource> Generator<W> {
                     step: b * steps_per_block + i,
                     total_steps: params.steps,
                     committed: &committed,
-                    canvas: &canvas,
-                    prompt_len: prompt.len(),
+                    canvas,
+                    prompt_len,
                 };
                 if on_step(&event) == Control::Cancel {
                     out.cancelled = true;
@@ -399,17 +591,19 @@ impl<W: TensorSource> Generator<W> {
                 }
             }
         }
-        out.tokens = canvas[prompt.len()..].to_vec();
-        out.canvas = canvas;
-        out.seconds = start.elapsed().as_secs_f64();
-        Ok(out)
+        Ok(())
     }
 }
 
 /// Indices (into `scored`) of the `k` positions to commit: the most confident, ties broken by the
 /// lower position (candidates are in increasing position order), or with `alg_temp > 0` a draw of
 /// `k` without replacement from softmax(confidence / alg_temp).
-fn choose_positions(scored: &[Scored], k: usize, alg_temp: f32, rng: &mut Rng) -> Vec<usize> {
+pub(crate) fn choose_positions(
+    scored: &[Scored],
+    k: usize,
+    alg_temp: f32,
+    rng: &mut Rng,
+) -> Vec<usize> {
     let k = k.min(scored.len());
     if alg_temp == 0.0 {
         let mut order: Vec<usize> = (0..scored.len()).collect();

@@ -11,13 +11,18 @@
 
 pub mod chat;
 mod error;
+mod fast;
 pub mod forward;
 pub mod generate;
+pub mod head;
+pub mod kv_cache;
 pub mod model;
 pub mod order;
 pub mod rng;
 pub mod schedule;
 
 pub use error::{Error, Result};
-pub use generate::{Algorithm, Control, GenerateParams, Generation, Generator, StepEvent, Timings};
+pub use generate::{
+    Algorithm, CacheMode, Control, GenerateParams, Generation, Generator, StepEvent, Timings,
+};
 pub use model::{Model, ModelSpec};

@@ -2,6 +2,7 @@
 
 mod cli_bench;
 mod cli_check;
+mod cli_decoding;
 mod cli_generate;
 
 use clap::{Parser, Subcommand};

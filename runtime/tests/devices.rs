@@ -90,6 +90,7 @@ fn device_generations_equal_the_cpu_path() {
                 alg,
                 temperature: 0.0,
                 top_p: None,
+                top_k: None,
                 block_length: block,
                 ..Default::default()
             });
@@ -160,6 +161,7 @@ fn greedy_device_steps_copy_only_summaries() {
             alg,
             temperature: 0.0,
             top_p: None,
+            top_k: None,
             ..Default::default()
         };
         let g = dev

@@ -321,6 +321,13 @@ pub struct GrpoConfig {
     pub temperature: f32,
     /// Nucleus sampling (1.0 disables it).
     pub top_p: f32,
+    /// Rollouts' key/value cache (approximate fast decoding): none (exact, default), prefix or
+    /// dual (docs/fast-decoding.md).
+    pub cache: String,
+    /// Rollouts' block length with a cache (default 32).
+    pub block_length: Option<usize>,
+    /// Rollouts' confidence-threshold parallel decoding, in (0, 1] (default: off).
+    pub threshold: Option<f32>,
     pub seed: u64,
     /// Save a checkpoint at the end of the first round at or after every N updates (0: only at
     /// the end).
@@ -370,6 +377,9 @@ impl Default for GrpoConfig {
             diffusion_steps: 256,
             temperature: 1.2,
             top_p: 0.95,
+            cache: "none".into(),
+            block_length: None,
+            threshold: None,
             seed: 0,
             save_every: 0,
             save_dtype: None,
@@ -458,6 +468,16 @@ pub struct GrpoArgs {
     pub temperature: Option<f32>,
     #[arg(long)]
     pub top_p: Option<f32>,
+    /// Rollouts' key/value cache: none (exact decoding, default), prefix or dual (approximate,
+    /// faster; docs/fast-decoding.md).
+    #[arg(long)]
+    pub cache: Option<String>,
+    /// Rollouts' block length with a cache, in tokens [32].
+    #[arg(long)]
+    pub block_length: Option<usize>,
+    /// Rollouts' confidence-threshold parallel decoding, in (0, 1] [off].
+    #[arg(long)]
+    pub threshold: Option<f32>,
     #[arg(long)]
     pub seed: Option<u64>,
     #[arg(long)]
@@ -522,6 +542,7 @@ impl GrpoConfig {
             diffusion_steps,
             temperature,
             top_p,
+            cache,
             seed,
             save_every,
             reward_timeout
@@ -530,6 +551,8 @@ impl GrpoConfig {
             model,
             tasks,
             out,
+            block_length,
+            threshold,
             warmup_steps,
             save_dtype,
             threads,
@@ -563,6 +586,9 @@ impl GrpoConfig {
                 "steps, prompts_per_round, num_generations, mu and micro_batch must be positive"
                     .into(),
             );
+        }
+        if let Err(e) = self.cache.parse::<unmask_runtime::CacheMode>() {
+            return bad(e.to_string());
         }
         if self.prompt_tokens == 0 || self.completion_tokens == 0 || self.diffusion_steps == 0 {
             return bad(

@@ -324,6 +324,9 @@ pub fn train(cfg: &GrpoConfig, resume: bool) -> Result<Summary> {
         steps: cfg.diffusion_steps,
         temperature: cfg.temperature,
         top_p: (cfg.top_p < 1.0).then_some(cfg.top_p),
+        cache: cfg.cache.parse()?,
+        block_length: cfg.block_length,
+        threshold: cfg.threshold,
         threads,
         ..RolloutParams::default()
     };

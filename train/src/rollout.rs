@@ -12,7 +12,7 @@ use crate::rng::Rng;
 use crate::{Error, Result};
 use std::sync::Arc;
 use unmask_runtime::chat::{encode, instruct_prompt};
-use unmask_runtime::{Algorithm, Control, GenerateParams, Generator, Model, ModelSpec};
+use unmask_runtime::{Algorithm, CacheMode, Control, GenerateParams, Generator, Model, ModelSpec};
 
 /// Prompt tokens kept (the last ones) in a training prompt (§1: prompt length 200).
 pub const PROMPT_TOKENS: usize = 200;
@@ -31,6 +31,11 @@ pub struct RolloutParams {
     pub alg: Algorithm,
     pub alg_temp: f32,
     pub eps: f32,
+    /// Fast decoding of the rollouts (approximate; exact by default): key/value cache, block
+    /// length with a cache, confidence threshold.
+    pub cache: CacheMode,
+    pub block_length: Option<usize>,
+    pub threshold: Option<f32>,
     /// Worker threads of the forward passes and scoring.
     pub threads: usize,
 }
@@ -46,6 +51,9 @@ impl Default for RolloutParams {
             alg: Algorithm::Entropy,
             alg_temp: 0.0,
             eps: 1e-3,
+            cache: CacheMode::None,
+            block_length: None,
+            threshold: None,
             threads: crate::config::all_cpus(),
         }
     }
@@ -63,8 +71,10 @@ impl RolloutParams {
             top_k: self.top_k,
             alg_temp: self.alg_temp,
             eps: self.eps,
-            block_length: None,
+            block_length: self.block_length,
             seed,
+            cache: self.cache,
+            threshold: self.threshold,
         }
     }
 }

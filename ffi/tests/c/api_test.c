@@ -58,6 +58,8 @@ static int layout(void) {
     FIELD(unmask_generate_params, block_length);
     FIELD(unmask_generate_params, chat);
     FIELD(unmask_generate_params, n_threads);
+    FIELD(unmask_generate_params, cache);
+    FIELD(unmask_generate_params, threshold);
     printf("unmask_step_t %zu\n", sizeof(unmask_step_t));
     FIELD(unmask_step_t, positions);
     FIELD(unmask_step_t, tokens);
@@ -82,9 +84,9 @@ static int layout(void) {
     FIELD(unmask_result_t, seconds);
     /* The defaults as C sees them, by value through the ABI. */
     unmask_generate_params d = unmask_generate_default_params();
-    printf("defaults %d %d %d %.3f %.3f %d %.3f %.4f %d %d %d %llu\n", d.max_new_tokens, d.steps,
-           d.alg, d.temperature, d.top_p, d.top_k, d.alg_temp, d.eps, d.block_length, d.chat,
-           d.n_threads, (unsigned long long)d.seed);
+    printf("defaults %d %d %d %.3f %.3f %d %.3f %.4f %d %d %d %llu %d %.3f\n", d.max_new_tokens,
+           d.steps, d.alg, d.temperature, d.top_p, d.top_k, d.alg_temp, d.eps, d.block_length,
+           d.chat, d.n_threads, (unsigned long long)d.seed, d.cache, d.threshold);
     printf("ok\n");
     return 0;
 }
