@@ -17,6 +17,8 @@ import sys
 
 ALGS = {"origin": 0, "maskgit_plus": 1, "topk_margin": 2, "entropy": 3}
 CACHES = {"none": 0, "prefix": 1, "dual": 2}
+# The UNMASK_ABI_VERSION of the unmask.h these structures transcribe.
+ABI_VERSION = 2
 UNMASK_OK, UNMASK_CANCELLED, UNMASK_SIZE_ERROR = 0, 1, -(2**31)
 
 
@@ -106,8 +108,8 @@ def load_library(path):
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
-    if lib.unmask_abi_version() != 1:
-        sys.exit("libunmask ABI %d, this script speaks 1" % lib.unmask_abi_version())
+    if lib.unmask_abi_version() != ABI_VERSION:
+        sys.exit("libunmask ABI %d, this script speaks %d" % (lib.unmask_abi_version(), ABI_VERSION))
     return lib
 
 

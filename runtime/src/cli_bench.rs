@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// Skip the libllama comparison.
     #[arg(long)]
     no_llama: bool,
+    /// Stop after this many forward passes (a partial run for large models: the seconds per
+    /// pass stay meaningful, the tokens per second then cover only the passes run).
+    #[arg(long, value_name = "N")]
+    passes: Option<usize>,
     /// Where to run (cpu, cuda, cuda:N, auto, ggml-cpu; see `unmask generate --help`). On a GPU,
     /// libllama offloads every layer to it too.
     #[arg(long, default_value = "auto")]
@@ -138,12 +142,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         }
         in_callback += start.elapsed().as_secs_f64();
+        if args.passes.is_some_and(|n| event.step + 1 >= n) {
+            return Control::Cancel;
+        }
         Control::Continue
     })?;
     if let Some(e) = llama_error {
         return Err(e.context("timing libllama"));
     }
     let unmask_seconds = result.seconds - in_callback;
+    // Tokens committed by the passes run (all new tokens for a whole run).
+    let committed = result.commits.iter().map(Vec::len).sum::<usize>() as f64;
     let per_step = unmask_seconds / result.steps as f64;
     let passes = result.forward_passes.max(1) as f64;
     let median = |v: &mut Vec<f64>| {
@@ -165,12 +174,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "temperature": args.temperature,
         "forward_passes": result.forward_passes,
         "seconds_per_step": per_step,
-        "tokens_per_second": result.tokens.len() as f64 / unmask_seconds,
+        "tokens_per_second": committed / unmask_seconds,
+        "partial": result.cancelled,
         "seconds": unmask_seconds,
         "cache": params.cache.name(),
         "threshold": params.threshold,
         "block_length": params.block_length.or((params.cache != unmask_runtime::CacheMode::None).then(|| params.cache_block())),
-        "tokens_per_forward": result.tokens.len() as f64 / passes,
+        "tokens_per_forward": committed / passes,
         "rows_per_pass_mean": result.rows_per_pass.iter().sum::<usize>() as f64 / passes,
         "refresh_passes": result.timings.refresh_passes,
         "seconds_per_refresh": per_pass(result.timings.refresh, result.timings.refresh_passes),
@@ -211,7 +221,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "unmask: {:.3} s/step ({} forward passes), {:.2} tokens/s, {:.2} s total",
         per_step,
         result.forward_passes,
-        result.tokens.len() as f64 / unmask_seconds,
+        committed / unmask_seconds,
         unmask_seconds
     );
     if params.is_fast() {
@@ -219,7 +229,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "unmask: cache {}, threshold {:?}, {:.2} tokens per forward; {} refresh passes of {:.3} s, {} cached passes of {:.3} s; cache {:.1} MiB",
             params.cache.name(),
             params.threshold,
-            result.tokens.len() as f64 / passes,
+            committed / passes,
             result.timings.refresh_passes,
             per_pass(result.timings.refresh, result.timings.refresh_passes).unwrap_or(0.0),
             result.timings.cached_passes,

@@ -24,19 +24,22 @@ pub struct GenerateArgs {
     /// The prompt as comma-separated token ids, used as is (no chat template).
     #[arg(long, value_delimiter = ',')]
     prompt_ids: Option<Vec<u32>>,
-    /// Length of the canvas to fill (the answer is cut at the first end token).
+    /// Length of the canvas to fill (the answer is cut at the first end token). Default: 256,
+    /// DiffuCoder-Instruct's recommended setting.
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
     /// Denoising steps (at most max-new-tokens; fewer steps commit several tokens per step).
+    /// Default: 256 (one token per step, DiffuCoder-Instruct's recommended setting).
     #[arg(long, default_value_t = 256)]
     steps: usize,
     /// Which positions to commit: origin, maskgit_plus, topk_margin or entropy.
     #[arg(long, default_value = "entropy")]
     alg: Algorithm,
-    /// Sampling temperature; 0 takes the most likely token.
+    /// Sampling temperature; 0 takes the most likely token. Default: 0.4 (DiffuCoder-Instruct's
+    /// recommended setting).
     #[arg(long, default_value_t = 0.4)]
     temperature: f32,
-    /// Nucleus filter (1 disables it).
+    /// Nucleus filter (1 disables it). Default: 0.95 (DiffuCoder-Instruct's recommended setting).
     #[arg(long, default_value_t = 0.95)]
     top_p: f32,
     /// Keep only the k most likely tokens (after the nucleus filter); 0 disables it. The default

@@ -1,4 +1,4 @@
-//! The approximate fast-decoding modes (docs/fast-decoding.md; FAST_DECODING.md §3-§5), after
+//! The approximate fast-decoding modes (docs/fast-decoding.md §3-§5), after
 //! Fast-dLLM's published Dream code, opt-in through [`GenerateParams::cache`] and
 //! [`GenerateParams::threshold`]. Exact decoding (`crate::generate`) stays the default.
 //!

@@ -83,7 +83,7 @@ pub struct LayerKv {
     pub v: TensorId,
 }
 
-/// What a body graph does with each layer's keys and values (FAST_DECODING.md §3).
+/// What a body graph does with each layer's keys and values (docs/fast-decoding.md §3).
 #[derive(Clone, Copy, Debug)]
 pub enum KvUse<'a> {
     /// Intermediates only (exact decoding, training).

@@ -57,11 +57,11 @@ impl Algorithm {
     }
 }
 
-/// Which key/value cache the fast-decoding modes use (FAST_DECODING.md §3).
+/// Which key/value cache the fast-decoding modes use (docs/fast-decoding.md §3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CacheMode {
     /// No cache: every step runs the whole canvas (exact decoding, or with a threshold the
-    /// no-cache parallel decoding of FAST_DECODING.md §5).
+    /// no-cache parallel decoding of docs/fast-decoding.md §5).
     #[default]
     None,
     /// Per block, the rows from the block start to the end of the canvas run against the cached
@@ -221,7 +221,7 @@ impl GenerateParams {
         self.block_length.unwrap_or(DEFAULT_CACHE_BLOCK)
     }
 
-    /// The rules of the fast modes (FAST_DECODING.md §2-§5).
+    /// The rules of the fast modes (docs/fast-decoding.md §2-§5).
     fn validate_fast(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Params(m));
         let n = self.max_new_tokens;
@@ -672,6 +672,81 @@ mod tests {
             c.dedup();
             assert_eq!(c.len(), 3);
         }
+    }
+
+    #[test]
+    fn fast_mode_rules() {
+        let base = GenerateParams {
+            max_new_tokens: 64,
+            steps: 64,
+            ..Default::default()
+        };
+        let ok = |p: GenerateParams| assert!(p.validate().is_ok(), "{p:?}");
+        let err = |p: GenerateParams, needle: &str| {
+            let e = p.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        };
+        ok(GenerateParams {
+            cache: CacheMode::Dual,
+            ..base.clone()
+        });
+        ok(GenerateParams {
+            cache: CacheMode::Prefix,
+            threshold: Some(1.0),
+            steps: 2,
+            ..base.clone()
+        });
+        ok(GenerateParams {
+            threshold: Some(0.9),
+            steps: 16,
+            ..base.clone()
+        });
+        // Fixed steps: at least 2 per block (32-token blocks: 2 blocks).
+        err(
+            GenerateParams {
+                cache: CacheMode::Dual,
+                steps: 2,
+                ..base.clone()
+            },
+            "1 step per block",
+        );
+        ok(GenerateParams {
+            cache: CacheMode::Dual,
+            steps: 4,
+            ..base.clone()
+        });
+        err(
+            GenerateParams {
+                threshold: Some(f32::NAN),
+                ..base.clone()
+            },
+            "threshold",
+        );
+        err(
+            GenerateParams {
+                threshold: Some(-0.1),
+                cache: CacheMode::Prefix,
+                ..base.clone()
+            },
+            "threshold",
+        );
+        err(
+            GenerateParams {
+                cache: CacheMode::Prefix,
+                block_length: Some(0),
+                ..base.clone()
+            },
+            "block_length 0",
+        );
+        assert_eq!(
+            GenerateParams {
+                cache: CacheMode::Prefix,
+                ..base.clone()
+            }
+            .cache_block(),
+            DEFAULT_CACHE_BLOCK
+        );
+        assert!(!base.is_fast());
     }
 
     #[test]

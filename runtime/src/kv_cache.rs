@@ -1,4 +1,4 @@
-//! Cached passes of the fast-decoding modes (docs/fast-decoding.md, FAST_DECODING.md §3): the
+//! Cached passes of the fast-decoding modes (docs/fast-decoding.md §3): the
 //! layers over only some rows of the canvas, their queries attending to the keys and values a
 //! refresh pass kept for the other positions plus their own fresh ones.
 //!

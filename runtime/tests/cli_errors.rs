@@ -79,6 +79,117 @@ fn generation_parameters_are_checked() {
 }
 
 #[test]
+fn bad_fast_decoding_settings_are_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let cases: [(&[&str], &str); 9] = [
+        // The default block length (32) must divide the tokens.
+        (
+            &["--cache", "dual", "--max-new-tokens", "48", "--steps", "48"],
+            "the default block_length (32) of the cached modes 32 must divide max_new_tokens 48",
+        ),
+        (
+            &[
+                "--cache",
+                "prefix",
+                "--max-new-tokens",
+                "32",
+                "--steps",
+                "32",
+                "--block-length",
+                "12",
+            ],
+            "block_length 12 must divide max_new_tokens 32",
+        ),
+        (
+            &[
+                "--cache",
+                "dual",
+                "--max-new-tokens",
+                "64",
+                "--steps",
+                "6",
+                "--block-length",
+                "16",
+            ],
+            "steps 6 must be a multiple of the number of blocks (4)",
+        ),
+        // One step per block would leave each block masked after its first token (§4).
+        (
+            &["--cache", "dual", "--max-new-tokens", "64", "--steps", "2"],
+            "1 step per block in the fixed-step cached mode would leave each block masked",
+        ),
+        (
+            &[
+                "--threshold",
+                "0",
+                "--max-new-tokens",
+                "32",
+                "--steps",
+                "32",
+            ],
+            "threshold 0 must be in (0, 1]",
+        ),
+        (
+            &[
+                "--threshold",
+                "1.5",
+                "--max-new-tokens",
+                "32",
+                "--steps",
+                "32",
+            ],
+            "threshold 1.5 must be in (0, 1]",
+        ),
+        (
+            &[
+                "--threshold",
+                "0.9",
+                "--max-new-tokens",
+                "32",
+                "--steps",
+                "12",
+            ],
+            "steps (12) must divide max_new_tokens (32)",
+        ),
+        (
+            &[
+                "--threshold",
+                "0.9",
+                "--max-new-tokens",
+                "32",
+                "--steps",
+                "32",
+                "--block-length",
+                "8",
+            ],
+            "block_length applies to the cached modes",
+        ),
+        (
+            &[
+                "--cache",
+                "dual",
+                "--alg",
+                "origin",
+                "--max-new-tokens",
+                "32",
+                "--steps",
+                "32",
+            ],
+            "alg origin has none",
+        ),
+    ];
+    for (extra, fragment) in cases {
+        let mut args = vec!["generate", "-m", m, "-p", "hello", "--threads", "1"];
+        args.extend_from_slice(extra);
+        assert_error(&unmask(&args), fragment);
+    }
+    let out = unmask(&["generate", "-m", m, "-p", "hello", "--cache", "triple"]);
+    assert_error(&out, "unknown cache `triple` (none, prefix, dual)");
+}
+
+#[test]
 fn a_prompt_longer_than_the_context_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use unmask_kernels::device::{resolve, DeviceRequest, Placement};
 use unmask_quantize::convert::{convert_synth, ConvertOptions};
 use unmask_quantize::synth::{Preset, SynthModel};
-use unmask_runtime::{Algorithm, Control, GenerateParams, Generator, Model};
+use unmask_runtime::{Algorithm, CacheMode, Control, GenerateParams, Generator, Model};
 
 fn model_file(dir: &Path, ty: &str) -> PathBuf {
     let path = dir.join(format!("tiny-{ty}.gguf"));
@@ -138,6 +138,69 @@ fn device_generations_equal_the_cpu_path() {
         copied += b.bytes_to_host;
     }
     assert!(copied > 0);
+}
+
+#[test]
+fn device_fast_modes_equal_the_cpu_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_file(dir.path(), "f16");
+    let (mut cpu, mut dev) = both(&path);
+    let prompt = [3u32, 14, 15, 92, 65];
+    let mut settings = Vec::new();
+    for cache in [CacheMode::Prefix, CacheMode::Dual] {
+        for (threshold, steps, alg) in [
+            (Some(0.05), 32, Algorithm::Entropy),
+            (None, 16, Algorithm::Entropy),
+            (None, 8, Algorithm::TopkMargin),
+        ] {
+            settings.push(GenerateParams {
+                max_new_tokens: 32,
+                steps,
+                alg,
+                temperature: 0.0,
+                top_p: None,
+                block_length: Some(8),
+                cache,
+                threshold,
+                ..Default::default()
+            });
+        }
+        // Sampled, with the default filters (top-p 0.95, top-k 50).
+        settings.push(GenerateParams {
+            max_new_tokens: 32,
+            steps: 32,
+            temperature: 0.7,
+            block_length: Some(16),
+            cache,
+            threshold: Some(0.1),
+            seed: 3,
+            ..Default::default()
+        });
+    }
+    settings.push(GenerateParams {
+        max_new_tokens: 32,
+        steps: 8,
+        temperature: 0.0,
+        top_p: None,
+        threshold: Some(0.1),
+        ..Default::default()
+    });
+    for params in &settings {
+        let a = cpu
+            .generate(&prompt, params, &mut |_| Control::Continue)
+            .unwrap();
+        let b = dev
+            .generate(&prompt, params, &mut |_| Control::Continue)
+            .unwrap();
+        assert_eq!(a.tokens, b.tokens, "{params:?}");
+        assert_eq!(a.commits, b.commits, "{params:?}");
+        assert_eq!(a.rows_per_pass, b.rows_per_pass, "{params:?}");
+        assert_eq!(a.forced, b.forced, "{params:?}");
+        if params.cache != CacheMode::None {
+            assert!(a.cache_bytes > 0 && a.cache_bytes == b.cache_bytes);
+            assert!(a.rows_per_pass.iter().any(|&r| r < a.canvas.len()));
+        }
+    }
 }
 
 #[test]

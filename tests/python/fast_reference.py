@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Independent PyTorch reference for unmask's FAST decoding modes (spec: shared/spec/FAST_DECODING.md).
+"""Independent PyTorch reference for unmask's FAST decoding modes (spec: docs/fast-decoding.md).
 
 The Rust fast modes (prefix / dual KV cache, confidence-threshold parallel decoding) are tested
 against this file, so it is written for exactness, not speed. It transcribes the published
 algorithm of Fast-dLLM (NVlabs; ``dream/model/generation_utils_block.py::_sample`` for the block
 loop, the ``dual_cache`` / ``replace_position`` path of ``dream/model/modeling_dream.py`` for the
 cached attention, and alg ``confidence_threshold`` of ``dream/model/generation_utils.py`` as
-summarised in FAST_DECODING.md §5). No code of Fast-dLLM is copied; every part says which
+summarised in docs/fast-decoding.md §5). No code of Fast-dLLM is copied; every part says which
 published behaviour it follows.
 
 It reuses ``reference.py`` (next to this file) for loading the model and for Dream's sampling
@@ -43,7 +43,7 @@ the key's own canvas position; RoPE is elementwise, so that is the same arithmet
 
 Generation modes (``generate``)
 -------------------------------
-1. ``--cache prefix|dual --threshold T`` (FAST_DECODING §3, threshold branch). Per block: a
+1. ``--cache prefix|dual --threshold T`` (docs/fast-decoding.md §3, threshold branch). Per block: a
    refresh; x[lo] = x0[lo] from the refresh's shifted logits (sample_tokens with the filters,
    whatever its confidence); then cached passes until the block has no mask. Candidates: masked
    positions of the block; confidence = probability of x0 (maskgit_plus, whatever --alg says);
@@ -65,7 +65,7 @@ Generation modes (``generate``)
    Confidence = probability of x0. N % steps == 0 is required.
 4. ``--cache none`` without threshold: not this script's job (use reference.py generate).
 
-Dead-loop rule (ours, FAST_DECODING §4; modes 1 and 3 only): a committed prediction equal to the
+Dead-loop rule (ours, docs/fast-decoding.md §4; modes 1 and 3 only): a committed prediction equal to the
 mask token leaves its position masked. If ALL the positions an iteration commits received the
 mask token, the first-ranked candidate instead takes its highest-logit token other than the mask
 token (argmax over its shifted RAW logits row with the mask id excluded, first index on ties).
@@ -688,7 +688,7 @@ def _fixed_iteration(model: ManualQwen2, x: torch.Tensor, lo: int, hi: int, run_
 
 
 def _generate_parallel(model: ManualQwen2, x: torch.Tensor, p: FastParams, rec: Record) -> int:
-    """Mode 3: FAST_DECODING.md §5 (alg confidence_threshold of generation_utils.py, no cache)."""
+    """Mode 3: docs/fast-decoding.md §5 (alg confidence_threshold of generation_utils.py, no cache)."""
     mask_id = model.mask_token_id
     length = x.shape[0]
     n = p.max_new_tokens // p.steps

@@ -1,6 +1,6 @@
 //! The fast-decoding modes against an independent PyTorch transcription of Fast-dLLM's published
 //! algorithms (`tests/python/fast_reference.py`: its own KV cache over transformers' Qwen2 made
-//! bidirectional; FAST_DECODING.md §3-§5).
+//! bidirectional; docs/fast-decoding.md §3-§5).
 //!
 //! 1. Generation: for prefix and dual caches, with a threshold and with fixed steps, and for the
 //!    no-cache threshold mode, `unmask generate --json` gives the reference's token ids and its
