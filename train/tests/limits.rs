@@ -47,8 +47,8 @@ fn run(sb: &Sandbox, code: &str) -> RunResult {
 fn last_count(r: &RunResult, tag: &str) -> u64 {
     String::from_utf8_lossy(&r.stdout)
         .lines()
-        .filter_map(|l| l.strip_prefix(tag)?.trim().parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(tag)?.trim().parse().ok())
         .unwrap_or(0)
 }
 
