@@ -132,6 +132,38 @@ pub fn check_logits(row: &[f32]) -> Result<()> {
     Ok(())
 }
 
+/// [`check_logits`] for a row summarised on a device ([`crate::score::RowSummary`]): its largest
+/// logit, softmax denominator and candidates must be finite.
+pub fn check_summary(summary: &crate::score::RowSummary<'_>) -> Result<()> {
+    let b = summary.best_logit;
+    if !b.is_finite() {
+        return Err(non_finite(
+            "logits row summary: largest logit of token",
+            u64::from(summary.best_token),
+            b,
+        ));
+    }
+    if !(summary.sum.is_finite() && summary.sum > 0.0) {
+        return Err(non_finite(
+            "logits row summary: softmax sum, token",
+            u64::from(summary.best_token),
+            summary.sum as f32,
+        ));
+    }
+    if let Some(&(v, id)) = summary
+        .candidates
+        .iter()
+        .find(|(v, _)| v.is_nan() || *v == f32::INFINITY)
+    {
+        return Err(non_finite(
+            "logits row summary: candidate token",
+            u64::from(id),
+            v,
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +179,25 @@ mod tests {
             e.contains("logits row") && e.contains("NaN") && e.contains('2'),
             "{e}"
         );
+    }
+
+    #[test]
+    fn summaries() {
+        let cands = [(1.0f32, 4u32), (0.5, 2)];
+        let mut s = crate::score::RowSummary {
+            best_token: 4,
+            best_logit: 1.0,
+            sum: 1.5,
+            neg_entropy: -0.5,
+            candidates: &cands,
+            n_vocab: 8,
+        };
+        assert!(check_summary(&s).is_ok());
+        s.sum = f64::NAN;
+        assert!(check_summary(&s).is_err());
+        s.sum = 1.5;
+        s.best_logit = f32::NAN;
+        assert!(check_summary(&s).is_err());
     }
 
     #[test]
