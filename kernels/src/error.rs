@@ -25,6 +25,13 @@ pub enum Error {
     Device(String),
     #[error("llama.cpp: {0}")]
     Llama(String),
+    /// A NaN or infinity where the model needs finite numbers (weights, scales, logits).
+    #[error("{what} {index} is {value}: the model's numbers are not finite")]
+    NonFinite {
+        what: String,
+        index: u64,
+        value: f32,
+    },
 }
 
 /// The printable name of a type, kept as a string so the error type stays `Send + Sync + 'static`.

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod device;
 mod error;
+pub mod finite;
 mod ggml_type;
 pub mod gguf;
 pub mod graph;

@@ -80,6 +80,7 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
             generation: &checkpoint.generation,
             name,
         })?;
+        crate::validate::check_metadata(&metadata, &checkpoint.config)?;
         let plan = plan_hf(&checkpoint, options.target)?;
         let ignored = checkpoint
             .tensor_names()
@@ -90,7 +91,7 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
     } else {
         let file = GgufFile::open(input)?;
         let config = dream::config_from_gguf(&file)?;
-        let metadata = file
+        let metadata: Vec<(String, GgufValue)> = file
             .metadata()
             .iter()
             .filter(|(k, _)| {
@@ -101,6 +102,7 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
             })
             .cloned()
             .collect();
+        crate::validate::check_metadata(&metadata, &config)?;
         let plan = plan_gguf(&file, &config, options.target)?;
         let ignored = file
             .tensors()
@@ -128,6 +130,7 @@ pub fn convert_synth(
         generation: &crate::hf::generation_metadata(&crate::synth::generation_json(&model.config)),
         name: "unmask-synth".into(),
     })?;
+    crate::validate::check_metadata(&metadata, &model.config)?;
     let plan = dream::tensor_specs(&model.config)
         .into_iter()
         .enumerate()

@@ -35,11 +35,16 @@ pub enum TokenizerSpec {
 impl TokenizerSpec {
     /// Reads the tokenizer description of `file`.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
-        if let Some(json) = file.get(keys::TOKENIZER_JSON).and_then(GgufValue::as_str) {
+        Self::from_metadata(&|k| file.get(k))
+    }
+
+    /// Reads the tokenizer description from metadata looked up by key (a file's, or the
+    /// metadata a converter is about to write).
+    pub fn from_metadata<'a>(get: &dyn Fn(&str) -> Option<&'a GgufValue>) -> Result<Self> {
+        if let Some(json) = get(keys::TOKENIZER_JSON).and_then(GgufValue::as_str) {
             return Ok(TokenizerSpec::Json(json.to_string()));
         }
-        let model = file
-            .get(keys::TOKENIZER_MODEL)
+        let model = get(keys::TOKENIZER_MODEL)
             .and_then(GgufValue::as_str)
             .unwrap_or("");
         if model != tokenizer_meta::GGML_TOKENIZER_MODEL {
@@ -48,7 +53,7 @@ impl TokenizerSpec {
             )));
         }
         let array = |key: &str| {
-            file.get(key)
+            get(key)
                 .and_then(GgufValue::as_array)
                 .ok_or_else(|| Error::Tokenizer(format!("`{key}` is missing or not an array")))
         };

@@ -16,5 +16,6 @@ pub mod safetensors;
 pub mod synth;
 pub mod synth_tokenizer;
 pub mod tokenizer_meta;
+pub mod validate;
 
 pub use error::{Error, Result};

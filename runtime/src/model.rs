@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use tokenizers::Tokenizer;
 use unmask_kernels::device::Placement;
+pub use unmask_kernels::finite::Depth;
 use unmask_kernels::gguf::{GgufFile, GgufValue};
 use unmask_kernels::graph::TensorSource;
 use unmask_kernels::weights::Weights;
@@ -249,9 +250,19 @@ impl Model {
     /// Loads a GGUF file for `placement`: on the CPU mapped zero-copy, on a device copied into
     /// the device's memory (graphs then run there; see [`crate::Generator`]).
     pub fn load_on(path: &Path, placement: &Placement) -> Result<Self> {
+        Self::load_checked(path, placement, Depth::default())
+    }
+
+    /// [`Model::load_on`] with the finiteness check of the weights at `check` (the default,
+    /// [`Depth::Scales`], reads every quantization scale and every norm; [`Depth::Full`] reads
+    /// every value, about as long as one pass over the file). A NaN or infinite value fails the
+    /// load with an error naming the tensor.
+    pub fn load_checked(path: &Path, placement: &Placement, check: Depth) -> Result<Self> {
         let mut file = GgufFile::open(path)?;
         let spec = ModelSpec::from_gguf(&file)?;
         check_tensor_shapes(&file, &spec.config)?;
+        check_finite(&file, check)
+            .map_err(|e| Error::Model(format!("{}: refused: {e}", path.display())))?;
         // Everything needed from the metadata has been read: don't keep the vocabulary arrays
         // and the stored tokenizer.json alive next to the weights.
         file.drop_metadata();
@@ -295,6 +306,14 @@ impl<W: TensorSource> Model<W> {
     pub fn output_weight_name(&self) -> &'static str {
         crate::forward::output_weight_name(&self.weights)
     }
+}
+
+/// Every tensor's values, to `depth` (see [`unmask_kernels::finite`]).
+fn check_finite(file: &GgufFile, depth: Depth) -> Result<()> {
+    for info in file.tensors() {
+        unmask_kernels::finite::check_tensor(&info.name, info.ty, file.tensor_data(info), depth)?;
+    }
+    Ok(())
 }
 
 /// Every tensor the graph uses must exist with the shape the metadata implies, so that graph

@@ -138,7 +138,8 @@ fn source_dtype(model: &Path) -> Result<SaveDtype> {
 enum Scorer {
     Toy,
     Code {
-        sandbox: Sandbox,
+        // Boxed: the sandbox is large and the other variant is empty.
+        sandbox: Box<Sandbox>,
         pool: rayon::ThreadPool,
         tokenizer: Box<tokenizers::Tokenizer>,
     },
@@ -165,7 +166,7 @@ impl Scorer {
                 let tokenizer = tokenizers::Tokenizer::from_file(&path)
                     .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
                 Ok(Scorer::Code {
-                    sandbox,
+                    sandbox: Box::new(sandbox),
                     pool,
                     tokenizer: Box::new(tokenizer),
                 })
@@ -176,11 +177,7 @@ impl Scorer {
     fn describe(&self) -> String {
         match self {
             Scorer::Toy => "reward: toy-even-ids".into(),
-            Scorer::Code { sandbox, .. } => format!(
-                "reward: code, sandbox {} ({})",
-                sandbox.isolation().name(),
-                sandbox.python().display()
-            ),
+            Scorer::Code { sandbox, .. } => format!("reward: code, sandbox {}", sandbox.describe()),
         }
     }
 

@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod advantage;
+pub mod cgroup;
 pub mod checkpoint;
 pub mod config;
 pub mod format;
@@ -45,6 +46,7 @@ pub mod rng;
 pub mod rollout;
 pub mod sandbox;
 pub mod schedule;
+pub mod seccomp;
 pub mod sft;
 pub mod tasks;
 pub mod tensor_file;

@@ -208,11 +208,7 @@ fn main() -> Result<()> {
             cfg.limits.wall = std::time::Duration::from_secs_f64(timeout);
             cfg.limits.cpu_seconds = timeout.ceil() as u64;
             let sandbox = Sandbox::new(cfg)?;
-            eprintln!(
-                "sandbox: {} ({})",
-                sandbox.isolation().name(),
-                sandbox.python().display()
-            );
+            eprintln!("sandbox: {}", sandbox.describe());
             let jobs = jobs.unwrap_or_else(unmask_train::config::all_cpus);
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(jobs.max(1))
