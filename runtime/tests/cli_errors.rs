@@ -19,6 +19,8 @@ fn tiny_model(dir: &Path) -> PathBuf {
         target: "q8_0".parse().unwrap(),
         overwrite: true,
         progress: false,
+        allow_requantize: false,
+        throttle: Default::default(),
     };
     convert_synth(&SynthModel::new(Preset::Tiny, 9).unwrap(), &path, &options).unwrap();
     path

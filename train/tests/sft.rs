@@ -330,6 +330,8 @@ fn kill_9_then_resume_is_bit_identical() {
         target: "q8_0".parse().unwrap(),
         overwrite: true,
         progress: false,
+        allow_requantize: false,
+        throttle: Default::default(),
     };
     unmask_quantize::convert::convert(&cut.join("checkpoint-12"), &gguf, &options).unwrap();
     let model = unmask_runtime::Model::load(&gguf).unwrap();
