@@ -249,6 +249,7 @@ impl Model {
     /// Loads a GGUF file for `placement`: on the CPU mapped zero-copy, on a device copied into
     /// the device's memory (graphs then run there; see [`crate::Generator`]).
     pub fn load_on(path: &Path, placement: &Placement) -> Result<Self> {
+        check_model_path(path)?;
         let mut file = GgufFile::open(path)?;
         let spec = ModelSpec::from_gguf(&file)?;
         check_tensor_shapes(&file, &spec.config)?;
@@ -295,6 +296,74 @@ impl<W: TensorSource> Model<W> {
     pub fn output_weight_name(&self) -> &'static str {
         crate::forward::output_weight_name(&self.weights)
     }
+}
+
+/// A model path must name a GGUF file. A folder (a Hugging Face checkpoint, most often) or another
+/// kind of file gets a message that says what it is and what to do, instead of the error of
+/// mapping it ("No such device" for a folder, "bad magic" for a text file).
+fn check_model_path(path: &Path) -> Result<()> {
+    use unmask_quantize::sniff::{sniff, FileKind};
+    // A missing or unreadable path is reported by the GGUF reader with its own error.
+    let Ok(kind) = sniff(path) else {
+        return Ok(());
+    };
+    let convert = |dir: &Path| {
+        format!(
+            "convert it into one GGUF file first: unmask-quantize {} model.gguf --type q4_k_m",
+            dir.display()
+        )
+    };
+    let message = match kind {
+        FileKind::Gguf => return Ok(()),
+        FileKind::Folder => {
+            let ggufs: Vec<String> = std::fs::read_dir(path)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.ends_with(".gguf"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if path.join("config.json").is_file() {
+                format!(
+                    "{} is a folder (a Hugging Face checkpoint), not a model file; {}",
+                    path.display(),
+                    convert(path)
+                )
+            } else if let Some(first) = ggufs.iter().min() {
+                format!(
+                    "{} is a folder, not a model file; it holds {}: pass -m {}",
+                    path.display(),
+                    ggufs.join(", "),
+                    path.join(first).display()
+                )
+            } else {
+                format!(
+                    "{} is a folder, not a model file: pass a GGUF file, or, for a Hugging Face \
+                     checkpoint folder, {}",
+                    path.display(),
+                    convert(path)
+                )
+            }
+        }
+        FileKind::Safetensors | FileKind::Json => {
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+            format!(
+                "{} is not a GGUF file: it is {}; for the Hugging Face checkpoint folder that \
+                 holds it, {}",
+                path.display(),
+                kind.description(),
+                convert(dir.unwrap_or(Path::new("CHECKPOINT_FOLDER")))
+            )
+        }
+        _ => format!(
+            "{} is not a GGUF file: it is {}",
+            path.display(),
+            kind.description()
+        ),
+    };
+    Err(Error::Model(message))
 }
 
 /// Every tensor the graph uses must exist with the shape the metadata implies, so that graph
