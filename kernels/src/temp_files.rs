@@ -24,13 +24,31 @@ fn registry() -> MutexGuard<'static, Vec<PathBuf>> {
 }
 
 fn remove_path(path: &Path) {
-    let result = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(_) => return,
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
     };
-    // Nothing more can be done about a path that cannot be removed while cleaning up.
-    let _ = result;
+    if !meta.is_dir() {
+        // Nothing more can be done about a file that cannot be removed while cleaning up.
+        let _ = std::fs::remove_file(path);
+        return;
+    }
+    // Another thread may still be creating files in the folder (a checkpoint being written when
+    // the signal came): `remove_dir_all` could then find it non-empty at the end. Renaming it
+    // first makes every later creation by its old path fail; then it is removed under its new
+    // name.
+    let mut doomed = path.as_os_str().to_os_string();
+    doomed.push(".removing");
+    let doomed = PathBuf::from(doomed);
+    let target = if std::fs::rename(path, &doomed).is_ok() {
+        doomed
+    } else {
+        path.to_path_buf()
+    };
+    for _ in 0..100 {
+        if std::fs::remove_dir_all(&target).is_ok() || !target.exists() {
+            return;
+        }
+    }
 }
 
 /// A registered temporary file or folder (see the module documentation).

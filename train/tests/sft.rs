@@ -158,6 +158,8 @@ fn config(hf: &Path, data: &Path, out: &Path, steps: u64) -> SftConfig {
         lr: 1e-3,
         warmup_steps: Some(0),
         threads: Some(1),
+        // The learning check evaluates on the plain pairs of `load_examples`: train on them too.
+        chat: false,
         ..SftConfig::default()
     }
 }

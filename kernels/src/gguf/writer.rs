@@ -95,13 +95,15 @@ impl GgufWriter {
         ));
 
         let temp_path = temp_path_for(path);
+        // Registered before it exists, so that a signal right after its creation removes it too.
+        // (A file of that name already there is refused by `create_new`, and then removed: the
+        // name holds our process id, so it is a leftover of an earlier process with that id.)
+        let temp = TempPath::new(&temp_path);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&temp_path)
             .map_err(|e| Error::io(format!("creating {}", temp_path.display()), e))?;
-        // Registered only once created: a file of that name that was there before is not ours.
-        let temp = TempPath::new(&temp_path);
         let mut out = GgufDataWriter {
             file: Some(BufWriter::with_capacity(1 << 20, file)),
             temp: Some(temp),
