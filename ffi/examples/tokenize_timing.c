@@ -30,7 +30,7 @@ static void run(unmask_model_t *model, const char *label, int calls) {
         int32_t m = unmask_detokenize(model, ids, n, buf, (int32_t)sizeof buf, 1);
         double c = now();
         if (n <= 0 || m <= 0) {
-            fprintf(stderr, "failed: %s\n", unmask_last_error());
+            fprintf(stderr, "failed: %s\n", unmask_last_error(NULL));
             exit(1);
         }
         /* The first call builds the tokenizer in every mode; report it apart. */
@@ -55,7 +55,7 @@ int main(int argc, char **argv) {
     int calls = argc > 2 ? atoi(argv[2]) : 10;
     unmask_model_t *model;
     if (unmask_model_load(argv[1], &model) != UNMASK_OK) {
-        fprintf(stderr, "load: %s\n", unmask_last_error());
+        fprintf(stderr, "load: %s\n", unmask_last_error(NULL));
         return 1;
     }
 #ifndef NO_KEEP_TOKENIZER

@@ -183,12 +183,12 @@ UNMASK_API int32_t unmask_model_eos_id(const unmask_model_t *model);
 UNMASK_API int32_t unmask_model_has_chat(const unmask_model_t *model);
 
 /* Whether the model keeps its tokenizer built between calls. keep != 0 (the default): the first
- * call that needs it (unmask_tokenize, unmask_detokenize, ...) builds it, about 0.3 s and 80 MiB
+ * call that needs it (unmask_tokenize, unmask_detokenize, ...) builds it, 0.3-0.6 s and 80 MiB
  * for DiffuCoder's 151k-token vocabulary, and it stays until unmask_model_free, so each later
  * tokenize or detokenize call costs microseconds to milliseconds (a live decoded view of every
  * step is affordable) and unmask_generate_text reuses it. keep == 0: the kept tokenizer is freed
  * now, and each call builds its own and frees it after, so the 80 MiB are not held next to the
- * weights but every call pays the build (about 0.3 s on that vocabulary). Returns
+ * weights but every call pays the build (0.3-0.6 s on that vocabulary). Returns
  * UNMASK_OK, or NULL_ARGUMENT / INVALID_HANDLE. Thread-safe. */
 UNMASK_API unmask_status_t unmask_model_keep_tokenizer(const unmask_model_t *model, int32_t keep);
 

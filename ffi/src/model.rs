@@ -293,7 +293,11 @@ mod tests {
         drop(entry.tokenizer().unwrap());
         let kept = entry.tokenizer().unwrap();
         // Ours and the model entry's: it outlives each call.
-        assert_eq!(Arc::strong_count(&kept), 2, "the tokenizer is kept between calls");
+        assert_eq!(
+            Arc::strong_count(&kept),
+            2,
+            "the tokenizer is kept between calls"
+        );
         // What the runtime asks for (generate_text, chat::encode) is the kept one too.
         assert!(Arc::ptr_eq(&kept, &entry.model.tokenizer().unwrap()));
         drop(kept);

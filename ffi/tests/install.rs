@@ -102,6 +102,9 @@ fn pkg_config_flags_alone_give_a_program_that_starts() {
         .output()
         .unwrap();
     let all = common::describe(&run);
-    assert!(!all.contains("error while loading shared libraries"), "{all}");
+    assert!(
+        !all.contains("error while loading shared libraries"),
+        "{all}"
+    );
     assert!(all.contains("usage:"), "{all}");
 }

@@ -132,7 +132,10 @@ fn the_parser_sees_both_layouts_and_missing_help() {
                 Arguments:\n  <IN>  The input\n\nOptions:\n  -m, --model <MODEL>\n          The \
                 model\n      --bare\n      --seed <SEED>  Seed [default: 0]\n  -h, --help     Print help\n";
     let e = entries(page);
-    let specs: Vec<(&str, &str)> = e.iter().map(|e| (e.spec.as_str(), e.help.as_str())).collect();
+    let specs: Vec<(&str, &str)> = e
+        .iter()
+        .map(|e| (e.spec.as_str(), e.help.as_str()))
+        .collect();
     assert_eq!(
         specs,
         vec![
