@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs libunmask for C and C++ programs:
 #
-#   ffi/install.sh --prefix DIR [--no-build] [--from DIR]
+#   ffi/install.sh --prefix DIR [--no-build] [--from DIR] [--no-strip] [--debug-files]
 #
-# builds `cargo build --release -p unmask-ffi` (unless --no-build) and installs
+# builds `cargo build --release -p unmask-ffi` (unless --no-build) and installs, stripped of debug
+# information (--no-strip keeps it; --debug-files keeps it in DIR/lib/debug/, linked by
+# .gnu_debuglink so that gdb finds it),
 #   DIR/include/unmask.h
 #   DIR/lib/libunmask.so.X.Y.Z, libunmask.so.<ABI-1> -> it, libunmask.so -> that   (shared)
 #   DIR/lib/libunmask.a                                                              (static)
@@ -11,6 +13,8 @@
 #   DIR/lib/cmake/unmask/unmaskConfig.cmake, unmaskConfigVersion.cmake (unmask::unmask, unmask::unmask_static)
 # --from DIR takes the built libraries from DIR (default: $CARGO_TARGET_DIR/release or target/release,
 # or its deps/ when that holds a newer build, as `cargo test` leaves it).
+# Outside /usr and /usr/local, unmask.pc's Libs carry -Wl,-rpath so that programs find the
+# shared library at run time; the last lines say how to make pkg-config find unmask.pc.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,6 +22,8 @@ root=$(dirname "$here")
 prefix=""
 build=1
 from=""
+strip_libs=1
+debug_files=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --prefix) prefix="${2:?--prefix needs a directory}"; shift 2 ;;
@@ -25,7 +31,9 @@ while [ $# -gt 0 ]; do
         --no-build) build=0; shift ;;
         --from) from="${2:?--from needs a directory}"; shift 2 ;;
         --from=*) from="${1#--from=}"; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --no-strip) strip_libs=0; shift ;;
+        --debug-files) debug_files=1; shift ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -69,9 +77,38 @@ fi
 [ -f "$from/libunmask.a" ] || { echo "install.sh: no libunmask.a in $from" >&2; exit 1; }
 install -m 644 "$from/libunmask.a" "$lib/libunmask.a"
 
+# Release builds carry debug information (line tables): most of the file, none of the code.
+# The shared library loses its symbol table too (--strip-unneeded keeps what the dynamic linker
+# needs); the static one keeps its symbols, which linking needs.
+if [ "$strip_libs" = 1 ]; then
+    if command -v strip >/dev/null 2>&1; then
+        shared="$lib/libunmask.so.$version"
+        [ -f "$shared" ] || shared="$lib/libunmask.dylib"
+        if [ "$debug_files" = 1 ] && command -v objcopy >/dev/null 2>&1; then
+            mkdir -p "$lib/debug"
+            debug="$lib/debug/$(basename "$shared").debug"
+            objcopy --only-keep-debug "$shared" "$debug"
+            chmod 644 "$debug"
+        fi
+        strip --strip-unneeded "$shared"
+        strip --strip-debug "$lib/libunmask.a"
+        if [ "$debug_files" = 1 ] && [ -n "${debug:-}" ]; then
+            (cd "$lib/debug" && objcopy --add-gnu-debuglink="$(basename "$debug")" "$shared")
+        fi
+    else
+        echo "install.sh: no \`strip\`: installed with debug information (about 20x larger)" >&2
+    fi
+fi
+
 # System libraries the static library needs (ggml is C++; Rust's std needs unwinding and libc).
 private="-lstdc++ -lpthread -lm -ldl"
 [ "$(uname -s)" = Linux ] && private="$private -lgcc_s -lutil -lrt"
+# Programs linked from a prefix the dynamic linker does not search need an rpath to start.
+rpath=""
+case "$prefix" in
+    /usr|/usr/local) ;;
+    *) rpath=" -Wl,-rpath,\${libdir}" ;;
+esac
 cat > "$lib/pkgconfig/unmask.pc" <<PC
 prefix=$prefix
 exec_prefix=\${prefix}
@@ -81,7 +118,7 @@ includedir=\${prefix}/include
 Name: unmask
 Description: Runtime for masked-diffusion code models (DiffuCoder, Dream) on GGML
 Version: $version
-Libs: -L\${libdir} -lunmask
+Libs: -L\${libdir}$rpath -lunmask
 Libs.private: $private
 Cflags: -I\${includedir}
 PC
@@ -105,3 +142,16 @@ endif()
 CM
 
 echo "installed libunmask $version (ABI $abi) into $prefix"
+# pkg-config finds unmask.pc only in its search path; say so when this prefix is not on it.
+pc_dirs="${PKG_CONFIG_PATH:-}:$(pkg-config --variable pc_path pkg-config 2>/dev/null || true)"
+case ":$pc_dirs:" in
+    *":$lib/pkgconfig:"*) ;;
+    *)
+        echo "pkg-config does not search $lib/pkgconfig; for \`pkg-config --cflags --libs unmask\`:"
+        echo "  export PKG_CONFIG_PATH=$lib/pkgconfig\${PKG_CONFIG_PATH:+:\$PKG_CONFIG_PATH}"
+        ;;
+esac
+if [ -n "$rpath" ]; then
+    echo "programs linked with pkg-config's flags find libunmask.so at run time through their rpath"
+    echo "($lib); without them, link with -Wl,-rpath,$lib or set LD_LIBRARY_PATH=$lib"
+fi

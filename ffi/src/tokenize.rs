@@ -22,6 +22,8 @@ pub unsafe extern "C" fn unmask_tokenize(
         let model = MODELS.get(model)?;
         // SAFETY: forwarded caller contract.
         let text = unsafe { args::text(text, text_len, "text") }?;
+        // Held for the call: `chat::encode` then finds it in the model's cache.
+        let _tokenizer = model.tokenizer()?;
         let ids = chat::encode(&model.model, text)?;
         // SAFETY: forwarded caller contract.
         unsafe { args::write_ids(&ids, tokens, n_tokens_max) }
@@ -46,7 +48,6 @@ pub unsafe extern "C" fn unmask_detokenize(
         // SAFETY: forwarded caller contract.
         let ids = unsafe { args::token_ids(tokens, n_tokens, model.model.n_vocab, "tokens") }?;
         let text = model
-            .model
             .tokenizer()?
             .decode(&ids, skip_special != 0)
             .map_err(|e| unmask_runtime::Error::Tokenizer(e.to_string()))?;

@@ -22,6 +22,7 @@ pub mod params;
 pub mod qgemm;
 pub mod quant;
 pub mod score;
+pub mod temp_files;
 pub mod vmath;
 pub mod weights;
 

@@ -25,6 +25,11 @@ pub struct ConvertOptions {
     pub target: Target,
     pub overwrite: bool,
     pub progress: bool,
+    /// Accept a GGUF input whose tensors are already quantized (to a quantized target); refused
+    /// otherwise, as llama.cpp's `--allow-requantize` does, because the errors compound.
+    pub allow_requantize: bool,
+    /// A pause after each tensor, zero but for tests that interrupt a conversion.
+    pub throttle: std::time::Duration,
 }
 
 /// What a conversion did, for the command line's summary.
@@ -63,9 +68,7 @@ struct Planned<'a> {
 
 /// Converts a Hugging Face folder or an existing GGUF (requantization) into `output`.
 pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<ConvertReport> {
-    if output.exists() && !options.overwrite {
-        return Err(Error::OutputExists(output.to_path_buf()));
-    }
+    check_output(output, options)?;
     if input.is_dir() {
         let checkpoint = HfCheckpoint::open(input)?;
         let name = input
@@ -89,6 +92,7 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
             .collect();
         write(output, metadata, plan, options, ignored)
     } else {
+        check_is_gguf(input)?;
         let file = GgufFile::open(input)?;
         let config = dream::config_from_gguf(&file)?;
         let metadata: Vec<(String, GgufValue)> = file
@@ -104,6 +108,9 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
             .collect();
         crate::validate::check_metadata(&metadata, &config)?;
         let plan = plan_gguf(&file, &config, options.target)?;
+        if !options.allow_requantize {
+            check_requantize(input, &plan, options.target)?;
+        }
         let ignored = file
             .tensors()
             .iter()
@@ -114,15 +121,88 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
     }
 }
 
+/// The output must be a file name: not a folder, and not an existing file without `overwrite`.
+fn check_output(output: &Path, options: &ConvertOptions) -> Result<()> {
+    if output.is_dir() {
+        return Err(Error::OutputIsFolder(output.to_path_buf()));
+    }
+    if output.exists() && !options.overwrite {
+        return Err(Error::OutputExists(output.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// A file input must be GGUF; anything else is named, with what to give instead.
+fn check_is_gguf(input: &Path) -> Result<()> {
+    use crate::sniff::{sniff, FileKind};
+    let kind = sniff(input).map_err(|e| Error::io(input, e))?;
+    let folder_hint = "unmask-quantize reads a Hugging Face checkpoint folder (config.json, \
+                       *.safetensors, tokenizer.json) or a GGUF file";
+    let hint = match kind {
+        FileKind::Gguf | FileKind::Folder => return Ok(()),
+        FileKind::Safetensors | FileKind::Json => format!(
+            "Give the folder that holds it{}: {folder_hint}",
+            input
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(|p| format!(" ({})", p.display()))
+                .unwrap_or_default()
+        ),
+        FileKind::Text => match run_pointer_target(input) {
+            Some(dir) => format!(
+                "It is a training run's `latest` pointer: convert the checkpoint folder it names, \
+                 {}",
+                dir.display()
+            ),
+            None => folder_hint.to_string(),
+        },
+        _ => folder_hint.to_string(),
+    };
+    Err(Error::NotGguf {
+        path: input.to_path_buf(),
+        kind: kind.description(),
+        hint,
+    })
+}
+
+/// The checkpoint folder named by a training run's `latest` pointer file, when `path` is one.
+fn run_pointer_target(path: &Path) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let name = text.trim();
+    if name.is_empty() || name.contains(['/', '\\', '\n']) {
+        return None;
+    }
+    let dir = path.parent()?.join(name);
+    dir.is_dir().then_some(dir)
+}
+
+/// Refuses to quantize tensors that are quantized already (see [`Error::Requantize`]).
+fn check_requantize(input: &Path, plan: &[Planned<'_>], target: Target) -> Result<()> {
+    let mut types = std::collections::BTreeSet::new();
+    for p in plan {
+        if let Source::Gguf(_, info) = &p.source {
+            if info.ty.is_quantized() && p.ty.is_quantized() {
+                types.insert(info.ty.name());
+            }
+        }
+    }
+    if types.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Requantize {
+        path: input.to_path_buf(),
+        types: types.into_iter().collect::<Vec<_>>().join(", "),
+        target: target.to_string(),
+    })
+}
+
 /// Writes a synthetic model straight to GGUF, without an HF folder in between.
 pub fn convert_synth(
     model: &SynthModel,
     output: &Path,
     options: &ConvertOptions,
 ) -> Result<ConvertReport> {
-    if output.exists() && !options.overwrite {
-        return Err(Error::OutputExists(output.to_path_buf()));
-    }
+    check_output(output, options)?;
     let metadata = model_metadata(&ModelDescription {
         config: &model.config,
         tokenizer_json: &model.tokenizer_json,
@@ -352,6 +432,9 @@ fn write(
             row += rows;
         }
         report.n_tensors += 1;
+        if !options.throttle.is_zero() {
+            std::thread::sleep(options.throttle);
+        }
         report.n_parameters += p.spec.hf_shape.iter().product::<u64>();
         report.bytes_written +=
             quant::quantized_size(p.ty, n_rows as usize, row_len as usize)? as u64;

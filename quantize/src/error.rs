@@ -33,6 +33,26 @@ pub enum Error {
     Tokenizer(String),
     #[error("{0} already exists (pass --force to overwrite)")]
     OutputExists(PathBuf),
+    #[error("{} is not a GGUF file: it is {kind}. {hint}", path.display())]
+    NotGguf {
+        path: PathBuf,
+        kind: &'static str,
+        hint: String,
+    },
+    #[error("{} is a folder: give the output a file name, e.g. {}", .0.display(), .0.join("model.gguf").display())]
+    OutputIsFolder(PathBuf),
+    #[error(
+        "{} is already quantized ({types}): converting it to {target} quantizes the rounding \
+         error of the first format again, so the result is worse than {target} made from the \
+         original f16/bf16/f32 weights (llama.cpp measures this as a higher perplexity). Convert \
+         the original checkpoint, or pass --allow-requantize to accept the loss",
+        path.display()
+    )]
+    Requantize {
+        path: PathBuf,
+        types: String,
+        target: String,
+    },
     #[error("unknown quantization type `{0}`")]
     UnknownType(String),
     #[error(transparent)]

@@ -13,6 +13,7 @@ pub mod hf;
 pub mod info;
 pub mod policy;
 pub mod safetensors;
+pub mod sniff;
 pub mod synth;
 pub mod synth_tokenizer;
 pub mod tokenizer_meta;

@@ -40,29 +40,39 @@ struct WriteArgs {
     /// q4_k_m and q5_k_m. Norms and biases always stay f32.
     #[arg(long = "type", short = 't', default_value = "q4_k_m", value_parser = parse_target)]
     target: Target,
-    /// Overwrite an existing output file.
+    /// Overwrite an existing output file [default: refuse].
     #[arg(long)]
     force: bool,
-    /// No progress bar.
+    /// Accept an input GGUF whose weights are already quantized (e.g. q8_0 to q5_k): the
+    /// rounding errors of both formats add up, so quality is below a conversion of the original
+    /// weights [default: refuse].
+    #[arg(long)]
+    allow_requantize: bool,
+    /// No progress bar [default: a progress bar on a terminal, none when stderr is not one].
     #[arg(long, short)]
     quiet: bool,
+    /// Pause this long after each tensor, in milliseconds (for tests that interrupt a run).
+    #[arg(long, hide = true, default_value_t = 0)]
+    throttle_ms: u64,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Write a model of the Dream architecture with seeded random weights.
     Synth {
-        /// tiny (about 1.4 M parameters, 512-token vocabulary), tiny-wide (tiny layers with the
-        /// real 151936-token vocabulary and tokenizer), 0.5b (Qwen2.5-0.5B shape) or 7b
-        /// (DiffuCoder-7B shape).
+        /// Model shape: tiny (about 1.4 M parameters, 512-token vocabulary), tiny-wide (the tiny
+        /// layers with the real 151936-token vocabulary and tokenizer), 0.5b (Qwen2.5-0.5B shape)
+        /// or 7b (DiffuCoder-7B shape) [required].
         #[arg(long)]
         preset: Preset,
-        /// Write a Hugging Face folder (bf16 safetensors shards, config, tokenizer) here.
+        /// Write a Hugging Face folder (bf16 safetensors shards, config, tokenizer) here
+        /// [this or --gguf is required].
         #[arg(long, conflicts_with = "gguf", required_unless_present = "gguf")]
         hf: Option<PathBuf>,
-        /// Write a GGUF file directly (with --type).
+        /// Write a GGUF file directly (with --type) [this or --hf is required].
         #[arg(long)]
         gguf: Option<PathBuf>,
+        /// Seed of the random weights (the same seed gives the same model).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Largest safetensors shard, in MiB, for --hf.
@@ -73,8 +83,9 @@ enum Command {
     },
     /// Describe a GGUF file: metadata, tensors, types, bits per weight, size.
     Info {
+        /// The GGUF file to describe.
         file: PathBuf,
-        /// Only the metadata and totals, not every tensor.
+        /// Only the metadata and totals, not every tensor [default: every tensor too].
         #[arg(long)]
         brief: bool,
     },
@@ -94,6 +105,8 @@ fn options(w: &WriteArgs) -> ConvertOptions {
         target: w.target,
         overwrite: w.force,
         progress: !w.quiet,
+        allow_requantize: w.allow_requantize,
+        throttle: std::time::Duration::from_millis(w.throttle_ms),
     }
 }
 
@@ -117,8 +130,25 @@ fn print_report(output: &std::path::Path, r: &ConvertReport) {
     }
 }
 
-fn main() -> Result<()> {
+/// Errors are printed here, as `error: ` and the chain of causes, with exit status 1: returned
+/// from `main`, anyhow would print a stack trace whenever RUST_BACKTRACE is set, which is noise
+/// for a wrong path or flag.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Ctrl-C, SIGTERM or SIGHUP during a conversion remove its temporary output.
+    if let Err(e) = unmask_kernels::temp_files::remove_on_signal() {
+        eprintln!("warning: cannot watch for Ctrl-C ({e}); an interrupted conversion may leave its temporary file");
+    }
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Info { file, brief }) => {
             let text = unmask_quantize::info::describe(&file, !brief)

@@ -255,3 +255,155 @@ fn info_describes_a_file() {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
 }
+
+/// Runs unmask-quantize with RUST_BACKTRACE=1, as a user who set it for another program would.
+fn quantize_with_backtrace(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_unmask-quantize"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run unmask-quantize")
+}
+
+fn no_temporaries(dir: &Path) {
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn a_text_file_input_is_named_with_its_kind_and_no_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(run.join("checkpoint-4")).unwrap();
+    std::fs::write(run.join("latest"), "checkpoint-4\n").unwrap();
+    let out = dir.path().join("out.gguf");
+    let result = quantize_with_backtrace(&convert_args(&run.join("latest"), &out, "q8_0"));
+    assert_fails_cleanly(&result, &out, "is not a GGUF file: it is a text file");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("`latest` pointer"), "{stderr}");
+    assert!(stderr.contains("checkpoint-4"), "{stderr}");
+    assert!(!stderr.contains("bad magic"), "{stderr}");
+    assert!(!stderr.contains("Stack backtrace"), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    for (bytes, kind) in [
+        (&b"{\"architectures\": []}"[..], "a JSON document"),
+        (b"PK\x03\x04\x14\0\0\0", "a zip archive"),
+        (b"", "an empty file"),
+    ] {
+        let input = dir.path().join("input.bin");
+        std::fs::write(&input, bytes).unwrap();
+        let result = quantize_with_backtrace(&convert_args(&input, &out, "q8_0"));
+        assert_fails_cleanly(&result, &out, kind);
+    }
+}
+
+#[test]
+fn a_folder_as_output_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = tiny(dir.path());
+    let gguf = dir.path().join("tiny.gguf");
+    assert!(quantize(&convert_args(&hf, &gguf, "f32")).status.success());
+    let empty = dir.path().join("emptydir");
+    std::fs::create_dir(&empty).unwrap();
+    let mut args = convert_args(&gguf, &empty, "q8_0");
+    args.push("--force".as_ref());
+    let result = quantize(&args);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is a folder"), "{stderr}");
+    assert!(empty.is_dir());
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    no_temporaries(dir.path());
+}
+
+#[test]
+fn a_failed_final_rename_removes_the_temporary() {
+    // The library path, past the CLI's folder check: the rename onto a non-empty folder fails.
+    use unmask_kernels::gguf::{GgufValue, GgufWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let busy = dir.path().join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join("keep"), b"x").unwrap();
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", GgufValue::String("dream".into()));
+    let data = w.begin(&busy, true).unwrap();
+    assert!(data.finish().is_err());
+    no_temporaries(dir.path());
+}
+
+#[test]
+fn requantizing_needs_allow_requantize_and_says_the_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = tiny(dir.path());
+    let q8 = dir.path().join("q8.gguf");
+    assert!(quantize(&convert_args(&hf, &q8, "q8_0")).status.success());
+    let out = dir.path().join("q5.gguf");
+    let result = quantize(&convert_args(&q8, &out, "q5_k"));
+    assert_fails_cleanly(&result, &out, "already quantized (q8_0)");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("--allow-requantize"), "{stderr}");
+    assert!(stderr.contains("worse"), "{stderr}");
+    let mut args = convert_args(&q8, &out, "q5_k");
+    args.push("--allow-requantize".as_ref());
+    assert!(quantize(&args).status.success());
+    assert!(out.exists());
+    // Dequantizing to f32 loses nothing more and needs no flag; an f32 source needs none either.
+    let f32_out = dir.path().join("f32.gguf");
+    assert!(quantize(&convert_args(&q8, &f32_out, "f32"))
+        .status
+        .success());
+    let again = dir.path().join("again.gguf");
+    assert!(quantize(&convert_args(&f32_out, &again, "q4_k_m"))
+        .status
+        .success());
+}
+
+#[cfg(unix)]
+#[test]
+fn sigint_and_sigterm_during_a_conversion_leave_no_temporary() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let hf = tiny(dir.path());
+    for signal in ["INT", "TERM"] {
+        let out = dir.path().join(format!("out-{signal}.gguf"));
+        let mut args = convert_args(&hf, &out, "q8_0");
+        args.push("--throttle-ms".as_ref());
+        args.push("200".as_ref());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_unmask-quantize"))
+            .args(&args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the temporary exists, i.e. the conversion is under way.
+        let start = Instant::now();
+        let temp_exists = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        };
+        while !temp_exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no temporary appeared"
+            );
+            assert!(child.try_wait().unwrap().is_none(), "finished too early");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let killed = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{signal}: {status:?}");
+        assert!(!out.exists(), "{signal}: the output was written");
+        no_temporaries(dir.path());
+    }
+}

@@ -14,6 +14,7 @@ use crate::forward::output_weight_name;
 use crate::Result;
 use rayon::prelude::*;
 use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::finite::{check_logits, check_summary};
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
 use unmask_kernels::score::{
     score_row, score_summary, Confidence, Filter, RowSummary, Scored, Scratch,
@@ -189,10 +190,13 @@ impl Head {
                         .par_chunks(n_vocab)
                         .enumerate()
                         .map_init(Scratch::default, |scratch, (j, row)| {
-                            score_row(row, filter, kind, uniforms[first + j], scratch)
+                            // A NaN or +inf logit means the model broke down: a clear error,
+                            // never an arbitrary token.
+                            check_logits(row)?;
+                            Ok(score_row(row, filter, kind, uniforms[first + j], scratch))
                         })
-                        .collect()
-                });
+                        .collect::<Result<_>>()
+                })?;
                 scored.extend(chunk);
                 Ok(())
             })?;
@@ -444,6 +448,7 @@ impl DeviceHead {
                     candidates: &c.pairs,
                     n_vocab,
                 };
+                check_summary(&summary)?;
                 score_summary(&summary, filter, kind, u, &mut c.scratch)
             } else {
                 None
@@ -454,6 +459,7 @@ impl DeviceHead {
                     c.row.resize(n_vocab, 0.0);
                     g.get_f32_range(self.logits, j * n_vocab, &mut c.row)?;
                     bytes += (n_vocab * 4) as u64;
+                    check_logits(&c.row)?;
                     score_row(&c.row, filter, kind, u, &mut c.scratch)
                 }
             };

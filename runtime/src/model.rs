@@ -258,6 +258,7 @@ impl Model {
     /// every value, about as long as one pass over the file). A NaN or infinite value fails the
     /// load with an error naming the tensor.
     pub fn load_checked(path: &Path, placement: &Placement, check: Depth) -> Result<Self> {
+        check_model_path(path)?;
         let mut file = GgufFile::open(path)?;
         let spec = ModelSpec::from_gguf(&file)?;
         check_tensor_shapes(&file, &spec.config)?;
@@ -314,6 +315,74 @@ fn check_finite(file: &GgufFile, depth: Depth) -> Result<()> {
         unmask_kernels::finite::check_tensor(&info.name, info.ty, file.tensor_data(info), depth)?;
     }
     Ok(())
+}
+
+/// A model path must name a GGUF file. A folder (a Hugging Face checkpoint, most often) or another
+/// kind of file gets a message that says what it is and what to do, instead of the error of
+/// mapping it ("No such device" for a folder, "bad magic" for a text file).
+fn check_model_path(path: &Path) -> Result<()> {
+    use unmask_quantize::sniff::{sniff, FileKind};
+    // A missing or unreadable path is reported by the GGUF reader with its own error.
+    let Ok(kind) = sniff(path) else {
+        return Ok(());
+    };
+    let convert = |dir: &Path| {
+        format!(
+            "convert it into one GGUF file first: unmask-quantize {} model.gguf --type q4_k_m",
+            dir.display()
+        )
+    };
+    let message = match kind {
+        FileKind::Gguf => return Ok(()),
+        FileKind::Folder => {
+            let ggufs: Vec<String> = std::fs::read_dir(path)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.ends_with(".gguf"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if path.join("config.json").is_file() {
+                format!(
+                    "{} is a folder (a Hugging Face checkpoint), not a model file; {}",
+                    path.display(),
+                    convert(path)
+                )
+            } else if let Some(first) = ggufs.iter().min() {
+                format!(
+                    "{} is a folder, not a model file; it holds {}: pass -m {}",
+                    path.display(),
+                    ggufs.join(", "),
+                    path.join(first).display()
+                )
+            } else {
+                format!(
+                    "{} is a folder, not a model file: pass a GGUF file, or, for a Hugging Face \
+                     checkpoint folder, {}",
+                    path.display(),
+                    convert(path)
+                )
+            }
+        }
+        FileKind::Safetensors | FileKind::Json => {
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+            format!(
+                "{} is not a GGUF file: it is {}; for the Hugging Face checkpoint folder that \
+                 holds it, {}",
+                path.display(),
+                kind.description(),
+                convert(dir.unwrap_or(Path::new("CHECKPOINT_FOLDER")))
+            )
+        }
+        _ => format!(
+            "{} is not a GGUF file: it is {}",
+            path.display(),
+            kind.description()
+        ),
+    };
+    Err(Error::Model(message))
 }
 
 /// Every tensor the graph uses must exist with the shape the metadata implies, so that graph

@@ -19,6 +19,8 @@ fn tiny_model(dir: &Path) -> PathBuf {
         target: "q8_0".parse().unwrap(),
         overwrite: true,
         progress: false,
+        allow_requantize: false,
+        throttle: Default::default(),
     };
     convert_synth(&SynthModel::new(Preset::Tiny, 9).unwrap(), &path, &options).unwrap();
     path
@@ -239,7 +241,7 @@ fn files_that_are_not_dream_models_are_refused() {
     std::fs::write(&garbage, b"this is not a gguf file at all").unwrap();
     assert_error(
         &unmask(&["generate", "-m", garbage.to_str().unwrap(), "-p", "x"]),
-        "bad magic",
+        "is not a GGUF file: it is a text file",
     );
 
     let model = tiny_model(dir.path());
@@ -304,4 +306,40 @@ fn json_output_has_the_documented_fields() {
     // The chat template is on by default for a tokenizer with <|im_start|>: the prompt is longer
     // than the three or so tokens of the bare text.
     assert!(json["prompt_tokens"].as_u64().unwrap() > 10);
+}
+
+#[test]
+fn a_folder_as_the_model_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    SynthModel::new(Preset::Tiny, 3)
+        .unwrap()
+        .write_hf(&hf, 1 << 30)
+        .unwrap();
+    let out = unmask(&["generate", "-m", hf.to_str().unwrap(), "-p", "x"]);
+    assert_error(&out, "is a folder (a Hugging Face checkpoint)");
+    assert_error(&out, "unmask-quantize");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("No such device"), "{stderr}");
+
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let empty = unmask(&["generate", "-m", models.to_str().unwrap(), "-p", "x"]);
+    assert_error(&empty, "is a folder, not a model file");
+    std::fs::rename(tiny_model(dir.path()), models.join("tiny.gguf")).unwrap();
+    let holding = unmask(&["generate", "-m", models.to_str().unwrap(), "-p", "x"]);
+    assert_error(&holding, "it holds tiny.gguf: pass -m");
+
+    let shard = hf.join("model.safetensors");
+    let first = std::fs::read_dir(&hf)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+    std::fs::rename(first, &shard).unwrap();
+    assert_error(
+        &unmask(&["generate", "-m", shard.to_str().unwrap(), "-p", "x"]),
+        "it is a safetensors file",
+    );
 }

@@ -21,6 +21,8 @@ fn model_file(dir: &Path, ty: &str) -> PathBuf {
         target: ty.parse().unwrap(),
         overwrite: true,
         progress: false,
+        allow_requantize: false,
+        throttle: Default::default(),
     };
     convert_synth(&SynthModel::new(Preset::Tiny, 21).unwrap(), &path, &options).unwrap();
     path

@@ -13,6 +13,8 @@ fn tiny() -> (tempfile::TempDir, Arc<Model>) {
         target: "f16".parse().unwrap(),
         overwrite: true,
         progress: false,
+        allow_requantize: false,
+        throttle: Default::default(),
     };
     convert_synth(&SynthModel::new(Preset::Tiny, 17).unwrap(), &path, &options).unwrap();
     let model = Arc::new(Model::load(&path).unwrap());

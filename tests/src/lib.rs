@@ -54,6 +54,8 @@ pub fn convert_to(input: &Path, output: &Path, target: &str) -> ConvertReport {
         target: target.parse().expect("target type"),
         overwrite: true,
         progress: false,
+        allow_requantize: true,
+        throttle: Default::default(),
     };
     convert(input, output, &options)
         .unwrap_or_else(|e| panic!("convert {} -> {target}: {e}", input.display()))

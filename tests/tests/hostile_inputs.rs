@@ -1500,6 +1500,8 @@ impl Checkpoint {
             target: "q8_0".parse().unwrap(),
             overwrite: false,
             progress: false,
+            allow_requantize: false,
+            throttle: Default::default(),
         };
         let err = match convert(&self.input, &output, &options) {
             Ok(report) => panic!("conversion succeeded: {report:?}"),

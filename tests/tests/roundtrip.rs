@@ -99,6 +99,8 @@ fn direct_synth_gguf_equals_the_hf_route() {
         target: "q4_k_m".parse().unwrap(),
         overwrite: false,
         progress: false,
+        allow_requantize: false,
+        throttle: Default::default(),
     };
     convert_synth(&model, &direct, &options).unwrap();
     assert_eq!(tensor_bytes(&via_hf), tensor_bytes(&direct));
@@ -111,6 +113,8 @@ fn different_seeds_give_different_weights() {
         target: "f32".parse().unwrap(),
         overwrite: false,
         progress: false,
+        allow_requantize: false,
+        throttle: Default::default(),
     };
     let a = dir.path().join("a.gguf");
     let b = dir.path().join("b.gguf");

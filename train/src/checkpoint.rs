@@ -7,8 +7,10 @@
 //! Writes are atomic: everything goes into `OUT/.tmp-ckpt-N`, each file and the folder are
 //! fsynced, the folder is renamed to `OUT/checkpoint-N` (fsync of `OUT`), then the pointer file
 //! `OUT/latest` (the folder name) is replaced by writing `OUT/.latest.tmp` and renaming it. A
-//! `checkpoint-N` folder therefore only exists complete; a leftover `.tmp-*` (a crash while
-//! saving) is never read and is removed by [`find_latest`].
+//! `checkpoint-N` folder therefore only exists complete. The temporaries are removed on every
+//! error and, in the `unmask-train` binary, on SIGINT/SIGTERM/SIGHUP
+//! (`unmask_kernels::temp_files`); one left by a crash or SIGKILL is never read and is removed
+//! by [`find_latest`]. After a save, [`prune`] keeps the newest `keep` checkpoints.
 
 use crate::optim::AdamW;
 use crate::policy::Policy;
@@ -18,6 +20,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use unmask_kernels::temp_files::TempPath;
 use unmask_quantize::safetensors::{decode_to_f32, encode_header, Dtype, SafetensorsFile};
 
 /// The dtype of `model.safetensors`.
@@ -144,11 +147,15 @@ pub fn save_with_reference(
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(out).map_err(io(out))?;
     let name = checkpoint_name(state.step);
-    let tmp = out.join(format!(".tmp-ckpt-{}", state.step));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    let tmp_path = out.join(format!(".tmp-ckpt-{}", state.step));
+    if tmp_path.exists() {
+        std::fs::remove_dir_all(&tmp_path).map_err(io(&tmp_path))?;
     }
-    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    // Registered before it exists: from its creation on, an error or a signal removes the
+    // partial folder.
+    let guard = TempPath::new(&tmp_path);
+    std::fs::create_dir(&tmp_path).map_err(io(&tmp_path))?;
+    let tmp = guard.path();
     for entry in std::fs::read_dir(source).map_err(io(source))? {
         let entry = entry.map_err(io(source))?;
         let file_name = entry.file_name();
@@ -221,19 +228,63 @@ pub fn save_with_reference(
         serde_json::to_string_pretty(&json).map_err(|e| Error::InvalidArgument(e.to_string()))?;
     // Written last: a folder with trainer_state.json has everything.
     write_synced(&tmp.join("trainer_state.json"), text.as_bytes())?;
-    sync_dir(&tmp)?;
+    sync_dir(tmp)?;
     let dest = out.join(&name);
     if dest.exists() {
         std::fs::remove_dir_all(&dest).map_err(io(&dest))?;
     }
-    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    guard.rename_to(&dest).map_err(io(&dest))?;
     sync_dir(out)?;
-    let pointer_tmp = out.join(".latest.tmp");
-    write_synced(&pointer_tmp, format!("{name}\n").as_bytes())?;
+    let pointer_tmp = TempPath::new(out.join(".latest.tmp"));
+    write_synced(pointer_tmp.path(), format!("{name}\n").as_bytes())?;
     let pointer = out.join("latest");
-    std::fs::rename(&pointer_tmp, &pointer).map_err(io(&pointer))?;
+    pointer_tmp.rename_to(&pointer).map_err(io(&pointer))?;
     sync_dir(out)?;
     Ok(dest)
+}
+
+/// Removes all but the newest `keep` complete checkpoints of `out` (`keep` 0: none removed).
+/// The checkpoint `latest` names is never removed. Returns the removed folders.
+pub fn prune(out: &Path, keep: usize) -> Result<Vec<PathBuf>> {
+    if keep == 0 {
+        return Ok(Vec::new());
+    }
+    let latest = std::fs::read_to_string(out.join("latest"))
+        .ok()
+        .map(|t| t.trim().to_string());
+    let mut steps: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(out).map_err(io(out))? {
+        let entry = entry.map_err(io(out))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(step) = name
+            .strip_prefix("checkpoint-")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            if entry.path().join("trainer_state.json").is_file() {
+                steps.push((step, entry.path()));
+            }
+        }
+    }
+    steps.sort_by_key(|s| std::cmp::Reverse(s.0));
+    let mut removed = Vec::new();
+    for (step, path) in steps.into_iter().skip(keep) {
+        if latest.as_deref() == Some(checkpoint_name(step).as_str()) {
+            continue;
+        }
+        std::fs::remove_dir_all(&path).map_err(io(&path))?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// The run settings recorded in a checkpoint's `trainer_state.json` (what `--resume` starts
+/// from).
+pub fn recorded_config(dir: &Path) -> Result<serde_json::Value> {
+    let path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+    Ok(state.config)
 }
 
 /// Creates the output folder of a run and returns its latest complete checkpoint; a fresh

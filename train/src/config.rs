@@ -36,6 +36,11 @@ pub struct SftConfig {
     pub max_len: usize,
     /// Append the model's EOS token to every JSONL response.
     pub append_eos: bool,
+    /// Wrap prompt/response pairs in the model's chat template (the Instruct prompt that
+    /// `unmask generate` applies by default), ending each response with `<|im_end|>`; pairs stay
+    /// plain text when false or when the tokenizer has no chat markers. Text files are never
+    /// templated.
+    pub chat: bool,
     /// Peak learning rate.
     pub lr: f64,
     /// Cosine floor as a fraction of `lr`.
@@ -52,8 +57,10 @@ pub struct SftConfig {
     pub t_eps: f64,
     pub norm: Norm,
     pub seed: u64,
-    /// Save a checkpoint every N updates (0: only at the end).
-    pub save_every: u64,
+    /// Save a checkpoint every N updates (0: only at the end; default: [`default_save_every`]).
+    pub save_every: Option<u64>,
+    /// Checkpoints kept in `out`: the newest N (0: all).
+    pub keep: usize,
     /// dtype of the checkpoints' `model.safetensors` (default: the source model's).
     pub save_dtype: Option<SaveDtype>,
     /// GGML threads (default: the number of CPUs).
@@ -62,6 +69,15 @@ pub struct SftConfig {
     /// `cuda` is refused with the reason).
     pub device: Option<String>,
 }
+
+/// The checkpoint interval when none is set: ten checkpoints over the run (at least one update
+/// apart), so that an interrupted run loses at most a tenth of its work.
+pub fn default_save_every(steps: u64) -> u64 {
+    steps.div_ceil(10).max(1)
+}
+
+/// Checkpoints kept by default (`--keep`): the newest three.
+pub const DEFAULT_KEEP: usize = 3;
 
 impl Default for SftConfig {
     fn default() -> Self {
@@ -74,6 +90,7 @@ impl Default for SftConfig {
             grad_accum: 1,
             max_len: 512,
             append_eos: true,
+            chat: true,
             lr: 1e-5,
             min_lr_ratio: 0.1,
             warmup_steps: None,
@@ -85,7 +102,8 @@ impl Default for SftConfig {
             t_eps: 1e-3,
             norm: Norm::Tokens,
             seed: 0,
-            save_every: 0,
+            save_every: None,
+            keep: DEFAULT_KEEP,
             save_dtype: None,
             threads: None,
             device: None,
@@ -93,66 +111,113 @@ impl Default for SftConfig {
     }
 }
 
+/// The flags that `sft` and `grpo` share: what to train, where, and how checkpoints are kept.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct RunArgs {
+    /// TOML file with any of the settings (keys = flag names with `_`); flags win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Continue from the latest complete checkpoint in --out, with the settings it records
+    /// (--model, --data/--tasks and the rest need not be repeated; flags given win).
+    #[arg(long)]
+    pub resume: bool,
+    /// Hugging Face folder of the initial model (bf16/f16/f32 safetensors, config.json,
+    /// tokenizer.json) [required, unless --resume].
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Output folder: checkpoints (`checkpoint-N`, `latest`) and `metrics.jsonl` [required].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Seed of every random draw (data order, masks, rollouts) [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Save a checkpoint every N updates; 0: only at the end [default: a tenth of --steps,
+    /// rounded up].
+    #[arg(long, value_name = "N")]
+    pub save_every: Option<u64>,
+    /// Keep only the newest N checkpoints in --out; 0: keep all [default: 3].
+    #[arg(long, value_name = "N")]
+    pub keep: Option<usize>,
+    /// dtype of each checkpoint's model.safetensors: bf16 or f32 [default: the source
+    /// model's].
+    #[arg(long, value_parser = parse_dtype)]
+    pub save_dtype: Option<SaveDtype>,
+    /// GGML threads [default: the number of CPUs].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Where to train: cpu or auto (the CPU); cuda is refused with the reason [default: cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// The AdamW and learning-rate schedule flags that `sft` and `grpo` share.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct OptimArgs {
+    /// Peak learning rate, in (0, 0.01] [default: 1e-5 for sft, 1e-6 for grpo].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Floor of the cosine schedule, as a fraction of --lr, in [0, 1] [default: 0.1].
+    #[arg(long)]
+    pub min_lr_ratio: Option<f64>,
+    /// Linear warm-up, in updates [default: --steps / 100, rounded down].
+    #[arg(long, value_name = "N")]
+    pub warmup_steps: Option<u64>,
+    /// AdamW beta1, in [0, 1) [default: 0.9].
+    #[arg(long)]
+    pub beta1: Option<f64>,
+    /// AdamW beta2, in [0, 1) [default: 0.99].
+    #[arg(long)]
+    pub beta2: Option<f64>,
+    /// AdamW epsilon, positive [default: 1e-8].
+    #[arg(long)]
+    pub adam_eps: Option<f64>,
+    /// AdamW decoupled weight decay, in [0, 1] [default: 0.1].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Global gradient-norm clip, positive [default: 0.2].
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+}
+
 /// The flags of `unmask-train sft`: every setting is optional and overrides the file.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct SftArgs {
-    /// TOML file with any of the settings below (flags win).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Continue from the latest complete checkpoint in --out.
-    #[arg(long)]
-    pub resume: bool,
-    /// Hugging Face folder of the initial model (bf16/f16/f32 safetensors, tokenizer.json).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Training data (repeatable): .jsonl of {"prompt", "response"}, or plain text files.
-    #[arg(long)]
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    /// Training data (repeatable): .jsonl lines or a .json array of {"prompt", "response"}, or
+    /// plain text files [required, unless --resume].
+    #[arg(long, value_name = "FILE")]
     pub data: Vec<PathBuf>,
-    /// Output folder.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+    /// Optimizer updates [default: 100].
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Sequences per micro-batch [default: 4].
     #[arg(long)]
     pub micro_batch: Option<usize>,
+    /// Micro-batches per update (gradient accumulation) [default: 1].
     #[arg(long)]
     pub grad_accum: Option<usize>,
+    /// Longest sequence (prompt + response), in tokens; longer pairs are truncated and counted
+    /// [default: 512].
     #[arg(long)]
     pub max_len: Option<usize>,
+    /// Append the model's EOS token to every response: true or false [default: true].
     #[arg(long)]
     pub append_eos: Option<bool>,
+    /// Wrap prompt/response pairs in the model's chat template, as `unmask generate` prompts
+    /// by default: true or false [default: true].
     #[arg(long)]
-    pub lr: Option<f64>,
-    #[arg(long)]
-    pub min_lr_ratio: Option<f64>,
-    #[arg(long)]
-    pub warmup_steps: Option<u64>,
-    #[arg(long)]
-    pub beta1: Option<f64>,
-    #[arg(long)]
-    pub beta2: Option<f64>,
-    #[arg(long)]
-    pub adam_eps: Option<f64>,
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    #[arg(long)]
-    pub max_grad_norm: Option<f64>,
+    pub chat: Option<bool>,
+    /// Mask ratio t ~ U(t_eps, 1), t_eps in (0, 1) [default: 0.001].
     #[arg(long)]
     pub t_eps: Option<f64>,
+    /// Loss normalisation: by the micro-batch's response tokens, or per row then averaged
+    /// [default: tokens].
     #[arg(long, value_enum)]
     pub norm: Option<Norm>,
-    #[arg(long)]
-    pub seed: Option<u64>,
-    #[arg(long)]
-    pub save_every: Option<u64>,
-    #[arg(long, value_parser = parse_dtype)]
-    pub save_dtype: Option<SaveDtype>,
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Where to train: cpu (default) or auto; cuda is refused with the reason.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Sleep this long after every update (for tests that interrupt a run).
+    /// Sleep this long after every update, in milliseconds (for tests that interrupt a run).
     #[arg(long, hide = true, default_value_t = 0)]
     pub throttle_ms: u64,
 }
@@ -176,37 +241,21 @@ impl SftConfig {
             .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
     }
 
-    /// Defaults, then the file of `args.config`, then the flags.
+    /// Defaults (or, with `--resume`, the settings the latest checkpoint records), then the file
+    /// of `--config`, then the flags.
     pub fn resolve(args: &SftArgs) -> Result<Self> {
-        let mut c = match &args.config {
-            Some(p) => Self::from_toml_file(p)?,
-            None => Self::default(),
-        };
+        let mut c: Self = layered(&args.run)?;
         macro_rules! take {
-            ($($f:ident),*) => { $( if let Some(v) = args.$f.clone() { c.$f = v; } )* };
+            ($src:expr; $($f:ident),*) => { $( if let Some(v) = $src.$f.clone() { c.$f = v; } )* };
         }
         macro_rules! take_opt {
-            ($($f:ident),*) => { $( if args.$f.is_some() { c.$f = args.$f.clone(); } )* };
+            ($src:expr; $($f:ident),*) => { $( if $src.$f.is_some() { c.$f = $src.$f.clone(); } )* };
         }
-        take!(
-            steps,
-            micro_batch,
-            grad_accum,
-            max_len,
-            append_eos,
-            lr,
-            min_lr_ratio,
-            beta1,
-            beta2,
-            adam_eps,
-            weight_decay,
-            max_grad_norm,
-            t_eps,
-            norm,
-            seed,
-            save_every
-        );
-        take_opt!(model, out, warmup_steps, save_dtype, threads, device);
+        take!(args; steps, micro_batch, grad_accum, max_len, append_eos, chat, t_eps, norm);
+        take!(args.optim; lr, min_lr_ratio, beta1, beta2, adam_eps, weight_decay, max_grad_norm);
+        take!(args.run; seed, keep);
+        take_opt!(args.optim; warmup_steps);
+        take_opt!(args.run; model, out, save_every, save_dtype, threads, device);
         if !args.data.is_empty() {
             c.data = args.data.clone();
         }
@@ -226,6 +275,18 @@ impl SftConfig {
         if self.data.is_empty() {
             return bad("no training data (--data or `data`)".into());
         }
+        check_paths(&self.model, &self.out)?;
+        if self.data.iter().any(|d| d.as_os_str().is_empty()) {
+            return bad("--data is an empty path".into());
+        }
+        check_optimizer(&OptimSettings {
+            lr: self.lr,
+            min_lr_ratio: self.min_lr_ratio,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            adam_eps: self.adam_eps,
+            weight_decay: self.weight_decay,
+        })?;
         if self.steps == 0 || self.micro_batch == 0 || self.grad_accum == 0 {
             return bad("steps, micro_batch and grad_accum must be positive".into());
         }
@@ -246,6 +307,113 @@ impl SftConfig {
 
     pub fn warmup(&self) -> u64 {
         self.warmup_steps.unwrap_or(self.steps / 100)
+    }
+
+    /// The checkpoint interval in updates (0: only at the end).
+    pub fn save_interval(&self) -> u64 {
+        self.save_every
+            .unwrap_or_else(|| default_save_every(self.steps))
+    }
+}
+
+/// The optimizer settings that [`check_optimizer`] checks.
+pub struct OptimSettings {
+    pub lr: f64,
+    pub min_lr_ratio: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub adam_eps: f64,
+    pub weight_decay: f64,
+}
+
+/// Largest accepted peak learning rate: fine-tuning a pretrained model uses about 1e-6 to 1e-4,
+/// and far above 1e-2 AdamW's steps (about `lr` per weight) destroy the weights in a few updates.
+pub const MAX_LR: f64 = 1e-2;
+
+/// Range checks of the AdamW settings shared by `sft` and `grpo`, with the reason in the message.
+pub fn check_optimizer(o: &OptimSettings) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    if !(o.lr > 0.0 && o.lr <= MAX_LR) {
+        return bad(format!(
+            "lr {} is outside (0, {MAX_LR}]: fine-tuning rates are about 1e-6 to 1e-4, and AdamW \
+             moves every weight by about lr per update, so larger values wreck the model",
+            o.lr
+        ));
+    }
+    if !(0.0..=1.0).contains(&o.min_lr_ratio) {
+        return bad(format!(
+            "min_lr_ratio {} is not in [0, 1] (a fraction of lr)",
+            o.min_lr_ratio
+        ));
+    }
+    for (name, v) in [("beta1", o.beta1), ("beta2", o.beta2)] {
+        if !(0.0..1.0).contains(&v) {
+            return bad(format!("{name} {v} is not in [0, 1)"));
+        }
+    }
+    if !(o.adam_eps > 0.0 && o.adam_eps.is_finite()) {
+        return bad(format!("adam_eps {} must be positive", o.adam_eps));
+    }
+    if !(0.0..=1.0).contains(&o.weight_decay) {
+        return bad(format!("weight_decay {} is not in [0, 1]", o.weight_decay));
+    }
+    Ok(())
+}
+
+/// `--model` and `--out` must not be empty paths (an empty `--out` would write into the current
+/// folder).
+fn check_paths(model: &Option<PathBuf>, out: &Option<PathBuf>) -> Result<()> {
+    if model.as_ref().is_some_and(|m| m.as_os_str().is_empty()) {
+        return Err(Error::InvalidArgument("--model is an empty path".into()));
+    }
+    if out.as_ref().is_some_and(|o| o.as_os_str().is_empty()) {
+        return Err(Error::InvalidArgument(
+            "--out is an empty path: name the folder for checkpoints and metrics".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The settings a run starts from: `T::default()`, replaced with `--resume` by the settings the
+/// latest checkpoint in `--out` records, then overlaid key by key with the `--config` file.
+fn layered<T: Serialize + serde::de::DeserializeOwned + Default>(run: &RunArgs) -> Result<T> {
+    let invalid = |m: String| Error::InvalidArgument(m);
+    let mut base = serde_json::to_value(T::default()).map_err(|e| invalid(e.to_string()))?;
+    if run.resume {
+        let out = run.out.as_ref().ok_or_else(|| {
+            invalid("--resume needs --out, the folder of the run to continue".into())
+        })?;
+        if let Some((_, dir)) = crate::checkpoint::find_latest(out)? {
+            let recorded = crate::checkpoint::recorded_config(&dir)?;
+            merge(&mut base, recorded);
+        }
+    }
+    if let Some(path) = &run.config {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        let file = serde_json::to_value(table).map_err(|e| invalid(e.to_string()))?;
+        merge(&mut base, file);
+    }
+    serde_json::from_value(base).map_err(|e| {
+        let from = run
+            .config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the recorded settings".into());
+        invalid(format!("{from}: {e}"))
+    })
+}
+
+/// Overlays the keys of object `top` onto object `base`.
+fn merge(base: &mut serde_json::Value, top: serde_json::Value) {
+    if let (Some(base), serde_json::Value::Object(top)) = (base.as_object_mut(), top) {
+        for (k, v) in top {
+            base.insert(k, v);
+        }
     }
 }
 
@@ -330,8 +498,10 @@ pub struct GrpoConfig {
     pub threshold: Option<f32>,
     pub seed: u64,
     /// Save a checkpoint at the end of the first round at or after every N updates (0: only at
-    /// the end).
-    pub save_every: u64,
+    /// the end; default: [`default_save_every`]).
+    pub save_every: Option<u64>,
+    /// Checkpoints kept in `out`: the newest N (0: all).
+    pub keep: usize,
     pub save_dtype: Option<SaveDtype>,
     /// GGML threads (default: the number of CPUs).
     pub threads: Option<usize>,
@@ -381,7 +551,8 @@ impl Default for GrpoConfig {
             block_length: None,
             threshold: None,
             seed: 0,
-            save_every: 0,
+            save_every: None,
+            keep: DEFAULT_KEEP,
             save_dtype: None,
             threads: None,
             device: None,
@@ -395,129 +566,101 @@ impl Default for GrpoConfig {
 /// The flags of `unmask-train grpo`: every setting is optional and overrides the file.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct GrpoArgs {
-    /// TOML file with any of the settings below (flags win).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Continue from the latest complete checkpoint in --out.
-    #[arg(long)]
-    pub resume: bool,
-    /// Hugging Face folder of the initial policy (bf16/f16/f32 safetensors, tokenizer.json).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Tasks: AceCode JSON lines {"question", "test_cases"}.
-    #[arg(long)]
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    /// Tasks: AceCode JSON lines {"question", "test_cases"} [required, unless --resume].
+    #[arg(long, value_name = "FILE")]
     pub tasks: Option<PathBuf>,
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// code (default, COUPLED_GRPO.md §3) or toy-even-ids (fraction of even token ids; for tests).
+    /// Reward: code (COUPLED_GRPO.md §3: sandboxed tests and format) or toy-even-ids (fraction
+    /// of even token ids; for tests) [default: code].
     #[arg(long, value_enum)]
     pub reward: Option<RewardKind>,
-    /// Optimizer updates [256].
+    /// Optimizer updates [default: 256].
     #[arg(long)]
     pub steps: Option<u64>,
-    /// B, prompts per round [4].
+    /// B, prompts per round [default: 4].
     #[arg(long)]
     pub prompts_per_round: Option<usize>,
-    /// G, completions per prompt [10].
+    /// G, completions per prompt [default: 10].
     #[arg(long)]
     pub num_generations: Option<usize>,
-    /// mu, updates per round [2].
+    /// mu, optimizer updates per round on the same rollouts [default: 2].
     #[arg(long)]
     pub mu: Option<usize>,
-    /// KL weight [0.01].
+    /// KL weight; 0 disables the reference policy [default: 0.01].
     #[arg(long)]
     pub beta: Option<f64>,
-    /// [0.5]
+    /// The ratio is clipped to [1 - clip_eps, 1 + clip_eps], clip_eps in (0, 1) [default: 0.5].
     #[arg(long)]
     pub clip_eps: Option<f64>,
+    /// Advantage baseline: mean (the paper) or leave-one-out (the released code)
+    /// [default: mean].
     #[arg(long, value_enum)]
     pub baseline: Option<BaselineArg>,
+    /// Divide advantages by the group's reward std: true or false [default: false].
     #[arg(long)]
     pub scale_rewards: Option<bool>,
-    /// Completions per micro-batch [2].
+    /// Completions per micro-batch [default: 2].
     #[arg(long)]
     pub micro_batch: Option<usize>,
-    /// [1e-6]
-    #[arg(long)]
-    pub lr: Option<f64>,
-    #[arg(long)]
-    pub min_lr_ratio: Option<f64>,
-    #[arg(long)]
-    pub warmup_steps: Option<u64>,
-    #[arg(long)]
-    pub beta1: Option<f64>,
-    #[arg(long)]
-    pub beta2: Option<f64>,
-    #[arg(long)]
-    pub adam_eps: Option<f64>,
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    #[arg(long)]
-    pub max_grad_norm: Option<f64>,
-    #[arg(long)]
+    /// Sync the reference policy every N updates; 0: never [default: 64].
+    #[arg(long, value_name = "N")]
     pub ref_sync_steps: Option<u64>,
+    /// Reference sync: ref <- alpha * theta + (1 - alpha) * ref, alpha in [0, 1]
+    /// [default: 0.6].
     #[arg(long)]
     pub ref_sync_alpha: Option<f64>,
+    /// Prompt tokens kept (the last ones), in tokens [default: 200].
     #[arg(long)]
     pub prompt_tokens: Option<usize>,
+    /// Completion length, in tokens [default: 256].
     #[arg(long)]
     pub completion_tokens: Option<usize>,
+    /// Denoising steps of the rollouts [default: 256].
     #[arg(long)]
     pub diffusion_steps: Option<usize>,
+    /// Sampling temperature of the rollouts [default: 1.2].
     #[arg(long)]
     pub temperature: Option<f32>,
+    /// Nucleus sampling of the rollouts, in (0, 1]; 1 disables it [default: 0.95].
     #[arg(long)]
     pub top_p: Option<f32>,
-    /// Rollouts' key/value cache: none (exact decoding, default), prefix or dual (approximate,
-    /// faster; docs/fast-decoding.md).
+    /// Rollouts' key/value cache: none (exact decoding), prefix or dual (approximate, faster;
+    /// docs/fast-decoding.md) [default: none].
     #[arg(long)]
     pub cache: Option<String>,
-    /// Rollouts' block length with a cache, in tokens [32].
+    /// Rollouts' block length with a cache, in tokens [default: 32].
     #[arg(long)]
     pub block_length: Option<usize>,
-    /// Rollouts' confidence-threshold parallel decoding, in (0, 1] [off].
+    /// Rollouts' confidence-threshold parallel decoding, in (0, 1] [default: off].
     #[arg(long)]
     pub threshold: Option<f32>,
-    #[arg(long)]
-    pub seed: Option<u64>,
-    #[arg(long)]
-    pub save_every: Option<u64>,
-    #[arg(long, value_parser = parse_dtype)]
-    pub save_dtype: Option<SaveDtype>,
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Where to train: cpu (default) or auto; cuda is refused with the reason.
-    #[arg(long)]
-    pub device: Option<String>,
+    /// Concurrent reward sandboxes [default: the number of CPUs].
     #[arg(long)]
     pub reward_jobs: Option<usize>,
+    /// Wall-clock timeout per test case, in seconds [default: 5].
     #[arg(long)]
     pub reward_timeout: Option<f64>,
-    #[arg(long)]
+    /// Python interpreter of the sandbox [default: probed].
+    #[arg(long, value_name = "FILE")]
     pub python: Option<PathBuf>,
 }
 
 impl GrpoConfig {
-    /// Defaults, then the file of `args.config`, then the flags.
+    /// Defaults (or, with `--resume`, the settings the latest checkpoint records), then the file
+    /// of `--config`, then the flags.
     pub fn resolve(args: &GrpoArgs) -> Result<Self> {
-        let mut c = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str(&text)
-                    .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?
-            }
-            None => Self::default(),
-        };
+        let mut c: Self = layered(&args.run)?;
         macro_rules! take {
-            ($($f:ident),*) => { $( if let Some(v) = args.$f.clone() { c.$f = v; } )* };
+            ($src:expr; $($f:ident),*) => { $( if let Some(v) = $src.$f.clone() { c.$f = v; } )* };
         }
         macro_rules! take_opt {
-            ($($f:ident),*) => { $( if args.$f.is_some() { c.$f = args.$f.clone(); } )* };
+            ($src:expr; $($f:ident),*) => { $( if $src.$f.is_some() { c.$f = $src.$f.clone(); } )* };
         }
         take!(
+            args;
             reward,
             steps,
             prompts_per_round,
@@ -528,13 +671,6 @@ impl GrpoConfig {
             baseline,
             scale_rewards,
             micro_batch,
-            lr,
-            min_lr_ratio,
-            beta1,
-            beta2,
-            adam_eps,
-            weight_decay,
-            max_grad_norm,
             ref_sync_steps,
             ref_sync_alpha,
             prompt_tokens,
@@ -543,23 +679,13 @@ impl GrpoConfig {
             temperature,
             top_p,
             cache,
-            seed,
-            save_every,
             reward_timeout
         );
-        take_opt!(
-            model,
-            tasks,
-            out,
-            block_length,
-            threshold,
-            warmup_steps,
-            save_dtype,
-            threads,
-            device,
-            reward_jobs,
-            python
-        );
+        take!(args.optim; lr, min_lr_ratio, beta1, beta2, adam_eps, weight_decay, max_grad_norm);
+        take!(args.run; seed, keep);
+        take_opt!(args.optim; warmup_steps);
+        take_opt!(args.run; model, out, save_every, save_dtype, threads, device);
+        take_opt!(args; tasks, block_length, threshold, reward_jobs, python);
         c.validate()?;
         Ok(c)
     }
@@ -575,6 +701,21 @@ impl GrpoConfig {
         }
         if self.tasks.is_none() {
             return bad("no tasks (--tasks or `tasks`)".into());
+        }
+        check_paths(&self.model, &self.out)?;
+        check_optimizer(&OptimSettings {
+            lr: self.lr,
+            min_lr_ratio: self.min_lr_ratio,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            adam_eps: self.adam_eps,
+            weight_decay: self.weight_decay,
+        })?;
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p {} is not in (0, 1]", self.top_p));
+        }
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(format!("temperature {} must be >= 0", self.temperature));
         }
         if self.steps == 0
             || self.prompts_per_round == 0
@@ -626,6 +767,12 @@ impl GrpoConfig {
 
     pub fn warmup(&self) -> u64 {
         self.warmup_steps.unwrap_or(self.steps / 100)
+    }
+
+    /// The checkpoint interval in updates (0: only at the end).
+    pub fn save_interval(&self) -> u64 {
+        self.save_every
+            .unwrap_or_else(|| default_save_every(self.steps))
     }
 }
 
@@ -698,7 +845,10 @@ mod tests {
         )
         .unwrap();
         let args = GrpoArgs {
-            config: Some(path.clone()),
+            run: RunArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            },
             mu: Some(3),
             ..Default::default()
         };
@@ -719,16 +869,19 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
-            "model = \"m\"\nout = \"o\"\ndata = [\"d.jsonl\"]\nlr = 0.5\nsteps = 7\nnorm = \"rows\"\nsave_dtype = \"f32\"\n",
+            "model = \"m\"\nout = \"o\"\ndata = [\"d.jsonl\"]\nlr = 0.005\nsteps = 7\nnorm = \"rows\"\nsave_dtype = \"f32\"\n",
         )
         .unwrap();
         let args = SftArgs {
-            config: Some(path.clone()),
+            run: RunArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            },
             steps: Some(9),
             ..Default::default()
         };
         let c = SftConfig::resolve(&args).unwrap();
-        assert_eq!(c.lr, 0.5);
+        assert_eq!(c.lr, 0.005);
         assert_eq!(c.steps, 9);
         assert_eq!(c.norm, Norm::Rows);
         assert_eq!(c.save_dtype, Some(SaveDtype::F32));

@@ -583,11 +583,14 @@ pub fn train(cfg: &GrpoConfig, resume: bool) -> Result<Summary> {
             log.log_line(step, &m, msg)?;
         }
         last_reward_mean = Some(reward_mean);
-        let crossed =
-            cfg.save_every > 0 && round_start_step / cfg.save_every != step / cfg.save_every;
+        let every = cfg.save_interval();
+        let crossed = every > 0 && round_start_step / every != step / every;
         if step == cfg.steps || crossed {
             final_checkpoint = save(&policy, reference.as_ref(), &opt, step, cursor)?;
             log.println(&format!("saved {}", final_checkpoint.display()));
+            for old in checkpoint::prune(&out, cfg.keep)? {
+                log.println(&format!("removed {} (--keep {})", old.display(), cfg.keep));
+            }
         }
     }
     log.finish();

@@ -50,39 +50,42 @@ enum Cmd {
     /// {"task": <0-based line index among the tasks, or the task's "id">, "completion": "<decoded
     /// text>"}. Generated code runs in a local sandbox (see the library's `sandbox` module).
     Reward {
-        #[arg(long)]
+        /// Tasks: AceCode JSON lines {"question", "test_cases"} [required].
+        #[arg(long, value_name = "FILE")]
         tasks: PathBuf,
-        #[arg(long)]
+        /// Completions: JSON lines {"task", "completion"} [required].
+        #[arg(long, value_name = "FILE")]
         completions: PathBuf,
-        /// Concurrent sandboxes (default: the number of CPUs).
+        /// Concurrent sandboxes [default: the number of CPUs].
         #[arg(long)]
         jobs: Option<usize>,
-        /// Wall-clock timeout per test case, seconds.
+        /// Wall-clock timeout per test case, in seconds.
         #[arg(long, default_value_t = 5.0)]
         timeout: f64,
-        /// Python interpreter (default: probed).
-        #[arg(long)]
+        /// Python interpreter [default: probed].
+        #[arg(long, value_name = "FILE")]
         python: Option<PathBuf>,
     },
     /// Loss and the gradient of every parameter for fixed inputs (one mask seed), in the file
     /// format of tests/python/grpo_reference.py (see GRPO_REFERENCE.md): writes `loss`, the
     /// per-token tensors and `grad.<HF name>` as f32 safetensors.
     Grad {
-        /// Hugging Face checkpoint folder of the policy (bf16/f16/f32 safetensors).
-        #[arg(long)]
+        /// Hugging Face checkpoint folder of the policy (bf16/f16/f32 safetensors) [required].
+        #[arg(long, value_name = "DIR")]
         hf: PathBuf,
-        /// Input arrays (.safetensors), e.g. from `grpo_reference.py make-inputs`.
-        #[arg(long)]
+        /// Input arrays (.safetensors), e.g. from `grpo_reference.py make-inputs` [required].
+        #[arg(long, value_name = "FILE")]
         inputs: PathBuf,
-        /// Output .safetensors file.
-        #[arg(long)]
+        /// Output .safetensors file [required].
+        #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// The loss: coupled-grpo (COUPLED_GRPO.md §5) or sft (§6) [required].
         #[arg(long, value_enum)]
         loss: LossArg,
         /// SFT normalisation: response tokens of the batch, or per row then mean over rows.
         #[arg(long, value_enum, default_value = "tokens")]
         norm: NormArg,
-        /// GGML threads (default: the number of CPUs).
+        /// GGML threads [default: the number of CPUs].
         #[arg(long)]
         threads: Option<usize>,
     },
@@ -90,13 +93,17 @@ enum Cmd {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LossArg {
+    /// The coupled-GRPO loss.
     CoupledGrpo,
+    /// The masked-diffusion SFT loss.
     Sft,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum NormArg {
+    /// Divide by the batch's response tokens.
     Tokens,
+    /// Per row, then the mean over rows.
     Rows,
 }
 
@@ -140,13 +147,30 @@ fn load_completions(path: &Path, tasks: &[Task]) -> Result<Vec<(usize, String)>>
     Ok(out)
 }
 
-fn main() -> Result<()> {
+/// Errors are printed here, as `error: ` and the chain of causes, with exit status 1: returned
+/// from `main`, anyhow would print a stack trace whenever RUST_BACKTRACE is set, which is noise
+/// for a wrong path or setting.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Ctrl-C, SIGTERM or SIGHUP while a checkpoint is written remove its partial folder.
+    if let Err(e) = unmask_kernels::temp_files::remove_on_signal() {
+        eprintln!("warning: cannot watch for Ctrl-C ({e}); an interrupted checkpoint write may leave a .tmp-ckpt folder");
+    }
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Sft(args) => {
             let cfg = SftConfig::resolve(&args)?;
             let throttle = std::time::Duration::from_millis(args.throttle_ms);
-            let summary = unmask_train::sft::train(&cfg, args.resume, throttle)?;
+            let summary = unmask_train::sft::train(&cfg, args.run.resume, throttle)?;
             println!(
                 "{}",
                 serde_json::json!({
@@ -159,7 +183,7 @@ fn main() -> Result<()> {
         }
         Cmd::Grpo(args) => {
             let cfg = GrpoConfig::resolve(&args)?;
-            let summary = unmask_train::grpo::train(&cfg, args.resume)?;
+            let summary = unmask_train::grpo::train(&cfg, args.run.resume)?;
             println!(
                 "{}",
                 serde_json::json!({

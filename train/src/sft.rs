@@ -1,7 +1,11 @@
 //! `unmask-train sft`: masked-diffusion supervised fine-tuning (COUPLED_GRPO.md §6).
 //!
-//! Data: `.jsonl` files of `{"prompt", "response"}` pairs, or plain text files, tokenized with the
-//! model folder's `tokenizer.json` (no special tokens added).
+//! Data: `.jsonl` files of `{"prompt", "response"}` pairs, `.json` arrays of them, or plain text
+//! files, tokenized with the model folder's `tokenizer.json` (no special tokens added). The
+//! format of each file, its counts and its truncated pairs are printed ([`DataReport`]). By
+//! default (`chat`) a pair is wrapped in the chat template that `unmask generate` prompts with
+//! (`unmask_runtime::chat::instruct_prompt`), its response ending with `<|im_end|>`, so that the
+//! trained model sees questions in the format it is asked them.
 //! - A pair becomes `prompt ++ response (++ EOS when append_eos)`. Sequences longer than
 //!   `max_len` are truncated, not packed: the prompt keeps its last `max_len - 1` tokens at most,
 //!   then the response is cut to fit. A pair with an empty prompt uses the response's first token
@@ -81,15 +85,182 @@ fn tokenizer_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("{}: {e}", path.display()))
 }
 
-/// Reads and tokenizes the training data.
+/// How a data file was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataFormat {
+    /// One `{"prompt", "response"}` object per line.
+    JsonLines,
+    /// A JSON array of `{"prompt", "response"}` objects.
+    JsonArray,
+    /// Plain text, split into windows of `max_len` tokens.
+    Text,
+}
+
+impl DataFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            DataFormat::JsonLines => "JSON lines of prompt/response pairs",
+            DataFormat::JsonArray => "a JSON array of prompt/response pairs",
+            DataFormat::Text => "plain text",
+        }
+    }
+}
+
+/// What one data file gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileReport {
+    pub path: PathBuf,
+    pub format: DataFormat,
+    /// Training sequences made from the file (pairs, or text windows).
+    pub examples: usize,
+    /// Pairs longer than `max_len` tokens, truncated (see [`pair_example`]).
+    pub truncated: usize,
+    /// The longest pair before truncation, in tokens (0 for text).
+    pub longest: usize,
+}
+
+/// What the training data was, for the run's log ([`DataReport::lines`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataReport {
+    pub files: Vec<FileReport>,
+    /// Whether pairs were wrapped in the chat template.
+    pub chat: bool,
+    /// The chat template was asked for, but the tokenizer has no chat markers.
+    pub chat_unavailable: bool,
+    pub max_len: usize,
+}
+
+impl DataReport {
+    /// The lines the trainer prints: per file its format and counts, the template used, and a
+    /// warning when pairs were truncated.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for f in &self.files {
+            let what = match f.format {
+                DataFormat::Text => {
+                    format!("{} windows of up to {} tokens", f.examples, self.max_len)
+                }
+                _ => format!("{} pairs", f.examples),
+            };
+            out.push(format!(
+                "data: {}: {}, {what}",
+                f.path.display(),
+                f.format.name()
+            ));
+            if f.truncated > 0 {
+                out.push(format!(
+                    "warning: {} of {} pairs in {} are longer than --max-len {} tokens (the \
+                     longest has {}) and were truncated: the prompt keeps its end, the response \
+                     its start",
+                    f.truncated,
+                    f.examples,
+                    f.path.display(),
+                    self.max_len,
+                    f.longest
+                ));
+            }
+        }
+        let has_pairs = self.files.iter().any(|f| f.format != DataFormat::Text);
+        if has_pairs {
+            out.push(if self.chat {
+                "data: pairs use the chat template (the Instruct prompt `unmask generate` applies \
+                 by default), responses end with <|im_end|>; --chat false trains them as plain text"
+                    .into()
+            } else if self.chat_unavailable {
+                "data: the tokenizer has no chat markers (<|im_start|>, <|im_end|>): pairs are \
+                 trained as plain text"
+                    .into()
+            } else {
+                "data: pairs are trained as plain text (--chat false)".into()
+            });
+        }
+        out
+    }
+}
+
+/// How [`load_data`] reads the training data.
+#[derive(Clone, Debug)]
+pub struct DataOptions<'a> {
+    pub tokenizer_json: &'a Path,
+    pub max_len: usize,
+    /// Appended to every response.
+    pub eos: Option<u32>,
+    /// Wrap pairs in the chat template when the tokenizer has the markers.
+    pub chat: bool,
+}
+
+/// Reads and tokenizes the training data as plain pairs (no chat template).
 pub fn load_examples(
     files: &[PathBuf],
     tokenizer_json: &Path,
     max_len: usize,
     eos: Option<u32>,
 ) -> Result<Vec<Example>> {
-    let tok = tokenizers::Tokenizer::from_file(tokenizer_json)
-        .map_err(|e| tokenizer_error(tokenizer_json, e))?;
+    let options = DataOptions {
+        tokenizer_json,
+        max_len,
+        eos,
+        chat: false,
+    };
+    Ok(load_data(files, &options)?.0)
+}
+
+/// The format of a data file: `.jsonl` is JSON lines and `.json` a JSON array of pairs (anything
+/// else in a `.json` file is refused); for other names the content decides: a JSON array of pair
+/// objects, JSON lines whose first line is a pair object, else plain text.
+fn detect_format(path: &Path, text: &str) -> Result<DataFormat> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let trimmed = text.trim_start();
+    let array_of_pairs = || {
+        trimmed.starts_with('[')
+            && serde_json::from_str::<Vec<serde_json::Value>>(text).is_ok_and(|items| {
+                items
+                    .first()
+                    .is_some_and(|v| v.get("prompt").is_some() && v.get("response").is_some())
+            })
+    };
+    match ext {
+        "jsonl" => Ok(DataFormat::JsonLines),
+        "json" => {
+            if array_of_pairs() {
+                return Ok(DataFormat::JsonArray);
+            }
+            let found = match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Array(a)) if a.is_empty() => "an empty array".to_string(),
+                Ok(serde_json::Value::Array(_)) => {
+                    "an array whose first item is not a {\"prompt\", \"response\"} object".into()
+                }
+                Ok(serde_json::Value::Object(_)) => "a JSON object".into(),
+                Ok(_) => "a JSON scalar".into(),
+                Err(e) => format!("invalid JSON ({e})"),
+            };
+            Err(Error::InvalidArgument(format!(
+                "{}: a .json data file must be an array of {{\"prompt\", \"response\"}} objects \
+                 (or use .jsonl, one object per line, or a text file); found {found}",
+                path.display()
+            )))
+        }
+        _ if array_of_pairs() => Ok(DataFormat::JsonArray),
+        _ => {
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let pair_line = serde_json::from_str::<serde_json::Value>(first)
+                .is_ok_and(|v| v.get("prompt").is_some() && v.get("response").is_some());
+            Ok(if pair_line {
+                DataFormat::JsonLines
+            } else {
+                DataFormat::Text
+            })
+        }
+    }
+}
+
+/// Reads and tokenizes the training data, and says what it was (see [`DataReport`]).
+pub fn load_data(files: &[PathBuf], o: &DataOptions<'_>) -> Result<(Vec<Example>, DataReport)> {
+    let tok = tokenizers::Tokenizer::from_file(o.tokenizer_json)
+        .map_err(|e| tokenizer_error(o.tokenizer_json, e))?;
+    let has_markers =
+        tok.token_to_id("<|im_start|>").is_some() && tok.token_to_id("<|im_end|>").is_some();
+    let chat = o.chat && has_markers;
     let encode = |text: &str, path: &Path| -> Result<Vec<u32>> {
         Ok(tok
             .encode(text, false)
@@ -98,35 +269,83 @@ pub fn load_examples(
             .to_vec())
     };
     let mut out = Vec::new();
+    let mut report = DataReport {
+        files: Vec::new(),
+        chat,
+        chat_unavailable: o.chat && !has_markers,
+        max_len: o.max_len,
+    };
     for path in files {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.clone(),
             source,
         })?;
-        if path.extension().is_some_and(|e| e == "jsonl") {
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let pair: PairLine = serde_json::from_str(line).map_err(|e| Error::Jsonl {
-                    path: path.clone(),
-                    line: i + 1,
-                    msg: format!("not a {{\"prompt\", \"response\"}} line: {e}"),
-                })?;
-                let prompt = encode(&pair.prompt, path)?;
-                let mut response = encode(&pair.response, path)?;
-                response.extend(eos);
-                let ex = pair_example(&prompt, &response, max_len).ok_or_else(|| Error::Jsonl {
-                    path: path.clone(),
-                    line: i + 1,
-                    msg: "the pair has fewer than two tokens".into(),
-                })?;
-                out.push(ex);
+        let format = detect_format(path, &text)?;
+        let mut file = FileReport {
+            path: path.clone(),
+            format,
+            examples: 0,
+            truncated: 0,
+            longest: 0,
+        };
+        let pairs: Vec<(usize, Result<PairLine, String>)> = match format {
+            DataFormat::JsonLines => text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| (i + 1, serde_json::from_str(l).map_err(|e| e.to_string())))
+                .collect(),
+            DataFormat::JsonArray => {
+                let items: Vec<serde_json::Value> = serde_json::from_str(&text)
+                    .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| (i + 1, serde_json::from_value(v).map_err(|e| e.to_string())))
+                    .collect()
             }
-        } else {
+            DataFormat::Text => Vec::new(),
+        };
+        // JSON lines are numbered by line, array items by position (`item N`).
+        let at = |n: usize| match format {
+            DataFormat::JsonArray => format!("item {n}"),
+            _ => format!("line {n}"),
+        };
+        for (n, pair) in pairs {
+            let pair = pair.map_err(|e| Error::Jsonl {
+                path: path.clone(),
+                line: n,
+                msg: format!("{}: not a {{\"prompt\", \"response\"}} object: {e}", at(n)),
+            })?;
+            let (prompt_text, response_text) = if chat {
+                (
+                    unmask_runtime::chat::instruct_prompt(&pair.prompt),
+                    format!("{}<|im_end|>", pair.response),
+                )
+            } else {
+                (pair.prompt, pair.response)
+            };
+            let prompt = encode(&prompt_text, path)?;
+            let mut response = encode(&response_text, path)?;
+            response.extend(o.eos);
+            let total = prompt.len() + response.len();
+            let ex = pair_example(&prompt, &response, o.max_len).ok_or_else(|| Error::Jsonl {
+                path: path.clone(),
+                line: n,
+                msg: format!("{}: the pair has fewer than two tokens", at(n)),
+            })?;
+            file.longest = file.longest.max(total);
+            if total > o.max_len {
+                file.truncated += 1;
+            }
+            file.examples += 1;
+            out.push(ex);
+        }
+        if format == DataFormat::Text {
             let ids = encode(&text, path)?;
-            for window in ids.chunks(max_len) {
+            for window in ids.chunks(o.max_len) {
                 if window.len() >= 2 {
+                    file.examples += 1;
                     out.push(Example {
                         tokens: window.to_vec(),
                         prompt_len: 1,
@@ -134,11 +353,12 @@ pub fn load_examples(
                 }
             }
         }
+        report.files.push(file);
     }
     if out.is_empty() {
         return Err(Error::InvalidArgument("the training data is empty".into()));
     }
-    Ok(out)
+    Ok((out, report))
 }
 
 const TAG_ORDER: u64 = 1;
@@ -270,11 +490,15 @@ pub fn train(cfg: &SftConfig, resume: bool, throttle: Duration) -> Result<Summar
     } else {
         None
     };
-    let examples = load_examples(
+    let tokenizer_json = model_dir.join("tokenizer.json");
+    let (examples, data_report) = load_data(
         &cfg.data,
-        &model_dir.join("tokenizer.json"),
-        cfg.max_len,
-        eos,
+        &DataOptions {
+            tokenizer_json: &tokenizer_json,
+            max_len: cfg.max_len,
+            eos,
+            chat: cfg.chat,
+        },
     )?;
     let adam_cfg = AdamWConfig {
         beta1: cfg.beta1,
@@ -303,6 +527,9 @@ pub fn train(cfg: &SftConfig, resume: bool, throttle: Duration) -> Result<Summar
     let config_json =
         serde_json::to_value(cfg).map_err(|e| Error::InvalidArgument(e.to_string()))?;
     let mut log = MetricsLog::open(&out, step, cfg.steps)?;
+    for line in data_report.lines() {
+        log.println(&line);
+    }
     if resumed_from > 0 {
         log.println(&format!("resumed from update {resumed_from}"));
     }
@@ -367,9 +594,13 @@ pub fn train(cfg: &SftConfig, resume: bool, throttle: Duration) -> Result<Summar
             seconds,
         })?;
         last_loss = Some(loss);
-        if step == cfg.steps || (cfg.save_every > 0 && step.is_multiple_of(cfg.save_every)) {
+        let every = cfg.save_interval();
+        if step == cfg.steps || (every > 0 && step.is_multiple_of(every)) {
             final_checkpoint = save(&policy, &opt, step, cursor)?;
             log.println(&format!("saved {}", final_checkpoint.display()));
+            for old in checkpoint::prune(&out, cfg.keep)? {
+                log.println(&format!("removed {} (--keep {})", old.display(), cfg.keep));
+            }
         }
         if !throttle.is_zero() {
             std::thread::sleep(throttle);

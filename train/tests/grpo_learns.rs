@@ -122,7 +122,7 @@ fn resume_repeats_the_uninterrupted_run() {
     let full = dir.path().join("full");
     let cut = dir.path().join("cut");
     let mut cfg = toy_config(&hf, &full, 6);
-    cfg.save_every = 2;
+    cfg.save_every = Some(2);
     cfg.ref_sync_steps = 3;
     // One ggml thread: the tests of this file run side by side on few cores.
     cfg.threads = Some(1);

@@ -43,6 +43,8 @@ fn setup() -> Setup {
         target: "f32".parse().unwrap(),
         overwrite: true,
         progress: false,
+        allow_requantize: false,
+        throttle: Default::default(),
     };
     convert(&hf, &gguf, &options).expect("convert to f32");
     let policy = Policy::load_hf(&hf).unwrap();

@@ -158,6 +158,8 @@ fn config(hf: &Path, data: &Path, out: &Path, steps: u64) -> SftConfig {
         lr: 1e-3,
         warmup_steps: Some(0),
         threads: Some(1),
+        // The learning check evaluates on the plain pairs of `load_examples`: train on them too.
+        chat: false,
         ..SftConfig::default()
     }
 }
@@ -330,6 +332,8 @@ fn kill_9_then_resume_is_bit_identical() {
         target: "q8_0".parse().unwrap(),
         overwrite: true,
         progress: false,
+        allow_requantize: false,
+        throttle: Default::default(),
     };
     unmask_quantize::convert::convert(&cut.join("checkpoint-12"), &gguf, &options).unwrap();
     let model = unmask_runtime::Model::load(&gguf).unwrap();

@@ -49,6 +49,8 @@ impl Setup {
             target: "q8_0".parse().expect("type"),
             overwrite: true,
             progress: false,
+            allow_requantize: false,
+            throttle: Default::default(),
         };
         let synth = SynthModel::new(Preset::Tiny, 0).expect("synth tiny");
         convert_synth(&synth, &model, &options).expect("write tiny.gguf");

@@ -1,6 +1,7 @@
 use super::value::{GgufArray, GgufValue};
 use super::TensorInfo;
 use super::{align_up, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, MAX_TENSOR_NAME};
+use crate::temp_files::TempPath;
 use crate::{Error, GgmlType, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -94,6 +95,10 @@ impl GgufWriter {
         ));
 
         let temp_path = temp_path_for(path);
+        // Registered before it exists, so that a signal right after its creation removes it too.
+        // (A file of that name already there is refused by `create_new`, and then removed: the
+        // name holds our process id, so it is a leftover of an earlier process with that id.)
+        let temp = TempPath::new(&temp_path);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -101,6 +106,7 @@ impl GgufWriter {
             .map_err(|e| Error::io(format!("creating {}", temp_path.display()), e))?;
         let mut out = GgufDataWriter {
             file: Some(BufWriter::with_capacity(1 << 20, file)),
+            temp: Some(temp),
             temp_path,
             final_path: path.to_path_buf(),
             overwrite,
@@ -126,10 +132,13 @@ fn temp_path_for(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Streams tensor data in declaration order. Dropped before [`finish`](Self::finish), it removes
-/// its temporary file, so an interrupted conversion leaves nothing behind.
+/// Streams tensor data in declaration order. Dropped before [`finish`](Self::finish) completes
+/// (an error, including a failed final rename), it removes its temporary file; a signal removes it
+/// too when the binary installed [`crate::temp_files::remove_on_signal`]. An interrupted
+/// conversion therefore leaves nothing behind.
 pub struct GgufDataWriter {
     file: Option<BufWriter<File>>,
+    temp: Option<TempPath>,
     temp_path: PathBuf,
     final_path: PathBuf,
     overwrite: bool,
@@ -194,7 +203,11 @@ impl GgufDataWriter {
                 std::io::Error::from(std::io::ErrorKind::AlreadyExists),
             ));
         }
-        std::fs::rename(&self.temp_path, &self.final_path)
+        let temp = self
+            .temp
+            .take()
+            .ok_or_else(|| Error::Writer("already finished".into()))?;
+        temp.rename_to(&self.final_path)
             .map_err(|e| Error::io(format!("renaming onto {}", self.final_path.display()), e))?;
         Ok(())
     }
@@ -222,9 +235,9 @@ impl GgufDataWriter {
 
 impl Drop for GgufDataWriter {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.temp_path);
-        }
+        // Close before removing; the `TempPath` removes the file unless it was renamed.
+        self.file.take();
+        self.temp.take();
     }
 }
 
