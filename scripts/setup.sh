@@ -57,7 +57,8 @@ have_libclang || missing+=(libclang-dev)
 { have cc && have c++ && have make; } || missing+=(build-essential)
 if [ "$want_test" = 1 ]; then
     # Debian splits venv/ensurepip out of python3; importing ensurepip shows it is there.
-    { have python3 && python3 -c 'import ensurepip, venv' >/dev/null 2>&1; } || missing+=(python3 python3-venv)
+    have python3 || missing+=(python3)
+    { have python3 && python3 -c 'import ensurepip, venv' >/dev/null 2>&1; } || missing+=(python3-venv)
     have pkg-config || missing+=(pkg-config)
 fi
 
