@@ -14,6 +14,8 @@ fn options(target: &str) -> ConvertOptions {
         target: target.parse().unwrap(),
         overwrite: true,
         progress: false,
+        allow_requantize: false,
+        throttle: Default::default(),
     }
 }
 

@@ -17,6 +17,7 @@ use unmask_runtime::{Algorithm, Control, GenerateParams, Generation, Generator};
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
+    /// The model (GGUF) to run on both the device and the CPU.
     #[arg(short, long)]
     model: PathBuf,
     /// The device to compare with the built-in CPU backend (cuda, cuda:N, ggml-cpu).

@@ -3,6 +3,7 @@
 mod cli_bench;
 mod cli_check;
 mod cli_decoding;
+mod cli_errors;
 mod cli_generate;
 
 use clap::{Parser, Subcommand};
@@ -37,7 +38,11 @@ enum Command {
     CheckDevice(cli_check::CheckArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    cli_errors::exit_code(run())
+}
+
+fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Generate(args) => cli_generate::run(args),
         Command::Bench(args) => cli_bench::run(args),

@@ -187,8 +187,14 @@ fn bad_fast_decoding_settings_are_refused_with_the_fix() {
         args.extend_from_slice(extra);
         assert_error(&unmask(&args), fragment);
     }
+    // A usage error (clap's exit status 2) naming the choices.
     let out = unmask(&["generate", "-m", m, "-p", "hello", "--cache", "triple"]);
-    assert_error(&out, "unknown cache `triple` (none, prefix, dual)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown cache `triple` (none, prefix, dual)"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -20,6 +20,8 @@ fn tiny(dir: &Path, target: &str) -> PathBuf {
         target: target.parse().unwrap(),
         overwrite: true,
         progress: false,
+        allow_requantize: false,
+        throttle: Default::default(),
     };
     convert_synth(&SynthModel::new(Preset::Tiny, 5).unwrap(), &path, &options).unwrap();
     path
