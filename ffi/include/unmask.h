@@ -216,7 +216,7 @@ UNMASK_API int32_t unmask_tokenize(const unmask_model_t *model, const char *text
 UNMASK_API int32_t unmask_detokenize(const unmask_model_t *model, const int32_t *tokens, int32_t n_tokens,
                                      char *buf, int32_t buf_len, int32_t skip_special);
 
-/* The Instruct chat prompt (MODEL.md §5: ChatML with the default system prompt) around the
+/* The Instruct chat prompt (docs/model.md §5: ChatML with the default system prompt) around the
  * user's message, exactly what `unmask generate` feeds the model. Same buffer rules as
  * unmask_detokenize. Fails with INVALID_ARGUMENT when the model's tokenizer has no chat markers
  * (unmask_model_has_chat() == 0). Thread-safe. */
@@ -250,7 +250,7 @@ UNMASK_API void unmask_context_free(unmask_context_t *ctx);
  * Generation
  * ------------------------------------------------------------------------------------------- */
 
-/* How positions are chosen for commitment (MODEL.md §4). */
+/* How positions are chosen for commitment (docs/model.md §4). */
 #define UNMASK_ALG_ORIGIN 0       /* each masked position revealed with probability 1 - s/t */
 #define UNMASK_ALG_MASKGIT_PLUS 1 /* confidence = probability of the predicted token */
 #define UNMASK_ALG_TOPK_MARGIN 2  /* confidence = top-1 minus top-2 probability */

@@ -1,7 +1,7 @@
 //! Fused scoring of one logits row, the per-position work of a denoising step: temperature,
 //! top-p and top-k filtering, softmax, the argmax or a sample, and the confidence (probability,
 //! margin or negative entropy), all computed by reading the row a few times and never writing a
-//! softmaxed copy of the vocabulary. Semantics follow Dream's `sample_tokens` exactly (MODEL.md
+//! softmaxed copy of the vocabulary. Semantics follow Dream's `sample_tokens` exactly (docs/model.md
 //! §4): filters in that order, removed tokens get probability 0, `entropy = sum p*ln(p + 1e-10)`.
 
 /// How a position's certainty is measured.

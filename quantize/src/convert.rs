@@ -265,7 +265,7 @@ pub fn model_metadata(d: &ModelDescription<'_>) -> Result<Vec<(String, GgufValue
             out.push((key.into(), GgufValue::U32(id)));
         }
     }
-    // Dream prepends no BOS (MODEL.md §5); llama.cpp would otherwise add one.
+    // Dream prepends no BOS (docs/model.md §5); llama.cpp would otherwise add one.
     out.push((keys::ADD_BOS.into(), GgufValue::Bool(false)));
     if let Some(template) = d.chat_template {
         out.push((

@@ -43,7 +43,7 @@ impl FromStr for Preset {
 const DIFFUCODER_TOKENIZER_GZ: &[u8] =
     include_bytes!("../../tests/fixtures/diffucoder-tokenizer.json.gz");
 
-/// ChatML with Dream's default system prompt (MODEL.md §5).
+/// ChatML with Dream's default system prompt (docs/model.md §5).
 pub const CHAT_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 /// A synthetic checkpoint: its config, tokenizer and weight generator.
@@ -124,7 +124,7 @@ impl SynthModel {
                 pad_token_id: Some(eos),
                 mask_token_id: Some(mask),
             },
-            // DiffuCoder-7B-Instruct, MODEL.md §2.
+            // DiffuCoder-7B-Instruct, docs/model.md §2.
             Preset::SevenB => DreamConfig {
                 hidden_size: 3584,
                 intermediate_size: 18_944,
@@ -252,7 +252,7 @@ impl SynthModel {
     }
 }
 
-/// DiffuCoder-Instruct's recommended sampling settings (MODEL.md §4).
+/// DiffuCoder-Instruct's recommended sampling settings (docs/model.md §4).
 pub fn generation_json(c: &DreamConfig) -> serde_json::Value {
     serde_json::json!({
         "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id,

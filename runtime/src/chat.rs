@@ -1,4 +1,4 @@
-//! The Instruct prompt format (MODEL.md §5) and the post-processing of an answer.
+//! The Instruct prompt format (docs/model.md §5) and the post-processing of an answer.
 
 use crate::model::{ModelSpec, SpecialTokens};
 use crate::{Error, Result};

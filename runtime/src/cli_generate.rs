@@ -74,7 +74,7 @@ pub struct GenerateArgs {
     /// Show the canvas filling in, live, on the terminal.
     #[arg(long)]
     visual: bool,
-    /// Report the decoding order's AR-ness (MODEL.md §6).
+    /// Report the decoding order's AR-ness (docs/model.md §6).
     #[arg(long)]
     order: bool,
     /// Print one JSON object instead of text.

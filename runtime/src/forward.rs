@@ -1,4 +1,4 @@
-//! The Dream forward pass as a GGML graph (MODEL.md §3): token embedding, per layer
+//! The Dream forward pass as a GGML graph (docs/model.md §3): token embedding, per layer
 //! `h = x + Attn(RMSNorm(x))`, `out = h + MLP(RMSNorm(h))` with q/k/v biases, NeoX RoPE, grouped-
 //! query attention without any mask, SwiGLU; final RMSNorm. The body is one graph per canvas
 //! length; the output projection ([`Head`]) is a second, fixed-width graph applied only to the
@@ -101,7 +101,7 @@ pub enum KvUse<'a> {
     },
 }
 
-/// The Dream layer stack (MODEL.md §3), the one model definition of the project: inference builds
+/// The Dream layer stack (docs/model.md §3), the one model definition of the project: inference builds
 /// it over memory-mapped GGUF weights with fused attention, training over f32 parameters with
 /// explicit attention; tensors are looked up by GGUF name in `w`.
 pub fn build_body(

@@ -1,4 +1,4 @@
-//! The denoising loop of MODEL.md §4: a fixed canvas of prompt + masks; at each step the masked
+//! The denoising loop of docs/model.md §4: a fixed canvas of prompt + masks; at each step the masked
 //! positions are scored from the shifted logits and the most confident ones (or, for `origin`,
 //! random ones) are committed, never to be re-masked. Block-wise scheduling denoises the canvas
 //! in blocks, left to right. The approximate fast-decoding modes (key/value caches, parallel
@@ -100,7 +100,7 @@ impl CacheMode {
 /// Block length of the cached modes when none is given (Fast-dLLM's default).
 pub const DEFAULT_CACHE_BLOCK: usize = 32;
 
-/// The top-k filter Dream's published code applies when the caller passes none (MODEL.md §4,
+/// The top-k filter Dream's published code applies when the caller passes none (docs/model.md §4,
 /// "effective defaults": transformers 4.x's legacy generation default).
 pub const DEFAULT_TOP_K: usize = 50;
 
@@ -127,7 +127,7 @@ pub struct GenerateParams {
 }
 
 impl Default for GenerateParams {
-    /// DiffuCoder-Instruct's recommended settings (MODEL.md §4).
+    /// DiffuCoder-Instruct's recommended settings (docs/model.md §4).
     fn default() -> Self {
         GenerateParams {
             max_new_tokens: 256,
@@ -500,7 +500,7 @@ impl<W: TensorSource> Generator<W> {
         Ok(out)
     }
 
-    /// Dream's loop (MODEL.md §4) over `canvas` (prompt + masks), recording into `out`.
+    /// Dream's loop (docs/model.md §4) over `canvas` (prompt + masks), recording into `out`.
     fn generate_exact(
         &mut self,
         canvas: &mut [u32],

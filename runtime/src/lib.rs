@@ -1,5 +1,5 @@
 //! unmask-runtime: maps a DiffuCoder/Dream GGUF file and runs the masked-diffusion denoising loop
-//! on GGML (MODEL.md §3–§6): a bidirectional Qwen2 forward pass with the logits shift, Dream's
+//! on GGML (docs/model.md §3–§6): a bidirectional Qwen2 forward pass with the logits shift, Dream's
 //! sampling and confidence rules, the f32 step schedule, block-wise scheduling, and a step
 //! callback that can observe and cancel generation.
 //!

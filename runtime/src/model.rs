@@ -32,7 +32,7 @@ pub struct SpecialTokens {
 }
 
 impl SpecialTokens {
-    /// Tokens at which an answer ends (MODEL.md §5).
+    /// Tokens at which an answer ends (docs/model.md §5).
     pub fn stops(&self) -> Vec<u32> {
         [self.dlm_pad, self.im_end, self.eos]
             .into_iter()

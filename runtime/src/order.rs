@@ -1,4 +1,4 @@
-//! Decoding-order diagnostics of MODEL.md §6 (AR-ness). The commit sequence is the positions in
+//! Decoding-order diagnostics of docs/model.md §6 (AR-ness). The commit sequence is the positions in
 //! the order they were committed (within one step, by increasing position).
 
 /// Local AR-ness@k: the fraction of commits whose k previously committed positions are exactly

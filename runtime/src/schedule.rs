@@ -1,4 +1,4 @@
-//! The denoising schedule of MODEL.md §4, reproduced in f32 exactly as PyTorch computes it:
+//! The denoising schedule of docs/model.md §4, reproduced in f32 exactly as PyTorch computes it:
 //! `torch.linspace(1, eps, steps + 1)` and `int(num_masked * (1 - s / t))`.
 
 /// `torch.linspace(start, end, n)` for float32 on the CPU: step = (end - start) / (n - 1) in f32;
@@ -55,7 +55,7 @@ mod tests {
 
     #[test]
     fn the_256_step_quirk_of_model_md() {
-        // MODEL.md §4: with N = S = 256, step 0 commits 0 tokens, steps 1..254 one each, the last 2.
+        // docs/model.md §4: with N = S = 256, step 0 commits 0 tokens, steps 1..254 one each, the last 2.
         let ts = timesteps(256, 1e-3);
         let mut masked = 256;
         let mut commits = Vec::new();

@@ -233,7 +233,7 @@ class ManualQwen2:
         self.norm = w(m.model.norm.weight)
         self.norm_eps = float(m.model.norm.variance_epsilon)
         self.lm_head = w(m.lm_head.weight)
-        # RoPE (MODEL.md §3): inv_freq[j] = theta^(-2j/head_dim), computed like transformers'
+        # RoPE (docs/model.md §3): inv_freq[j] = theta^(-2j/head_dim), computed like transformers'
         # default rope init, in the run dtype.
         theta = float(cfg["rope_theta"])
         hd = self.head_dim

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent PyTorch autograd reference for the training losses (spec: shared/spec/COUPLED_GRPO.md).
+"""Independent PyTorch autograd reference for the training losses (spec: docs/training.md).
 
 The Rust trainer (``unmask-train``) is checked against this file tensor by tensor: loss value,
 per-token log-probabilities of each forward pass, and the gradient of every parameter. Written for
@@ -7,11 +7,11 @@ exactness, not speed; CPU, deterministic, float32 by default (``--dtype float64`
 
 Model: reference.py's ``load_model`` (stock transformers Qwen2ForCausalLM, eager attention, made
 bidirectional by an explicit all-zero 4-D additive mask, weights upcast exactly from bf16), run here
-WITH autograd on a batch of rows. Logits shift (MODEL.md §3): the logit row predicting the token at
+WITH autograd on a batch of rows. Logits shift (docs/model.md §3): the logit row predicting the token at
 position ``k`` is row ``k-1``; the prompt (position 0 included) is never masked, so ``k >= 1``.
 
 Subcommands (``grpo_reference.py SUBCOMMAND --help``):
-  coupled-grpo  coupled-GRPO loss (COUPLED_GRPO.md §1 and §4) and its parameter gradients
+  coupled-grpo  coupled-GRPO loss (docs/training.md §1 and §4) and its parameter gradients
   sft           masked-diffusion SFT loss (§6) and its parameter gradients
   make-inputs   a deterministic example input file for either loss
 
@@ -190,7 +190,7 @@ def bidirectional_logits(ref: R.ReferenceModel, ids: torch.Tensor) -> torch.Tens
 def token_logprobs(ref: R.ReferenceModel, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """lp[i, k] = log_softmax(logits(inputs)[i, k-1])[targets[i, k]] for k >= 1, [B, L].
 
-    Column 0 is 0 (position 0 is never predicted: it is prompt). The shift is MODEL.md §3.
+    Column 0 is 0 (position 0 is never predicted: it is prompt). The shift is docs/model.md §3.
     """
     logits = bidirectional_logits(ref, inputs)
     logprobs = torch.log_softmax(logits[:, :-1, :], dim=-1)
@@ -231,7 +231,7 @@ def t_per_row(t: np.ndarray | float, n: int, dtype: torch.dtype) -> torch.Tensor
 
 def coupled_logp(ref: R.ReferenceModel, seqs: torch.Tensor, prompt_len: int, mask_a: torch.Tensor,
                  t: torch.Tensor, mask_id: int) -> dict[str, torch.Tensor]:
-    """COUPLED_GRPO.md §4: the three passes' per-token log-probs and the coupled logp, all [N, K]."""
+    """docs/training.md §4: the three passes' per-token log-probs and the coupled logp, all [N, K]."""
     if prompt_len < 1:
         raise SystemExit("prompt_len must be >= 1 (position 0 has no shifted logit row)")
     masks = coupled_pass_masks(mask_a, prompt_len)
@@ -248,7 +248,7 @@ def coupled_logp(ref: R.ReferenceModel, seqs: torch.Tensor, prompt_len: int, mas
 def grpo_objective(logp: torch.Tensor, old_logp: Optional[torch.Tensor], ref_logp: Optional[torch.Tensor],
                    advantages: torch.Tensor, completion_mask: torch.Tensor, beta: float,
                    clip_eps: float) -> dict[str, torch.Tensor]:
-    """COUPLED_GRPO.md §1: per-token loss and the batch loss (sum over tokens / token count)."""
+    """docs/training.md §1: per-token loss and the batch loss (sum over tokens / token count)."""
     old = logp.detach() if old_logp is None else old_logp
     ratio = torch.exp(logp - old)
     adv = advantages.reshape(-1, 1)
@@ -299,7 +299,7 @@ def run_coupled_grpo(ref: R.ReferenceModel, inputs: dict[str, np.ndarray],
         raise SystemExit(f"mask_a has shape {tuple(mask_a.shape)}, expected [N, K] = [{n}, {k}]")
     cmask = torch.as_tensor(np.asarray(inputs["completion_mask"], dtype=np.float64)).to(dtype)
     adv = torch.as_tensor(np.asarray(inputs["advantages"], dtype=np.float64)).to(dtype).reshape(n)
-    t = t_per_row(scalar(inputs, "t"), n, dtype)  # one t for the batch (COUPLED_GRPO.md §4)
+    t = t_per_row(scalar(inputs, "t"), n, dtype)  # one t for the batch (docs/training.md §4)
     mask_id = int(scalar(inputs, "mask_id", ref.mask_token_id))
     beta = float(scalar(inputs, "beta"))
     clip_eps = float(scalar(inputs, "clip_eps"))

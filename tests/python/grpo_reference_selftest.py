@@ -14,7 +14,7 @@ What it proves:
   * the host rule for dLoss/dlogp of the clipped surrogate (``surrogate_grad_factor``), including
     ties and exact clip bounds, equals torch's gradient routing through min / clamp;
   * coupled-GRPO (with old/ref logps; without old, mu == 1; with --ref-model): parameter gradients
-    equal those of an independent route, COUPLED_GRPO.md §5: a weighted cross-entropy over the three
+    equal those of an independent route, docs/training.md §5: a weighted cross-entropy over the three
     passes with per-token weights computed on the host in float64 from a forward pass; the loss
     value equals a float64 numpy recomputation; both clip branches are exercised, and a route
     that ignores clipping is caught (negative control);
@@ -166,7 +166,7 @@ def test_surrogate_rule() -> None:
 
 
 # ---------------------------------------------------------------------------
-# Independent route: weighted cross-entropy over the three passes (COUPLED_GRPO.md §5)
+# Independent route: weighted cross-entropy over the three passes (docs/training.md §5)
 # ---------------------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent PyTorch reference for DiffuCoder / Dream (spec: shared/spec/MODEL.md).
+"""Independent PyTorch reference for DiffuCoder / Dream (spec: docs/model.md).
 
 The Rust runtime is tested against this file, so it is written for exactness, not
 speed. Everything runs on the CPU in float32 and is deterministic for a given seed.
@@ -419,7 +419,7 @@ def denoise_step(ref: ReferenceModel, x: torch.Tensor, candidates: torch.Tensor,
 
 
 def generate(ref: ReferenceModel, prompt: list[int], p: GenParams) -> dict:
-    """Dream's diffusion_generate for one prompt (MODEL.md §4).
+    """Dream's diffusion_generate for one prompt (docs/model.md §4).
 
     Plain mode: ``steps`` steps over the whole canvas with one schedule
     ``linspace(1, eps, steps + 1)``.

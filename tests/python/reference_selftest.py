@@ -14,7 +14,7 @@ What it proves:
     unmasked softmax attention, SwiGLU, final norm, lm_head) to ~1e-5, tied or not;
   * attention is bidirectional and all-attend, and the guard hook really catches a
     causal mask (negative control);
-  * the float32 schedule has the MODEL.md quirk at N = S = 256 (0, 1 x 254, 2);
+  * the float32 schedule has the docs/model.md quirk at N = S = 256 (0, 1 x 254, 2);
   * generation: deterministic at temperature 0 (seed-independent for confidence
     algorithms) and for a fixed seed; per-step commits match the schedule and sum
     to N; every new position is committed exactly once; the prompt never changes;
@@ -114,7 +114,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def manual_forward(hf_dir: Path, ids: list[int], dtype=torch.float32) -> torch.Tensor:
-    """Dream forward pass written from MODEL.md §3 alone; raw logits [L, V]."""
+    """Dream forward pass written from docs/model.md §3 alone; raw logits [L, V]."""
     from safetensors.torch import load_file
 
     cfg = json.loads((hf_dir / "config.json").read_text())

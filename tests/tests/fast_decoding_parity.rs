@@ -208,7 +208,7 @@ fn cases(prompt_a: &[u32], prompt_b: &[u32], thresholds: [&str; 2]) -> Vec<Vec<S
         ];
         args.extend(case.iter().map(|s| s.to_string()));
         if !case.contains(&"--top-k") {
-            // unmask's default: Dream's effective top-k 50 (MODEL.md §4); the reference's: none.
+            // unmask's default: Dream's effective top-k 50 (docs/model.md §4); the reference's: none.
             args.extend(["--top-k".into(), "50".into()]);
         }
         out.push(args);

@@ -1,6 +1,6 @@
 //! The PyTorch reference of the training losses (coupled-GRPO and masked-diffusion SFT) proves
 //! itself before it judges the trainer: autograd gradients against an independent weighted
-//! cross-entropy route (COUPLED_GRPO.md §5), finite differences, mask properties and its own
+//! cross-entropy route (docs/training.md §5), finite differences, mask properties and its own
 //! command line (`tests/python/grpo_reference_selftest.py`).
 
 use std::process::Command;

@@ -189,7 +189,7 @@ fn greedy_generation_matches_pytorch() {
                 args.extend(["--top-p".to_string(), "1".to_string()]);
             }
             // The reference applies no top-k unless asked; unmask's default is Dream's
-            // effective 50 (MODEL.md §4).
+            // effective 50 (docs/model.md §4).
             if !case.extra.contains(&"--top-k") {
                 args.extend(["--top-k".to_string(), "0".to_string()]);
             }

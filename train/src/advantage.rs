@@ -1,4 +1,4 @@
-//! Group advantages (COUPLED_GRPO.md §2).
+//! Group advantages (docs/training.md §2).
 //!
 //! The `G` rewards of one prompt form a group:
 //! - [`Baseline::Mean`] (default, the paper's headline variant): `A_i = r_i - mean(r)`;

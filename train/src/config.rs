@@ -421,7 +421,7 @@ fn merge(base: &mut serde_json::Value, top: serde_json::Value) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum RewardKind {
-    /// The code reward of COUPLED_GRPO.md §3 (`2.0 * pass_rate + 0.5 * format`, sandboxed tests).
+    /// The code reward of docs/training.md §3 (`2.0 * pass_rate + 0.5 * format`, sandboxed tests).
     Code,
     /// A verifiable toy reward for tests of learning: the fraction of the completion's tokens
     /// (within the completion mask) whose token id is even. About 0.5 for a random model, 1 at
@@ -429,7 +429,7 @@ pub enum RewardKind {
     ToyEvenIds,
 }
 
-/// The advantage baseline (COUPLED_GRPO.md §2).
+/// The advantage baseline (docs/training.md §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum BaselineArg {
@@ -440,7 +440,7 @@ pub enum BaselineArg {
 }
 
 /// Every hyper-parameter of a coupled-GRPO run; defaults are the published run's
-/// (COUPLED_GRPO.md §1 table).
+/// (docs/training.md §1 table).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GrpoConfig {
@@ -573,7 +573,7 @@ pub struct GrpoArgs {
     /// Tasks: AceCode JSON lines {"question", "test_cases"} [required, unless --resume].
     #[arg(long, value_name = "FILE")]
     pub tasks: Option<PathBuf>,
-    /// Reward: code (COUPLED_GRPO.md §3: sandboxed tests and format) or toy-even-ids (fraction
+    /// Reward: code (docs/training.md §3: sandboxed tests and format) or toy-even-ids (fraction
     /// of even token ids; for tests) [default: code].
     #[arg(long, value_enum)]
     pub reward: Option<RewardKind>,

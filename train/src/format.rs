@@ -1,4 +1,4 @@
-//! The format reward (COUPLED_GRPO.md §3).
+//! The format reward (docs/training.md §3).
 //!
 //! Spec: 1.0 when the completion (special tokens removed) is exactly one ```` ```python ```` block
 //! ending with "```\n", with only plain text before it, and the code parses as Python; 0.5 when the

@@ -142,7 +142,7 @@ fn backward(
     graphs.accumulate_grad(tokens, &dlogits, backend, acc)
 }
 
-/// The coupled per-token log-probability estimate (COUPLED_GRPO.md §4) of `seqs` (all of length
+/// The coupled per-token log-probability estimate (docs/training.md §4) of `seqs` (all of length
 /// `prompt_len + K`) without gradients: three forward passes per row (completion fully masked,
 /// masked where `mask_a`, masked where not), combined as
 /// `0.5 * (lp_full + lp_a / t)` where `mask_a`, `0.5 * (lp_full + lp_b / (1 - t))` elsewhere.
@@ -211,7 +211,7 @@ pub fn coupled_logp(
     Ok(out)
 }
 
-/// The coupled-GRPO loss of one mask seed (COUPLED_GRPO.md §1, §4) and its gradients.
+/// The coupled-GRPO loss of one mask seed (docs/training.md §1, §4) and its gradients.
 pub fn coupled_grpo(
     policy: &Policy,
     inputs: &BTreeMap<String, Array>,
@@ -263,7 +263,7 @@ pub fn coupled_grpo(
     }
     let mask = mask_id(inputs, policy)?;
 
-    // The three passes' inputs (COUPLED_GRPO.md §4): full masks the completion, a masks mask_a,
+    // The three passes' inputs (docs/training.md §4): full masks the completion, a masks mask_a,
     // b its complement over the completion; the prompt is never masked.
     let pass_input = |row: usize, pass: usize| -> Vec<u32> {
         let mut x = seqs[row].clone();
@@ -382,7 +382,7 @@ pub struct SftOutput {
     pub grads: Gradients,
 }
 
-/// The masked-diffusion SFT loss (COUPLED_GRPO.md §6) of rows of any lengths:
+/// The masked-diffusion SFT loss (docs/training.md §6) of rows of any lengths:
 /// `sum_rows sum_masked CE / t / divisor` with divisor the batch's response-token count
 /// (`tokens`) or `rows * response tokens of the row` (`per_row_norm`), and, when `with_grads`,
 /// its parameter gradients. One forward (and one forward+backward) per row; graphs are built per
@@ -472,7 +472,7 @@ pub fn sft_rows(
     })
 }
 
-/// The masked-diffusion SFT loss (COUPLED_GRPO.md §6, normalisation of GRPO_REFERENCE.md) and
+/// The masked-diffusion SFT loss (docs/training.md §6, normalisation of GRPO_REFERENCE.md) and
 /// its gradients.
 pub fn sft(
     policy: &Policy,

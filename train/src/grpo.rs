@@ -1,4 +1,4 @@
-//! `unmask-train grpo`: coupled-GRPO training (COUPLED_GRPO.md §1).
+//! `unmask-train grpo`: coupled-GRPO training (docs/training.md §1).
 //!
 //! One round:
 //! 1. take `B = prompts_per_round` tasks (a seeded per-epoch order over the task file, as SFT's

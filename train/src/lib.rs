@@ -1,4 +1,4 @@
-//! `unmask-train`: the training companion of unmask (coupled-GRPO, `../shared/spec/COUPLED_GRPO.md`).
+//! `unmask-train`: the training companion of unmask (coupled-GRPO, docs/training.md).
 //!
 //! This first part is the self-contained reward side, which needs no model:
 //! - [`tasks`]: AceCode-style JSONL tasks and the prompt text (§3);

@@ -29,13 +29,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Masked-diffusion SFT (COUPLED_GRPO.md §6): AdamW on ggml, cosine schedule, atomic
+    /// Masked-diffusion SFT (docs/training.md §6): AdamW on ggml, cosine schedule, atomic
     /// checkpoints in --out (`checkpoint-N`, `latest`), `metrics.jsonl`; `--resume` continues.
     ///
     /// Settings come from defaults, then `--config FILE` (TOML, keys = flag names with `_`),
     /// then the flags.
     Sft(Box<SftArgs>),
-    /// Coupled-GRPO (COUPLED_GRPO.md §1): rollouts with the current policy, rewards (`--reward
+    /// Coupled-GRPO (docs/training.md §1): rollouts with the current policy, rewards (`--reward
     /// code`: sandboxed tests; `--reward toy-even-ids`: fraction of even token ids, a toy
     /// verifiable reward for tests), group advantages, `mu` AdamW updates per round on coupled
     /// masks, KL to a reference policy synced every `--ref-sync-steps` updates. Writes
@@ -79,7 +79,7 @@ enum Cmd {
         /// Output .safetensors file [required].
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// The loss: coupled-grpo (COUPLED_GRPO.md §5) or sft (§6) [required].
+        /// The loss: coupled-grpo (docs/training.md §5) or sft (§6) [required].
         #[arg(long, value_enum)]
         loss: LossArg,
         /// SFT normalisation: response tokens of the batch, or per row then mean over rows.

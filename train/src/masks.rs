@@ -1,4 +1,4 @@
-//! Coupled mask sampling (COUPLED_GRPO.md §4).
+//! Coupled mask sampling (docs/training.md §4).
 //!
 //! For a mask seed, one `t ~ U(0.2, 0.8)` is drawn for the whole batch, then, for every sequence
 //! of the batch in order, one `u ~ U(0, 1)` per completion position. With `true` meaning "masked":

@@ -1,5 +1,5 @@
 //! Host-side (f64) loss arithmetic: log-probabilities from logits rows, the coupled-GRPO
-//! objective (COUPLED_GRPO.md §1, §4, §5) with its per-token weights, and the gradient of a
+//! objective (docs/training.md §1, §4, §5) with its per-token weights, and the gradient of a
 //! weighted log-probability with respect to a logits row.
 
 /// `log_softmax(row)[token]`, in f64.
@@ -65,7 +65,7 @@ pub struct GrpoResult {
     pub dlogp: Vec<f64>,
 }
 
-/// COUPLED_GRPO.md §1: `ratio = exp(logp - old)` (old = logp when absent),
+/// docs/training.md §1: `ratio = exp(logp - old)` (old = logp when absent),
 /// `per_token = -min(ratio*A, clip(ratio)*A) + beta*(exp(ref-logp) - (ref-logp) - 1)`,
 /// `loss = sum(per_token * mask) / max(1, sum(mask))`, and dLoss/dlogp (§5).
 pub fn grpo(terms: &GrpoTerms) -> GrpoResult {

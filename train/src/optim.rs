@@ -20,7 +20,7 @@ use std::sync::Arc;
 use unmask_kernels::backend::CpuBackend;
 use unmask_kernels::params::{AdamWState, AdamWStep, ParamStore};
 
-/// AdamW hyper-parameters (defaults: COUPLED_GRPO.md §1).
+/// AdamW hyper-parameters (defaults: docs/training.md §1).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
     pub beta1: f64,

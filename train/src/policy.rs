@@ -2,7 +2,7 @@
 //! the graphs that run the runtime's model definition ([`unmask_runtime::forward::build_body`])
 //! over them, forward only or with ggml's automatic differentiation.
 //!
-//! Gradients use the §5 route of COUPLED_GRPO.md: the host computes `G = dLoss/dlogits` from a
+//! Gradients use the §5 route of docs/training.md: the host computes `G = dLoss/dlogits` from a
 //! forward pass (in f64), and the backward graph's loss is `sum(logits ⊙ G)` with `G` a constant
 //! input, whose parameter gradient is the true loss gradient. This keeps `log(softmax)` off the
 //! graph (no underflow) and lets every loss share one backward graph. It costs one extra forward

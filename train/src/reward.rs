@@ -1,4 +1,4 @@
-//! The code reward (COUPLED_GRPO.md §3): `reward = 2.0 * pass_rate + 0.5 * format`.
+//! The code reward (docs/training.md §3): `reward = 2.0 * pass_rate + 0.5 * format`.
 //!
 //! `format` is [`crate::format`]'s score. `pass_rate` is the fraction of the task's asserts that
 //! pass, each run as `python3 -c "<code>\n<assert>"` in its own sandboxed process (5 s wall-clock

@@ -1,4 +1,4 @@
-//! Rollouts (COUPLED_GRPO.md §1): completions generated with the CURRENT f32 policy by the
+//! Rollouts (docs/training.md §1): completions generated with the CURRENT f32 policy by the
 //! runtime's own denoising loop ([`unmask_runtime::Generator::generate`], the same schedule,
 //! scoring and fused attention as inference), run directly on the trainer's parameters: no round
 //! trip through a quantized file.

@@ -1,4 +1,4 @@
-//! Local, contained execution of untrusted generated Python (COUPLED_GRPO.md §3).
+//! Local, contained execution of untrusted generated Python (docs/training.md §3).
 //!
 //! Each run is one child process, `python3 -I -B -c PROGRAM [ARGS...]`, with: a fresh private
 //! working directory (removed afterwards; `HOME`, `TMPDIR` and the cwd point at it), a cleared

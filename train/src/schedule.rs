@@ -1,4 +1,4 @@
-//! Learning-rate schedule: linear warm-up, then cosine decay to a floor (COUPLED_GRPO.md §1:
+//! Learning-rate schedule: linear warm-up, then cosine decay to a floor (docs/training.md §1:
 //! `lr` 1e-6, cosine to 10% of it, tiny warm-up).
 //!
 //! The formula is Hugging Face's `cosine_with_min_lr` schedule (what the released trainer uses),

@@ -1,4 +1,4 @@
-//! `unmask-train sft`: masked-diffusion supervised fine-tuning (COUPLED_GRPO.md §6).
+//! `unmask-train sft`: masked-diffusion supervised fine-tuning (docs/training.md §6).
 //!
 //! Data: `.jsonl` files of `{"prompt", "response"}` pairs, `.json` arrays of them, or plain text
 //! files, tokenized with the model folder's `tokenizer.json` (no special tokens added). The

@@ -1,4 +1,4 @@
-//! Code tasks in the AceCode-87K JSON-lines format (COUPLED_GRPO.md §3):
+//! Code tasks in the AceCode-87K JSON-lines format (docs/training.md §3):
 //! one object per line with `question` (text) and `test_cases` (list of assert strings).
 //! An optional `id` is kept; other fields (AceCode's `source`, ...) are ignored; blank lines are
 //! skipped.
