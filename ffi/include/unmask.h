@@ -228,7 +228,7 @@ UNMASK_API int32_t unmask_apply_chat(const unmask_model_t *model, const char *us
  * ------------------------------------------------------------------------------------------- */
 
 typedef struct unmask_context_params {
-    /* Worker threads for the forward pass and the scoring; 0 = the number of CPUs. */
+    /* Worker threads for the forward pass and the scoring; 0 = the physical cores. */
     int32_t n_threads;
 } unmask_context_params;
 
@@ -263,13 +263,14 @@ UNMASK_API void unmask_context_free(unmask_context_t *ctx);
 
 /* Every sampling option of `unmask generate`. The defaults are the CLI's (DiffuCoder-Instruct's
  * recommended settings, plus the top-k 50 that Dream's published code applies when none is given):
- * 256 new tokens, 256 steps, entropy, temperature 0.4, top-p 0.95, top-k 50, alg_temp 0,
+ * 256 new tokens, one step per new token, entropy, temperature 0.4, top-p 0.95, top-k 50, alg_temp 0,
  * eps 1e-3, no blocks, seed 0, chat automatic, the context's threads, exact decoding (no cache,
  * no threshold). */
 typedef struct unmask_generate_params {
     uint64_t seed;           /* seed of unmask's own random generator (xoshiro256**) */
     int32_t max_new_tokens;  /* length of the canvas to fill, >= 1 */
-    int32_t steps;           /* denoising steps, 1..max_new_tokens */
+    int32_t steps;           /* denoising steps, 1..max_new_tokens; 0 (the default): one per new
+                                token, whatever max_new_tokens is */
     int32_t alg;             /* UNMASK_ALG_* */
     float temperature;       /* >= 0; 0 takes the most likely token */
     float top_p;             /* nucleus filter in (0, 1]; 1 disables it */

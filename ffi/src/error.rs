@@ -41,6 +41,10 @@ impl FfiError {
             FfiError::Internal(_) => status::ERR_INTERNAL,
             FfiError::Runtime(e) => match e {
                 R::Model(_) => status::ERR_MODEL,
+                // A folder cannot be opened as a file (as before the check named it); another
+                // kind of file is a model error.
+                R::NotAModelFile { folder: true, .. } => status::ERR_IO,
+                R::NotAModelFile { .. } => status::ERR_MODEL,
                 R::Params(_) => status::ERR_INVALID_ARGUMENT,
                 R::ContextOverflow { .. } => status::ERR_CONTEXT_OVERFLOW,
                 R::BadToken(_) => status::ERR_BAD_TOKEN,

@@ -69,7 +69,8 @@ impl Default for unmask_generate_params {
         unmask_generate_params {
             seed: d.seed,
             max_new_tokens: d.max_new_tokens as i32,
-            steps: d.steps as i32,
+            // 0: one step per new token, whatever max_new_tokens is set to.
+            steps: 0,
             alg: ALG_ENTROPY,
             temperature: d.temperature,
             top_p: d.top_p.unwrap_or(1.0),
@@ -150,7 +151,10 @@ impl unmask_generate_params {
         };
         let params = GenerateParams {
             max_new_tokens: positive(self.max_new_tokens, "max_new_tokens")?,
-            steps: positive(self.steps, "steps")?,
+            steps: match self.steps {
+                0 => positive(self.max_new_tokens, "max_new_tokens")?,
+                s => positive(s, "steps")?,
+            },
             alg,
             temperature: self.temperature,
             // As the CLI: 1 disables the nucleus filter.
@@ -176,7 +180,7 @@ impl unmask_context_params {
     /// The thread count asked for (0: the number of CPUs).
     pub fn threads(&self) -> FfiResult<usize> {
         match self.n_threads {
-            0 => Ok(std::thread::available_parallelism().map_or(4, |n| n.get())),
+            0 => Ok(unmask_kernels::backend::default_threads()),
             n if (1..=MAX_THREADS).contains(&n) => Ok(n as usize),
             n => Err(FfiError::InvalidArgument(format!(
                 "n_threads {n} must be in 0..={MAX_THREADS}"
@@ -224,7 +228,7 @@ mod tests {
                 },
                 "max_new_tokens",
             ),
-            (unmask_generate_params { steps: 0, ..d }, "steps"),
+            (unmask_generate_params { steps: -2, ..d }, "steps"),
             (unmask_generate_params { alg: 4, ..d }, "alg 4"),
             (
                 unmask_generate_params {

@@ -375,7 +375,7 @@ fn header_structs_have_the_rust_layout() {
     // The defaults crossed the ABI by value intact: the CLI's.
     assert_eq!(
         c["defaults"],
-        "256 256 3 0.400 0.950 50 0.000 0.0010 0 -1 0 0 0 0.000"
+        "256 0 3 0.400 0.950 50 0.000 0.0010 0 -1 0 0 0 0.000"
     );
     assert_eq!(out.lines().last(), Some("ok"));
 

@@ -151,6 +151,30 @@ impl Drop for Backend {
 }
 
 /// Which SIMD paths the linked ggml was compiled with (they are fixed at build time).
+/// The thread count of every unmask program when none is given: the physical cores this process
+/// may run on. ggml's workers wait for each other at every operation, so more threads than cores
+/// (hyper-threads, or cores busy with other work) slow a pass down instead of speeding it up.
+pub fn default_threads() -> usize {
+    num_cpus::get_physical().min(logical_cpus()).max(1)
+}
+
+/// The logical CPUs this process may run on (its affinity mask and CPU quota).
+pub fn logical_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A warning to print when `threads` exceeds the logical CPUs (`None` otherwise).
+pub fn oversubscription_warning(threads: usize) -> Option<String> {
+    let cpus = logical_cpus();
+    (threads > cpus).then(|| {
+        format!(
+            "warning: {threads} threads on {cpus} CPUs: ggml's threads wait on each other when \
+             they outnumber the cores, which makes every pass much slower; use -t {} or fewer",
+            default_threads()
+        )
+    })
+}
+
 pub fn cpu_features() -> Vec<&'static str> {
     // SAFETY: these report compile-time flags and take no arguments.
     let flags = unsafe {

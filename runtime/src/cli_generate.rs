@@ -29,9 +29,10 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
     /// Denoising steps (at most max-new-tokens; fewer steps commit several tokens per step).
-    /// Default: 256 (one token per step, DiffuCoder-Instruct's recommended setting).
-    #[arg(long, default_value_t = 256)]
-    steps: usize,
+    /// Default: one per new token (DiffuCoder-Instruct's recommended setting), whatever
+    /// --max-new-tokens is.
+    #[arg(long)]
+    steps: Option<usize>,
     /// Which positions to commit: origin, maskgit_plus, topk_margin or entropy.
     #[arg(long, default_value = "entropy")]
     alg: Algorithm,
@@ -58,7 +59,8 @@ pub struct GenerateArgs {
     /// Seed of unmask's own random generator (PyTorch's stream cannot be reproduced).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Threads for the forward pass and the scoring.
+    /// Threads for the forward pass and the scoring. Default: the physical cores (more threads
+    /// than free cores make every pass much slower).
     #[arg(short, long, default_value_t = default_threads())]
     threads: usize,
     /// Where to run: cpu, cuda (cuda:N for the N-th GPU), or auto (CUDA when a CUDA backend
@@ -80,11 +82,12 @@ pub struct GenerateArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// No progress bar (it is shown on a terminal only, never when stderr is piped).
+    #[arg(short, long)]
+    quiet: bool,
 }
 
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(4, |n| n.get())
-}
+pub use unmask_kernels::backend::default_threads;
 
 /// Resolves `--device` and loads the model there.
 pub fn load_model(path: &std::path::Path, request: &DeviceRequest) -> Result<(Model, Placement)> {
@@ -109,7 +112,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let params = GenerateParams {
         max_new_tokens: args.max_new_tokens,
-        steps: args.steps,
+        steps: args.steps.unwrap_or(args.max_new_tokens),
         alg: args.alg,
         temperature: args.temperature,
         top_p: Some(args.top_p).filter(|&p| p < 1.0),
@@ -134,14 +137,35 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         model.special.clone(),
         model.tokenizer_spec.clone(),
     );
+    if let Some(warning) = unmask_kernels::backend::oversubscription_warning(args.threads) {
+        eprintln!("{warning}");
+    }
     let mut generator = Generator::new(model, args.threads)?;
+    // A step progress bar with tokens/s and the time left, on a terminal only.
+    let progress = (visual_tokenizer.is_none() && !args.quiet && std::io::stderr().is_terminal())
+        .then(|| step_progress(params.max_new_tokens));
+    let mut committed = 0usize;
     let mut on_step = |event: &StepEvent| {
         if let Some(tokenizer) = &visual_tokenizer {
             draw_canvas(tokenizer, mask, event);
         }
+        if let Some(bar) = &progress {
+            committed += event.committed.len();
+            bar.set_position(committed as u64);
+            let rate = committed as f64 / bar.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "step {}/{}, {rate:.1} tokens/s",
+                event.step + 1,
+                event.total_steps
+            ));
+        }
         Control::Continue
     };
-    let result = generator.generate(&prompt_ids, &params, &mut on_step)?;
+    let result = generator.generate(&prompt_ids, &params, &mut on_step);
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+    let result = result?;
     // Release the weights' mapping before building the tokenizer again to decode.
     drop(generator);
     let tokenizer = match &visual_tokenizer {
@@ -195,6 +219,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The bar of committed tokens (out of `tokens`), with the step, tokens/s and time left.
+fn step_progress(tokens: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(tokens as u64);
+    let style =
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} tokens, {msg}, {eta} left")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
 }
 
 fn ar_ness_json(order: &[usize]) -> serde_json::Value {

@@ -3,6 +3,10 @@
 pub enum Error {
     #[error("{0}")]
     Model(String),
+    /// The path given as a model names something else: a folder (`folder`), or a file that is
+    /// not GGUF; the message says what it is and how to convert it.
+    #[error("{message}")]
+    NotAModelFile { message: String, folder: bool },
     #[error("invalid generation parameter: {0}")]
     Params(String),
     #[error("prompt ({prompt} tokens) plus {new} new tokens exceeds the model's context of {context} tokens")]

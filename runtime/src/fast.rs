@@ -32,12 +32,13 @@
 use crate::generate::{
     choose_positions, CacheMode, Control, GenerateParams, Generation, Generator, StepEvent,
 };
-use crate::head::HEAD_ROWS;
+use crate::head::{Pass, HEAD_ROWS};
 use crate::kv_cache::{cache_bytes, CachedPass};
 use crate::rng::Rng;
 use crate::schedule::{timesteps, transfer_count};
 use crate::Result;
 use std::time::Instant;
+use unmask_kernels::backend::CpuBackend;
 use unmask_kernels::graph::TensorSource;
 use unmask_kernels::score::{Confidence, Scored};
 
@@ -94,6 +95,49 @@ fn record(
         return false;
     }
     true
+}
+
+/// The candidates of one pass: canvas positions, the hidden rows of the pass that predict them,
+/// and their scores.
+struct Picked {
+    positions: Vec<usize>,
+    rows: Vec<usize>,
+    scored: Vec<Scored>,
+}
+
+/// Writes the `chosen` candidates' predictions to the canvas and returns the (position, token)
+/// pairs committed. `first` is the first-ranked candidate of a threshold pass, which the progress
+/// rule (module documentation) gives its best real token when every chosen prediction is the
+/// mask token; the replacement is recorded in `out.forced`.
+#[allow(clippy::too_many_arguments)]
+fn commit(
+    pass: &mut Pass,
+    backend: &mut CpuBackend,
+    canvas: &mut [u32],
+    picked: &Picked,
+    chosen: Vec<usize>,
+    first: Option<usize>,
+    mask: u32,
+    out: &mut Generation,
+) -> Result<Vec<(usize, u32)>> {
+    let mut committed: Vec<(usize, u32)> = chosen
+        .iter()
+        .map(|&j| (picked.positions[j], picked.scored[j].token))
+        .collect();
+    if let Some(first) = first {
+        if committed.iter().all(|&(_, t)| t == mask) {
+            let token = pass.best_token_except(picked.rows[first], mask, backend)?;
+            let position = picked.positions[first];
+            out.forced.push((out.forward_passes - 1, position, token));
+            for c in committed.iter_mut().filter(|c| c.0 == position) {
+                c.1 = token;
+            }
+        }
+    }
+    for &(p, t) in &committed {
+        canvas[p] = t;
+    }
+    Ok(committed)
 }
 
 /// Uniform draws for `n` scored rows (used only when sampling).
@@ -158,9 +202,9 @@ fn blocks<W: TensorSource>(
         ..
     } = generator;
     let forward = forward.as_mut().expect("built above");
-    forward.take_bytes_to_host();
+    forward.pass().take_bytes_to_host();
     for c in cached.iter_mut() {
-        c.take_bytes_to_host();
+        c.pass().take_bytes_to_host();
     }
     let (graph, kv) = forward.kv();
     out.cache_bytes = cache_bytes(kv, graph)?;
@@ -175,9 +219,10 @@ fn blocks<W: TensorSource>(
         forward.run_body(canvas, backend)?;
         let t1 = Instant::now();
         let u = draws(&mut rng, 1);
-        let scored = forward.score_rows(&[lo - 1], &filter, kind, &u, backend, pool)?;
+        let refresh = forward.pass();
+        let scored = refresh.score_rows(&[lo - 1], &filter, kind, &u, backend, pool)?;
         canvas[lo] = scored[0].token;
-        out.bytes_to_host += forward.take_bytes_to_host();
+        out.bytes_to_host += refresh.take_bytes_to_host();
         out.forward_passes += 1;
         out.rows_per_pass.push(len);
         out.timings.body += (t1 - t0).as_secs_f64();
@@ -212,15 +257,17 @@ fn blocks<W: TensorSource>(
             }
             let candidates: Vec<usize> = (lo..hi).filter(|&p| canvas[p] == mask).collect();
             // Shift within the run: run row j predicts position lo + j + 1; lo keeps row 0.
-            let rows_of: Vec<usize> = candidates
+            let rows: Vec<usize> = candidates
                 .iter()
                 .map(|&p| (p - lo).saturating_sub(1))
                 .collect();
             let u = draws(&mut rng, candidates.len());
-            let scored = pass.score_rows(&rows_of, &filter, kind, &u, backend, pool)?;
+            let scored = pass
+                .pass()
+                .score_rows(&rows, &filter, kind, &u, backend, pool)?;
             // With a threshold, the first-ranked candidate (always committed).
             let mut first = None;
-            let mut chosen: Vec<usize> = match params.threshold {
+            let chosen: Vec<usize> = match params.threshold {
                 Some(threshold) => {
                     let order = ranked(&scored);
                     first = order.first().copied();
@@ -237,21 +284,13 @@ fn blocks<W: TensorSource>(
                     choose_positions(&scored, k, params.alg_temp, &mut rng)
                 }
             };
-            let mut tokens: Vec<u32> = scored.iter().map(|s| s.token).collect();
-            if let Some(first) = first {
-                if chosen.iter().all(|&j| tokens[j] == mask) {
-                    let token = pass.best_token_except(rows_of[first], mask, backend)?;
-                    tokens[first] = token;
-                    out.forced
-                        .push((out.forward_passes - 1, candidates[first], token));
-                }
-            }
-            chosen.sort_unstable();
-            let mut committed = Vec::with_capacity(chosen.len());
-            for j in chosen {
-                canvas[candidates[j]] = tokens[j];
-                committed.push((candidates[j], tokens[j]));
-            }
+            let picked = Picked {
+                positions: candidates,
+                rows,
+                scored,
+            };
+            let pass = pass.pass();
+            let committed = commit(pass, backend, canvas, &picked, chosen, first, mask, out)?;
             out.bytes_to_host += pass.take_bytes_to_host();
             out.timings.head_and_scoring += t1.elapsed().as_secs_f64();
             if !record(out, canvas, committed, total_steps, on_step) {
@@ -289,7 +328,7 @@ fn parallel<W: TensorSource>(
         ..
     } = generator;
     let forward = forward.as_mut().expect("built above");
-    forward.take_bytes_to_host();
+    forward.pass().take_bytes_to_host();
     let mut per_step = params.max_new_tokens / params.steps;
     let mut steps = params.steps;
     let mut left = 0usize;
@@ -307,8 +346,14 @@ fn parallel<W: TensorSource>(
         out.timings.body += (t1 - t0).as_secs_f64();
         let rows: Vec<usize> = candidates.iter().map(|&p| p - 1).collect();
         let u = draws(&mut rng, candidates.len());
-        let scored =
-            forward.score_rows(&rows, &filter, Confidence::Probability, &u, backend, pool)?;
+        let scored = forward.pass().score_rows(
+            &rows,
+            &filter,
+            Confidence::Probability,
+            &u,
+            backend,
+            pool,
+        )?;
         let order = ranked(&scored);
         let due = per_step + left;
         left = 0;
@@ -330,21 +375,15 @@ fn parallel<W: TensorSource>(
                 left += 1;
             }
         }
-        let mut tokens: Vec<u32> = scored.iter().map(|s| s.token).collect();
-        if let Some(&first) = chosen.first() {
-            if chosen.iter().all(|&j| tokens[j] == mask) {
-                let token = forward.best_token_except(rows[first], mask, backend)?;
-                tokens[first] = token;
-                out.forced
-                    .push((out.forward_passes - 1, candidates[first], token));
-            }
-        }
-        let mut committed = Vec::with_capacity(chosen.len());
-        for j in chosen {
-            canvas[candidates[j]] = tokens[j];
-            committed.push((candidates[j], tokens[j]));
-        }
-        out.bytes_to_host += forward.take_bytes_to_host();
+        let first = chosen.first().copied();
+        let picked = Picked {
+            positions: candidates,
+            rows,
+            scored,
+        };
+        let pass = forward.pass();
+        let committed = commit(pass, backend, canvas, &picked, chosen, first, mask, out)?;
+        out.bytes_to_host += pass.take_bytes_to_host();
         out.timings.head_and_scoring += t1.elapsed().as_secs_f64();
         if !record(out, canvas, committed, steps, on_step) {
             return Ok(());
@@ -412,7 +451,7 @@ impl<W: TensorSource> Generator<W> {
         pass.run(run_canvas, lo, backend)?;
         let mut out = Vec::new();
         let all: Vec<usize> = (0..rows).collect();
-        pass.logits_rows(&all, backend, |_, chunk| {
+        pass.pass().logits_rows(&all, backend, |_, chunk| {
             out.extend_from_slice(chunk);
             Ok(())
         })?;

@@ -1,7 +1,7 @@
 //! The Dream forward pass as a GGML graph (docs/model.md §3): token embedding, per layer
 //! `h = x + Attn(RMSNorm(x))`, `out = h + MLP(RMSNorm(h))` with q/k/v biases, NeoX RoPE, grouped-
 //! query attention without any mask, SwiGLU; final RMSNorm. The body is one graph per canvas
-//! length; the output projection ([`Head`]) is a second, fixed-width graph applied only to the
+//! length; the output projection (the head of a [`Pass`]) is a second, fixed-width graph applied only to the
 //! hidden rows that predict still-masked positions (the logits shift means row `i-1` predicts
 //! token `i`).
 //!
@@ -12,12 +12,11 @@
 //! fast-decoding modes build it with a [`KvUse`]: a refresh pass keeps every layer's keys and
 //! values, a cached pass (`crate::kv_cache`) runs only some rows against them.
 
-use crate::head::Head;
+use crate::head::Pass;
 use crate::model::Model;
 use crate::Result;
 use unmask_kernels::backend::CpuBackend;
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
-use unmask_kernels::score::{Confidence, Filter, Scored};
 use unmask_kernels::GgmlType;
 use unmask_quantize::config::DreamConfig;
 
@@ -26,14 +25,13 @@ pub use crate::head::{DEVICE_CANDIDATES, HEAD_ROWS};
 /// Built graphs for one canvas length, reused by every step.
 pub struct Forward {
     pub len: usize,
-    body: Graph,
+    /// The body over the whole canvas and the head over its output.
+    pass: Pass,
     tokens: TensorId,
     positions: TensorId,
     position_ids: Vec<i32>,
-    hidden: TensorId,
     /// Every layer's keys (after RoPE) and values, when built as a refresh pass.
     kv: Vec<LayerKv>,
-    head: Head,
 }
 
 /// How attention is computed in the layer stack.
@@ -285,8 +283,8 @@ impl Forward {
             BodyPlan::Plain
         };
         let (body, b, _) = build_checked(model, len, plan, backend)?;
-        let head = Head::new(
-            &body,
+        let pass = Pass::new(
+            body,
             b.hidden,
             &model.weights,
             len.min(HEAD_ROWS),
@@ -295,94 +293,46 @@ impl Forward {
         )?;
         Ok(Forward {
             len,
-            body,
+            pass,
             tokens: b.tokens,
             positions: b.positions,
             position_ids: (0..len as i32).collect(),
-            hidden: b.hidden,
             kv: b.kv,
-            head,
         })
     }
 
     /// The body graph and its per-layer keys and values (empty unless built with `keep_kv`),
     /// for cached passes to import.
     pub fn kv(&self) -> (&Graph, &[LayerKv]) {
-        (&self.body, &self.kv)
+        (&self.pass.graph, &self.kv)
+    }
+
+    /// The body and its head: projection and scoring of the rows the last
+    /// [`run_body`](Self::run_body) computed.
+    pub fn pass(&mut self) -> &mut Pass {
+        &mut self.pass
     }
 
     /// Bytes of compute memory both graphs hold (the kept keys and values included).
     pub fn compute_bytes(&self) -> usize {
-        self.body.compute_buffer_size() + self.head.compute_bytes()
+        self.pass.compute_bytes()
     }
 
     /// Whether rows are scored on the device (only summaries are copied to the host).
     pub fn scores_on_device(&self) -> bool {
-        self.head.scores_on_device()
+        self.pass.scores_on_device()
     }
 
-    /// Bytes copied from device memory to the host since the last call (0 on the built-in CPU
-    /// backend, where results are read in place).
-    pub fn take_bytes_to_host(&mut self) -> u64 {
-        self.head.take_bytes_to_host()
-    }
-
-    /// Runs the layers over the canvas; afterwards [`logits_rows`](Self::logits_rows) can project
-    /// any hidden rows.
+    /// Runs the layers over the canvas; afterwards [`pass`](Self::pass) projects and scores any
+    /// of its hidden rows.
     pub fn run_body(&mut self, canvas: &[u32], backend: &mut CpuBackend) -> Result<()> {
         let ids: Vec<i32> = canvas.iter().map(|&t| t as i32).collect();
-        self.body.set_i32(self.tokens, &ids)?;
+        let g = &mut self.pass.graph;
+        g.set_i32(self.tokens, &ids)?;
         // Set every time: the graph allocator may reuse an input's memory after its last use.
-        self.body.set_i32(self.positions, &self.position_ids)?;
-        self.body.compute(backend)?;
+        g.set_i32(self.positions, &self.position_ids)?;
+        g.compute(backend)?;
         Ok(())
-    }
-
-    /// Projects the hidden states at `rows` to logits, up to `HEAD_ROWS` at a time, and hands each
-    /// chunk to `visit(first_index, logits)` where `logits` holds one `n_vocab` row per entry.
-    /// On a device the logits are copied to the host.
-    pub fn logits_rows(
-        &mut self,
-        rows: &[usize],
-        backend: &mut CpuBackend,
-        visit: impl FnMut(usize, &[f32]) -> Result<()>,
-    ) -> Result<()> {
-        self.head
-            .logits_rows(&self.body, self.hidden, rows, backend, visit)
-    }
-
-    /// Scores the rows predicting masked positions (`rows[j]` with draw `uniforms[j]`); see
-    /// [`Head::score_rows`].
-    pub fn score_rows(
-        &mut self,
-        rows: &[usize],
-        filter: &Filter,
-        kind: Confidence,
-        uniforms: &[f64],
-        backend: &mut CpuBackend,
-        pool: &rayon::ThreadPool,
-    ) -> Result<Vec<Scored>> {
-        self.head.score_rows(
-            &self.body,
-            self.hidden,
-            rows,
-            filter,
-            kind,
-            uniforms,
-            backend,
-            pool,
-        )
-    }
-
-    /// The highest-logit token other than `excluded` predicted by hidden row `row`.
-    pub fn best_token_except(
-        &mut self,
-        row: usize,
-        excluded: u32,
-        backend: &mut CpuBackend,
-    ) -> Result<u32> {
-        self.head
-            .best_token_except(&self.body, self.hidden, row, excluded, backend)
     }
 
     /// Logits of every position (unshifted), row-major; for parity tests and debugging.
@@ -390,7 +340,7 @@ impl Forward {
         self.run_body(canvas, backend)?;
         let rows: Vec<usize> = (0..canvas.len()).collect();
         let mut out = Vec::new();
-        self.logits_rows(&rows, backend, |_, chunk| {
+        self.pass.logits_rows(&rows, backend, |_, chunk| {
             out.extend_from_slice(chunk);
             Ok(())
         })?;

@@ -520,7 +520,7 @@ impl<W: TensorSource> Generator<W> {
         } = self;
         let forward = forward.as_mut().expect("built above");
         // Count only this generation's copies (not those of earlier `logits` calls).
-        forward.take_bytes_to_host();
+        forward.pass().take_bytes_to_host();
 
         let block = params.block_length.unwrap_or(params.max_new_tokens);
         let n_blocks = params.max_new_tokens / block;
@@ -560,9 +560,10 @@ impl<W: TensorSource> Generator<W> {
                     let uniforms: Vec<f64> = candidates.iter().map(|_| rng.uniform()).collect();
                     // The logits shift: position p is predicted by the hidden state at p - 1.
                     let rows: Vec<usize> = candidates.iter().map(|&p| p - 1).collect();
+                    let pass = forward.pass();
                     let scored: Vec<Scored> =
-                        forward.score_rows(&rows, &filter, kind, &uniforms, backend, pool)?;
-                    out.bytes_to_host += forward.take_bytes_to_host();
+                        pass.score_rows(&rows, &filter, kind, &uniforms, backend, pool)?;
+                    out.bytes_to_host += pass.take_bytes_to_host();
                     out.timings.head_and_scoring += head_start.elapsed().as_secs_f64();
                     let chosen = if params.alg == Algorithm::Origin {
                         (0..candidates.len()).collect()

@@ -32,8 +32,115 @@ pub const HEAD_ROWS: usize = 256;
 /// distribution at the usual temperatures; rows whose filtered set reaches further are copied.
 pub const DEVICE_CANDIDATES: usize = 256;
 
+/// One body graph (a full, refresh or cached pass over some canvas rows) together with the head
+/// that projects and scores its hidden states: what every kind of forward pass hands to the
+/// decoding loops.
+pub struct Pass {
+    pub(crate) graph: Graph,
+    hidden: TensorId,
+    head: Head,
+}
+
+impl Pass {
+    /// The allocated `graph` whose output `hidden` is `[hidden_size, rows]`, with a head over it
+    /// that projects up to `head_rows` rows at a time (see [`Head::new`]).
+    pub fn new(
+        graph: Graph,
+        hidden: TensorId,
+        w: &dyn TensorSource,
+        head_rows: usize,
+        n_vocab: usize,
+        backend: &CpuBackend,
+    ) -> Result<Self> {
+        let head = Head::new(&graph, hidden, w, head_rows, n_vocab, backend)?;
+        Ok(Pass {
+            graph,
+            hidden,
+            head,
+        })
+    }
+
+    /// Bytes of compute memory the body and the head hold.
+    pub fn compute_bytes(&self) -> usize {
+        self.graph.compute_buffer_size() + self.head.compute_bytes()
+    }
+
+    /// Whether rows are scored on the device (only summaries are copied to the host).
+    pub fn scores_on_device(&self) -> bool {
+        self.head.scores_on_device()
+    }
+
+    /// Bytes copied from device memory to the host since the last call (0 on the built-in CPU
+    /// backend, where results are read in place).
+    pub fn take_bytes_to_host(&mut self) -> u64 {
+        self.head.take_bytes_to_host()
+    }
+
+    /// Projects the hidden states at `rows` (rows of this pass) to logits, up to the head's width
+    /// at a time, and hands each chunk to `visit(first_index, logits)` where `logits` holds one
+    /// `n_vocab` row per entry. On a device the logits are copied to the host.
+    pub fn logits_rows(
+        &mut self,
+        rows: &[usize],
+        backend: &mut CpuBackend,
+        visit: impl FnMut(usize, &[f32]) -> Result<()>,
+    ) -> Result<()> {
+        self.head
+            .logits_rows(&self.graph, self.hidden, rows, backend, visit)
+    }
+
+    /// Scores the rows predicting masked positions (`rows[j]` with draw `uniforms[j]`): on the
+    /// built-in CPU backend from logits read in place, on `pool`'s threads; on a device from the
+    /// summaries the device computes, copying a row's logits only when its summary cannot decide
+    /// exactly.
+    pub fn score_rows(
+        &mut self,
+        rows: &[usize],
+        filter: &Filter,
+        kind: Confidence,
+        uniforms: &[f64],
+        backend: &mut CpuBackend,
+        pool: &rayon::ThreadPool,
+    ) -> Result<Vec<Scored>> {
+        self.head.score_rows(
+            &self.graph,
+            self.hidden,
+            rows,
+            filter,
+            kind,
+            uniforms,
+            backend,
+            pool,
+        )
+    }
+
+    /// The most probable token of hidden row `row` other than `excluded` (highest raw logit,
+    /// lowest id on ties): the fast-decoding modes' progress rule when a prediction is the mask
+    /// token.
+    pub fn best_token_except(
+        &mut self,
+        row: usize,
+        excluded: u32,
+        backend: &mut CpuBackend,
+    ) -> Result<u32> {
+        let mut best: Option<(f32, u32)> = None;
+        self.logits_rows(&[row], backend, |_, logits| {
+            for (id, &l) in logits.iter().enumerate() {
+                let id = id as u32;
+                if id != excluded && best.is_none_or(|(b, _)| l > b) {
+                    best = Some((l, id));
+                }
+            }
+            Ok(())
+        })?;
+        best.map(|(_, id)| id).ok_or_else(|| {
+            crate::Error::Model("the vocabulary has no token besides the mask token".into())
+        })
+    }
+}
+
 /// The output projection and scoring for one body graph (see the module documentation).
-pub struct Head {
+struct Head {
     kind: HeadKind,
     /// Rows of the body's output (`hidden` is `[hidden_size, body_rows]`).
     body_rows: usize,
@@ -49,7 +156,7 @@ impl Head {
     /// `body`, projecting up to `rows` rows per pass with the output weight of `w`. On a device
     /// (not the built-in CPU) the head reads `hidden` in place and scores on the device when the
     /// backend supports the operations, else it copies logits rows.
-    pub fn new(
+    fn new(
         body: &Graph,
         hidden: TensorId,
         w: &dyn TensorSource,
@@ -87,7 +194,7 @@ impl Head {
     }
 
     /// Bytes of compute memory the head's graph holds.
-    pub fn compute_bytes(&self) -> usize {
+    fn compute_bytes(&self) -> usize {
         match &self.kind {
             HeadKind::Host(hh) => hh.graph.compute_buffer_size(),
             HeadKind::Device(d) => d.graph.compute_buffer_size(),
@@ -95,13 +202,13 @@ impl Head {
     }
 
     /// Whether rows are scored on the device (only summaries are copied to the host).
-    pub fn scores_on_device(&self) -> bool {
+    fn scores_on_device(&self) -> bool {
         matches!(&self.kind, HeadKind::Device(d) if d.scoring.is_some())
     }
 
     /// Bytes copied from device memory to the host since the last call (0 on the built-in CPU
     /// backend, where results are read in place).
-    pub fn take_bytes_to_host(&mut self) -> u64 {
+    fn take_bytes_to_host(&mut self) -> u64 {
         std::mem::take(&mut self.bytes_to_host)
     }
 
@@ -119,7 +226,7 @@ impl Head {
     /// this head was built for) to logits, a pass of rows at a time, and hands each chunk to
     /// `visit(first_index, logits)` where `logits` holds one `n_vocab` row per entry. On a device
     /// the logits are copied to the host.
-    pub fn logits_rows(
+    fn logits_rows(
         &mut self,
         body: &Graph,
         hidden: TensorId,
@@ -170,7 +277,7 @@ impl Head {
     /// summaries the device computes, copying a row's logits only when its summary cannot decide
     /// exactly.
     #[allow(clippy::too_many_arguments)]
-    pub fn score_rows(
+    fn score_rows(
         &mut self,
         body: &Graph,
         hidden: TensorId,
@@ -213,32 +320,6 @@ impl Head {
             self.bytes_to_host += head.score_chunk(uniforms, filter, kind, n_vocab, &mut scored)?;
         }
         Ok(scored)
-    }
-
-    /// The most probable token of hidden row `row` other than `excluded` (highest raw logit,
-    /// lowest id on ties): the fast-decoding modes' progress rule when a prediction is the mask
-    /// token.
-    pub fn best_token_except(
-        &mut self,
-        body: &Graph,
-        hidden: TensorId,
-        row: usize,
-        excluded: u32,
-        backend: &mut CpuBackend,
-    ) -> Result<u32> {
-        let mut best: Option<(f32, u32)> = None;
-        self.logits_rows(body, hidden, &[row], backend, |_, logits| {
-            for (id, &l) in logits.iter().enumerate() {
-                let id = id as u32;
-                if id != excluded && best.is_none_or(|(b, _)| l > b) {
-                    best = Some((l, id));
-                }
-            }
-            Ok(())
-        })?;
-        best.map(|(_, id)| id).ok_or_else(|| {
-            crate::Error::Model("the vocabulary has no token besides the mask token".into())
-        })
     }
 }
 

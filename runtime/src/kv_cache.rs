@@ -13,12 +13,11 @@
 //! index inputs and computes.
 
 use crate::forward::{build_checked, BodyPlan, Forward, LayerKv};
-use crate::head::{Head, HEAD_ROWS};
+use crate::head::{Pass, HEAD_ROWS};
 use crate::model::Model;
 use crate::Result;
 use unmask_kernels::backend::CpuBackend;
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
-use unmask_kernels::score::{Confidence, Filter, Scored};
 
 /// The layers over `rows` consecutive canvas positions against a refresh's cache.
 pub struct CachedPass {
@@ -26,12 +25,11 @@ pub struct CachedPass {
     pub rows: usize,
     /// Canvas length (keys per query).
     pub len: usize,
-    graph: Graph,
+    /// The layers over the run rows and the head over their output.
+    pass: Pass,
     tokens: TensorId,
     positions: TensorId,
     select: TensorId,
-    hidden: TensorId,
-    head: Head,
     ids: Vec<i32>,
     position_ids: Vec<i32>,
     select_ids: Vec<i32>,
@@ -63,8 +61,8 @@ impl CachedPass {
         let plan = BodyPlan::Cached { source, cache };
         let (graph, body, select) = build_checked(model, rows, plan, backend)?;
         let select = select.expect("a cached plan has a select input");
-        let head = Head::new(
-            &graph,
+        let pass = Pass::new(
+            graph,
             body.hidden,
             &model.weights,
             head_rows.clamp(1, HEAD_ROWS),
@@ -74,12 +72,10 @@ impl CachedPass {
         Ok(CachedPass {
             rows,
             len,
-            graph,
+            pass,
             tokens: body.tokens,
             positions: body.positions,
             select,
-            hidden: body.hidden,
-            head,
             ids: vec![0; rows],
             position_ids: vec![0; rows],
             select_ids: vec![0; len],
@@ -110,66 +106,18 @@ impl CachedPass {
             };
         }
         // Set every time: the graph allocator may reuse an input's memory after its last use.
-        self.graph.set_i32(self.tokens, &self.ids)?;
-        self.graph.set_i32(self.positions, &self.position_ids)?;
-        self.graph.set_i32(self.select, &self.select_ids)?;
-        self.graph.compute(backend)?;
+        let g = &mut self.pass.graph;
+        g.set_i32(self.tokens, &self.ids)?;
+        g.set_i32(self.positions, &self.position_ids)?;
+        g.set_i32(self.select, &self.select_ids)?;
+        g.compute(backend)?;
         Ok(())
     }
 
-    /// Bytes of compute memory the pass's graphs hold.
-    pub fn compute_bytes(&self) -> usize {
-        self.graph.compute_buffer_size() + self.head.compute_bytes()
-    }
-
-    /// Bytes copied from device memory to the host since the last call.
-    pub fn take_bytes_to_host(&mut self) -> u64 {
-        self.head.take_bytes_to_host()
-    }
-
-    /// Logits of the run rows `rows` (indices into the run, not canvas positions); see
-    /// [`Head::logits_rows`].
-    pub fn logits_rows(
-        &mut self,
-        rows: &[usize],
-        backend: &mut CpuBackend,
-        visit: impl FnMut(usize, &[f32]) -> Result<()>,
-    ) -> Result<()> {
-        self.head
-            .logits_rows(&self.graph, self.hidden, rows, backend, visit)
-    }
-
-    /// Scores run rows (indices into the run); see [`Head::score_rows`].
-    pub fn score_rows(
-        &mut self,
-        rows: &[usize],
-        filter: &Filter,
-        kind: Confidence,
-        uniforms: &[f64],
-        backend: &mut CpuBackend,
-        pool: &rayon::ThreadPool,
-    ) -> Result<Vec<Scored>> {
-        self.head.score_rows(
-            &self.graph,
-            self.hidden,
-            rows,
-            filter,
-            kind,
-            uniforms,
-            backend,
-            pool,
-        )
-    }
-
-    /// The highest-logit token other than `excluded` predicted by run row `row`.
-    pub fn best_token_except(
-        &mut self,
-        row: usize,
-        excluded: u32,
-        backend: &mut CpuBackend,
-    ) -> Result<u32> {
-        self.head
-            .best_token_except(&self.graph, self.hidden, row, excluded, backend)
+    /// The run's layers and their head: projection and scoring of run rows (indices into the
+    /// run, not canvas positions) after [`run`](Self::run).
+    pub fn pass(&mut self) -> &mut Pass {
+        &mut self.pass
     }
 }
 

@@ -382,7 +382,10 @@ fn check_model_path(path: &Path) -> Result<()> {
             kind.description()
         ),
     };
-    Err(Error::Model(message))
+    Err(Error::NotAModelFile {
+        message,
+        folder: kind == FileKind::Folder,
+    })
 }
 
 /// Every tensor the graph uses must exist with the shape the metadata implies, so that graph

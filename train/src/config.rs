@@ -63,7 +63,7 @@ pub struct SftConfig {
     pub keep: usize,
     /// dtype of the checkpoints' `model.safetensors` (default: the source model's).
     pub save_dtype: Option<SaveDtype>,
-    /// GGML threads (default: the number of CPUs).
+    /// GGML threads (default: the physical cores).
     pub threads: Option<usize>,
     /// Where to train: `cpu` (default) or `auto` (the CPU: training does not run on CUDA yet;
     /// `cuda` is refused with the reason).
@@ -142,7 +142,7 @@ pub struct RunArgs {
     /// model's].
     #[arg(long, value_parser = parse_dtype)]
     pub save_dtype: Option<SaveDtype>,
-    /// GGML threads [default: the number of CPUs].
+    /// GGML threads [default: the physical cores].
     #[arg(long)]
     pub threads: Option<usize>,
     /// Where to train: cpu or auto (the CPU); cuda is refused with the reason [default: cpu].
@@ -503,12 +503,12 @@ pub struct GrpoConfig {
     /// Checkpoints kept in `out`: the newest N (0: all).
     pub keep: usize,
     pub save_dtype: Option<SaveDtype>,
-    /// GGML threads (default: the number of CPUs).
+    /// GGML threads (default: the physical cores).
     pub threads: Option<usize>,
     /// Where to train: `cpu` (default) or `auto` (the CPU: training does not run on CUDA yet;
     /// `cuda` is refused with the reason).
     pub device: Option<String>,
-    /// Concurrent reward sandboxes (default: the number of CPUs).
+    /// Concurrent reward sandboxes (default: the physical cores).
     pub reward_jobs: Option<usize>,
     /// Wall-clock timeout per test case, seconds.
     pub reward_timeout: f64,
@@ -637,7 +637,7 @@ pub struct GrpoArgs {
     /// Rollouts' confidence-threshold parallel decoding, in (0, 1] [default: off].
     #[arg(long)]
     pub threshold: Option<f32>,
-    /// Concurrent reward sandboxes [default: the number of CPUs].
+    /// Concurrent reward sandboxes [default: the physical cores].
     #[arg(long)]
     pub reward_jobs: Option<usize>,
     /// Wall-clock timeout per test case, in seconds [default: 5].
@@ -776,9 +776,9 @@ impl GrpoConfig {
     }
 }
 
-/// The number of CPUs (1 if unknown): the default of every thread count.
+/// The physical cores (at least 1): the default of every thread count.
 pub fn all_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    unmask_kernels::backend::default_threads()
 }
 
 /// `threads`, or [`all_cpus`] when unset.

@@ -56,7 +56,7 @@ enum Cmd {
         /// Completions: JSON lines {"task", "completion"} [required].
         #[arg(long, value_name = "FILE")]
         completions: PathBuf,
-        /// Concurrent sandboxes [default: the number of CPUs].
+        /// Concurrent sandboxes [default: the physical cores].
         #[arg(long)]
         jobs: Option<usize>,
         /// Wall-clock timeout per test case, in seconds.
@@ -85,7 +85,7 @@ enum Cmd {
         /// SFT normalisation: response tokens of the batch, or per row then mean over rows.
         #[arg(long, value_enum, default_value = "tokens")]
         norm: NormArg,
-        /// GGML threads [default: the number of CPUs].
+        /// GGML threads [default: the physical cores].
         #[arg(long)]
         threads: Option<usize>,
     },

@@ -156,7 +156,9 @@ fn fork_bomb_is_contained() {
         let r = run(&sb, &marker, code);
         assert!(!r.success());
         assert!(
-            t.elapsed() < Duration::from_secs(6),
+            // The wall-clock limit is 3 s; killing and reaping thousands of forks on a loaded
+            // 2-core machine has taken up to 7 s. A hang would never end.
+            t.elapsed() < Duration::from_secs(12),
             "took {:?}",
             t.elapsed()
         );

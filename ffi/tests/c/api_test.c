@@ -426,7 +426,7 @@ static int abuse(const char *path, const char *corrupt, const char *truncated) {
     for (int i = 0; i < 16; i++) bad[i] = p;
     bad[nb++].max_new_tokens = 0;
     bad[nb++].max_new_tokens = -5;
-    bad[nb++].steps = 0;
+    bad[nb++].steps = -1; /* 0 means one step per new token */
     bad[nb++].steps = p.max_new_tokens + 1;
     bad[nb++].alg = 9;
     bad[nb++].temperature = -1.0f;
