@@ -128,7 +128,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if event.step == 0 {
             rss = peak_rss_mib();
         }
-        let every = (event.total_steps / runs.max(1)).max(1);
+        // Spread over the passes that will run (fewer with --passes).
+        let horizon = args
+            .passes
+            .map_or(event.total_steps, |n| n.min(event.total_steps));
+        let every = (horizon / runs.max(1)).max(1);
         if runs > 0 && event.step % every == every / 2 && forward_times.len() < runs {
             match time_llama(&args, gpu, &mut llama, event.canvas, prompt_len) {
                 Ok((forward, scoring)) => {
