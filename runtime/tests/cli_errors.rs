@@ -349,3 +349,51 @@ fn a_folder_as_the_model_says_what_to_do() {
         "it is a safetensors file",
     );
 }
+
+#[test]
+fn steps_follow_the_length_and_too_many_threads_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    // Without --steps: one step per new token, whatever --max-new-tokens is (it used to fail:
+    // "steps (256) cannot exceed the number of new tokens (32)").
+    let out = unmask(&[
+        "generate",
+        "-m",
+        m,
+        "-p",
+        "hello",
+        "--max-new-tokens",
+        "32",
+        "--json",
+        "-t",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["steps"], 32);
+    assert!(!stderr.contains("warning"), "{stderr}");
+    // More threads than CPUs: it runs, with a warning that says why it is slow and what to use.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let many = (cpus + 1).to_string();
+    let out = unmask(&[
+        "generate",
+        "-m",
+        m,
+        "--prompt-ids",
+        "1,2,3",
+        "--max-new-tokens",
+        "4",
+        "-t",
+        &many,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("warning: {many} threads on {cpus} CPUs")),
+        "{stderr}"
+    );
+    // Piped stderr: no progress bar drawn.
+    assert!(!stderr.contains("tokens, step"), "{stderr}");
+}
