@@ -30,7 +30,8 @@
 //! are reported in [`Generation::forced`].
 
 use crate::generate::{
-    choose_positions, CacheMode, Control, GenerateParams, Generation, Generator, StepEvent,
+    choose_positions, ranked, CacheMode, Control, GenerateParams, Generation, Generator, PassKind,
+    StepEvent,
 };
 use crate::head::{Pass, HEAD_ROWS};
 use crate::kv_cache::{cache_bytes, CachedPass};
@@ -54,19 +55,6 @@ pub(crate) fn generate<W: TensorSource>(
         CacheMode::None => parallel(generator, canvas, params, on_step, out),
         CacheMode::Prefix | CacheMode::Dual => blocks(generator, canvas, params, on_step, out),
     }
-}
-
-/// Indices into `scored` by decreasing confidence, ties by the lower index (candidates are in
-/// increasing position order, so: by the lower position).
-fn ranked(scored: &[Scored]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..scored.len()).collect();
-    order.sort_by(|&a, &b| {
-        scored[b]
-            .confidence
-            .total_cmp(&scored[a].confidence)
-            .then(a.cmp(&b))
-    });
-    order
 }
 
 /// Records one forward pass's commits (positions ascending) and tells the callback; returns
@@ -223,11 +211,7 @@ fn blocks<W: TensorSource>(
         let scored = refresh.score_rows(&[lo - 1], &filter, kind, &u, backend, pool)?;
         canvas[lo] = scored[0].token;
         out.bytes_to_host += refresh.take_bytes_to_host();
-        out.forward_passes += 1;
-        out.rows_per_pass.push(len);
-        out.timings.body += (t1 - t0).as_secs_f64();
-        out.timings.refresh += (t1 - t0).as_secs_f64();
-        out.timings.refresh_passes += 1;
+        out.count_pass(PassKind::Refresh, len, (t1 - t0).as_secs_f64());
         out.timings.head_and_scoring += t1.elapsed().as_secs_f64();
         if !record(out, canvas, vec![(lo, canvas[lo])], total_steps, on_step) {
             return Ok(());
@@ -243,11 +227,7 @@ fn blocks<W: TensorSource>(
             let t0 = Instant::now();
             pass.run(canvas, lo, backend)?;
             let t1 = Instant::now();
-            out.forward_passes += 1;
-            out.rows_per_pass.push(rows);
-            out.timings.body += (t1 - t0).as_secs_f64();
-            out.timings.cached += (t1 - t0).as_secs_f64();
-            out.timings.cached_passes += 1;
+            out.count_pass(PassKind::Cached, rows, (t1 - t0).as_secs_f64());
             if params.threshold.is_none() && i == steps_per_block {
                 // The step budget is checked after the pass, as the published loop does.
                 if !record(out, canvas, Vec::new(), total_steps, on_step) {
@@ -341,9 +321,7 @@ fn parallel<W: TensorSource>(
         let t0 = Instant::now();
         forward.run_body(canvas, backend)?;
         let t1 = Instant::now();
-        out.forward_passes += 1;
-        out.rows_per_pass.push(len);
-        out.timings.body += (t1 - t0).as_secs_f64();
+        out.count_pass(PassKind::Full, len, (t1 - t0).as_secs_f64());
         let rows: Vec<usize> = candidates.iter().map(|&p| p - 1).collect();
         let u = draws(&mut rng, candidates.len());
         let scored = forward.pass().score_rows(

@@ -18,6 +18,7 @@ pub mod head;
 pub mod kv_cache;
 pub mod model;
 pub mod order;
+pub mod params;
 pub mod rng;
 pub mod schedule;
 
