@@ -51,9 +51,9 @@ impl FfiError {
                 R::Tokenizer(_) => status::ERR_TOKENIZER,
                 R::Kernels(k) => kernels_status(k),
                 R::Format(q) => match q {
-                    unmask_quantize::Error::Io { .. } => status::ERR_IO,
-                    unmask_quantize::Error::Tokenizer(_) => status::ERR_TOKENIZER,
-                    unmask_quantize::Error::Kernels(k) => kernels_status(k),
+                    unmask_dream::Error::Io { .. } => status::ERR_IO,
+                    unmask_dream::Error::Tokenizer(_) => status::ERR_TOKENIZER,
+                    unmask_dream::Error::Kernels(k) => kernels_status(k),
                     _ => status::ERR_MODEL,
                 },
             },

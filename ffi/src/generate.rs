@@ -9,7 +9,8 @@ use crate::params::{unmask_generate_params, Chat, Checked};
 use crate::status::{self, Status};
 use std::ffi::{c_char, c_void};
 use std::sync::{Arc, LazyLock};
-use unmask_runtime::{chat, Control, StepEvent};
+use unmask_dream::chat;
+use unmask_runtime::{Control, StepEvent};
 
 /// `unmask_step_t`.
 #[allow(non_camel_case_types)]
@@ -121,7 +122,8 @@ fn run(
     let model = &ctx.model.model;
     let answer_len = chat::answer_ids(&model.special, &generation.tokens).len();
     let tokenizer = model.tokenizer()?;
-    let text = chat::answer_text(&tokenizer, &model.special, &generation.tokens)?;
+    let text = chat::answer_text(&tokenizer, &model.special, &generation.tokens)
+        .map_err(unmask_runtime::Error::from)?;
     let mut text = text.into_bytes();
     let text_len = saturate(text.len());
     text.push(0);
@@ -239,8 +241,8 @@ pub unsafe extern "C" fn unmask_generate_text(
             let model = &context.model.model;
             let chat = match checked.chat {
                 Chat::Off => false,
-                Chat::Auto => chat::supports_chat(model),
-                Chat::On if chat::supports_chat(model) => true,
+                Chat::Auto => model.supports_chat(),
+                Chat::On if model.supports_chat() => true,
                 Chat::On => {
                     return Err(FfiError::InvalidArgument(
                         "chat = 1, but the model's tokenizer has no chat markers".into(),
@@ -249,9 +251,9 @@ pub unsafe extern "C" fn unmask_generate_text(
             };
             // Exactly `unmask generate -p TEXT [--no-chat]`.
             let ids = if chat {
-                chat::encode(model, &chat::instruct_prompt(text))?
+                model.encode(&chat::instruct_prompt(text))?
             } else {
-                chat::encode(model, text)?
+                model.encode(text)?
             };
             Ok(ids)
         },

@@ -261,9 +261,7 @@ pub extern "C" fn unmask_model_eos_id(model: *const unmask_model) -> i32 {
 /// `unmask_model_has_chat`.
 #[no_mangle]
 pub extern "C" fn unmask_model_has_chat(model: *const unmask_model) -> i32 {
-    getter(model, -1, |m| {
-        i32::from(unmask_runtime::chat::supports_chat(&m.model))
-    })
+    getter(model, -1, |m| i32::from(m.model.supports_chat()))
 }
 
 #[cfg(test)]
@@ -298,7 +296,7 @@ mod tests {
             2,
             "the tokenizer is kept between calls"
         );
-        // What the runtime asks for (generate_text, chat::encode) is the kept one too.
+        // What the runtime asks for (generate_text, ModelSpec::encode) is the kept one too.
         assert!(Arc::ptr_eq(&kept, &entry.model.tokenizer().unwrap()));
         drop(kept);
         assert_eq!(unmask_model_keep_tokenizer(handle, 0), status::OK);
@@ -310,9 +308,6 @@ mod tests {
 
     #[test]
     fn the_architecture_string_is_the_one_loading_checks() {
-        assert_eq!(
-            super::ARCHITECTURE.to_str(),
-            Ok(unmask_quantize::dream::ARCH)
-        );
+        assert_eq!(super::ARCHITECTURE.to_str(), Ok(unmask_dream::layout::ARCH));
     }
 }

@@ -4,7 +4,7 @@ use crate::args;
 use crate::error::{size_entry, FfiError};
 use crate::model::{unmask_model, MODELS};
 use std::ffi::c_char;
-use unmask_runtime::chat;
+use unmask_dream::chat;
 
 /// `unmask_tokenize`.
 ///
@@ -22,9 +22,9 @@ pub unsafe extern "C" fn unmask_tokenize(
         let model = MODELS.get(model)?;
         // SAFETY: forwarded caller contract.
         let text = unsafe { args::text(text, text_len, "text") }?;
-        // Held for the call: `chat::encode` then finds it in the model's cache.
+        // Held for the call: `ModelSpec::encode` then finds it in the model's cache.
         let _tokenizer = model.tokenizer()?;
-        let ids = chat::encode(&model.model, text)?;
+        let ids = model.model.encode(text)?;
         // SAFETY: forwarded caller contract.
         unsafe { args::write_ids(&ids, tokens, n_tokens_max) }
     })
@@ -72,7 +72,7 @@ pub unsafe extern "C" fn unmask_apply_chat(
         let model = MODELS.get(model)?;
         // SAFETY: forwarded caller contract.
         let text = unsafe { args::text(user_text, text_len, "user_text") }?;
-        if !chat::supports_chat(&model.model) {
+        if !model.model.supports_chat() {
             return Err(FfiError::InvalidArgument(
                 "the model's tokenizer has no chat markers (<|im_start|>, <|im_end|>)".into(),
             ));

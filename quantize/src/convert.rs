@@ -2,17 +2,19 @@
 //! header, then stream each tensor through bounded buffers (map its source bytes, decode a chunk
 //! of rows to f32, quantize them in parallel, write) so memory never holds the whole model.
 
-use crate::config::DreamConfig;
-use crate::dream::{self, keys, TensorSpec};
-use crate::hf::HfCheckpoint;
-use crate::policy::{choose_type, Target};
-use crate::safetensors::{decode_to_f32, Entry, SafetensorsFile};
+use crate::mix::{choose_type, Target};
 use crate::synth::SynthModel;
-use crate::{tokenizer_meta, Error, Result};
+use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
+use unmask_dream::hf::HfCheckpoint;
+use unmask_dream::layout::{self, keys, TensorSpec};
+use unmask_dream::safetensors::{decode_to_f32, Entry, SafetensorsFile};
+use unmask_dream::tokenizer_meta;
+use unmask_dream::DreamConfig;
+use unmask_dream::Error as DreamError;
 use unmask_kernels::gguf::{GgufArray, GgufFile, GgufValue, GgufWriter, TensorInfo};
 use unmask_kernels::{quant, GgmlType};
 
@@ -94,7 +96,7 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
     } else {
         check_is_gguf(input)?;
         let file = GgufFile::open(input)?;
-        let config = dream::config_from_gguf(&file)?;
+        let config = layout::config_from_gguf(&file)?;
         let metadata: Vec<(String, GgufValue)> = file
             .metadata()
             .iter()
@@ -134,7 +136,7 @@ fn check_output(output: &Path, options: &ConvertOptions) -> Result<()> {
 
 /// A file input must be GGUF; anything else is named, with what to give instead.
 fn check_is_gguf(input: &Path) -> Result<()> {
-    use crate::sniff::{sniff, FileKind};
+    use unmask_dream::sniff::{sniff, FileKind};
     let kind = sniff(input).map_err(|e| Error::io(input, e))?;
     let folder_hint = "unmask-quantize reads a Hugging Face checkpoint folder (config.json, \
                        *.safetensors, tokenizer.json) or a GGUF file";
@@ -207,11 +209,13 @@ pub fn convert_synth(
         config: &model.config,
         tokenizer_json: &model.tokenizer_json,
         chat_template: Some(crate::synth::CHAT_TEMPLATE),
-        generation: &crate::hf::generation_metadata(&crate::synth::generation_json(&model.config)),
+        generation: &unmask_dream::hf::generation_metadata(&crate::synth::generation_json(
+            &model.config,
+        )),
         name: "unmask-synth".into(),
     })?;
     crate::validate::check_metadata(&metadata, &model.config)?;
-    let plan = dream::tensor_specs(&model.config)
+    let plan = layout::tensor_specs(&model.config)
         .into_iter()
         .enumerate()
         .map(|(i, spec)| Planned {
@@ -226,13 +230,13 @@ pub fn convert_synth(
 /// Architecture, tokenizer and generation metadata of a model.
 pub fn model_metadata(d: &ModelDescription<'_>) -> Result<Vec<(String, GgufValue)>> {
     let c = d.config;
-    let mut out: Vec<(String, GgufValue)> = dream::architecture_metadata(c)
+    let mut out: Vec<(String, GgufValue)> = layout::architecture_metadata(c)
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     out.push((keys::NAME.into(), GgufValue::String(d.name.clone())));
-    let vocab_size =
-        usize::try_from(c.vocab_size).map_err(|_| Error::Tokenizer("vocab too large".into()))?;
+    let vocab_size = usize::try_from(c.vocab_size)
+        .map_err(|_| DreamError::Tokenizer("vocab too large".into()))?;
     let vocab = tokenizer_meta::vocab_from_tokenizer_json(d.tokenizer_json, vocab_size)?;
     out.push((
         keys::TOKENIZER_MODEL.into(),
@@ -283,7 +287,7 @@ pub fn model_metadata(d: &ModelDescription<'_>) -> Result<Vec<(String, GgufValue
 
 fn plan_hf(checkpoint: &HfCheckpoint, target: Target) -> Result<Vec<Planned<'_>>> {
     let c = &checkpoint.config;
-    dream::tensor_specs(c)
+    layout::tensor_specs(c)
         .into_iter()
         .map(|spec| {
             let (file, entry) = checkpoint
@@ -296,11 +300,12 @@ fn plan_hf(checkpoint: &HfCheckpoint, target: Target) -> Result<Vec<Planned<'_>>
                     actual: entry.shape.clone(),
                 });
             }
-            if matches!(entry.dtype, crate::safetensors::Dtype::Other { .. }) {
-                return Err(Error::UnsupportedDtype {
+            if matches!(entry.dtype, unmask_dream::safetensors::Dtype::Other { .. }) {
+                return Err(DreamError::UnsupportedDtype {
                     name: spec.hf_name.clone(),
                     dtype: entry.dtype.name().into(),
-                });
+                }
+                .into());
             }
             let ty = type_for(&spec, c, target);
             Ok(Planned {
@@ -313,7 +318,7 @@ fn plan_hf(checkpoint: &HfCheckpoint, target: Target) -> Result<Vec<Planned<'_>>
 }
 
 fn plan_gguf<'a>(file: &'a GgufFile, c: &DreamConfig, target: Target) -> Result<Vec<Planned<'a>>> {
-    dream::tensor_specs(c)
+    layout::tensor_specs(c)
         .into_iter()
         .map(|spec| {
             let info = file
@@ -470,7 +475,7 @@ fn decode_rows(
         actual: vec![bytes.len() as u64 / row_bytes.max(1), row_len],
     })?;
     match &p.source {
-        Source::Safetensors(_, entry) => decode_to_f32(name, entry.dtype, slice, out),
+        Source::Safetensors(_, entry) => Ok(decode_to_f32(name, entry.dtype, slice, out)?),
         Source::Gguf(_, info) => Ok(quant::dequantize_into(info.ty, slice, out)?),
         Source::Synth(..) => Ok(()),
     }

@@ -1,3 +1,6 @@
+//! The converter's errors: its own (output files, type choice, tensor data) and, wrapped, those of
+//! reading the model's files (`unmask_dream::Error`) and of GGUF/GGML (`unmask_kernels::Error`).
+
 use std::path::PathBuf;
 
 /// Everything that can go wrong while reading a checkpoint or writing a GGUF file.
@@ -9,14 +12,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: invalid JSON: {message}")]
-    Json { path: PathBuf, message: String },
-    #[error("{path}: not a Dream/DiffuCoder checkpoint: {reason}")]
-    NotDream { path: PathBuf, reason: String },
-    #[error("{path}: bad config value: {message}")]
-    Config { path: PathBuf, message: String },
-    #[error("{path}: invalid safetensors file: {message}")]
-    Safetensors { path: PathBuf, message: String },
     #[error("tensor `{0}` is missing from the checkpoint")]
     MissingTensor(String),
     #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]
@@ -25,12 +20,8 @@ pub enum Error {
         expected: Vec<u64>,
         actual: Vec<u64>,
     },
-    #[error("tensor `{name}` has unsupported dtype `{dtype}` (expected BF16, F16 or F32)")]
-    UnsupportedDtype { name: String, dtype: String },
     #[error("tensor `{name}` contains a non-finite value (NaN or infinity) at element {index}")]
     NonFinite { name: String, index: usize },
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
     #[error("{0} already exists (pass --force to overwrite)")]
     OutputExists(PathBuf),
     #[error("{} is not a GGUF file: it is {kind}. {hint}", path.display())]
@@ -55,6 +46,9 @@ pub enum Error {
     },
     #[error("unknown quantization type `{0}`")]
     UnknownType(String),
+    /// The model's files: checkpoint folder, safetensors, configuration, tokenizer.
+    #[error(transparent)]
+    Format(#[from] unmask_dream::Error),
     #[error(transparent)]
     Kernels(#[from] unmask_kernels::Error),
 }

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use unmask_quantize::convert::{convert, convert_synth, ConvertOptions, ConvertReport};
-use unmask_quantize::policy::{Target, TARGET_NAMES};
+use unmask_quantize::mix::{Target, TARGET_NAMES};
 use unmask_quantize::synth::{Preset, SynthModel};
 
 #[derive(Parser)]

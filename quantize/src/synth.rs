@@ -3,14 +3,15 @@
 //! counter-based random stream, so any chunk can be generated independently and in parallel, and
 //! the HF folder and the direct-GGUF routes produce the same (bf16-rounded) numbers.
 
-use crate::config::DreamConfig;
-use crate::dream::{self, Role, TensorSpec};
-use crate::safetensors::{encode_header, Dtype};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::str::FromStr;
+use unmask_dream::layout::{self, Role, TensorSpec};
+use unmask_dream::safetensors::{encode_header, Dtype};
+use unmask_dream::DreamConfig;
+use unmask_dream::Error as DreamError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preset {
@@ -31,10 +32,11 @@ impl FromStr for Preset {
             "tiny-wide" => Ok(Preset::TinyWide),
             "0.5b" | "05b" | "half" => Ok(Preset::HalfB),
             "7b" => Ok(Preset::SevenB),
-            other => Err(Error::Config {
+            other => Err(DreamError::Config {
                 path: "--preset".into(),
                 message: format!("unknown preset `{other}` (tiny, tiny-wide, 0.5b, 7b)"),
-            }),
+            }
+            .into()),
         }
     }
 }
@@ -63,15 +65,16 @@ impl SynthModel {
                     &mut flate2::read::GzDecoder::new(DIFFUCODER_TOKENIZER_GZ),
                     &mut text,
                 )
-                .map_err(|e| Error::Tokenizer(format!("embedded tokenizer: {e}")))?;
+                .map_err(|e| DreamError::Tokenizer(format!("embedded tokenizer: {e}")))?;
                 text
             }
         };
         let id_of = |token: &str| -> Result<u32> {
             let tok = tokenizers::Tokenizer::from_str(&tokenizer_json)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?;
-            tok.token_to_id(token)
-                .ok_or_else(|| Error::Tokenizer(format!("synthetic tokenizer lacks {token}")))
+                .map_err(|e| DreamError::Tokenizer(e.to_string()))?;
+            Ok(tok.token_to_id(token).ok_or_else(|| {
+                DreamError::Tokenizer(format!("synthetic tokenizer lacks {token}"))
+            })?)
         };
         let (eos, mask) = (id_of("<|endoftext|>")?, id_of("<|mask|>")?);
         let config = match preset {
@@ -195,7 +198,7 @@ impl SynthModel {
                 "chat_template": CHAT_TEMPLATE,
             })),
         )?;
-        let specs = dream::tensor_specs(c);
+        let specs = layout::tensor_specs(c);
         let shards = split_into_shards(&specs, shard_bytes);
         let n = shards.len();
         let mut weight_map = serde_json::Map::new();

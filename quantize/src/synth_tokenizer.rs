@@ -2,9 +2,9 @@
 //! the 256 byte tokens, merges learned by plain pair counting from an embedded corpus, and
 //! Dream's special tokens right after the BPE entries.
 
-use crate::tokenizer_meta::{bytes_to_unicode, qwen2_tokenizer_doc};
 use serde_json::{json, Map};
 use std::collections::{BTreeMap, HashMap};
+use unmask_dream::tokenizer_meta::{bytes_to_unicode, qwen2_tokenizer_doc};
 
 /// The special tokens of [`synth_tokenizer_json`], in id order right after its BPE entries. The
 /// names are the real Qwen2.5/Dream ones so code that looks them up by text works on both.

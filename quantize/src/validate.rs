@@ -4,10 +4,9 @@
 //! mask token must exist inside it. A file that passes here loads in `unmask generate`; one that
 //! does not is refused with the reason instead of being written.
 
-use crate::config::DreamConfig;
-use crate::dream::keys;
-use crate::gguf_tokenizer::TokenizerSpec;
-use crate::{Error, Result};
+use unmask_dream::layout::keys;
+use unmask_dream::tokenizer::TokenizerSpec;
+use unmask_dream::{DreamConfig, Error as DreamError, Result};
 use unmask_kernels::gguf::GgufValue;
 
 /// Checks `metadata` (as it will be written) against `config`.
@@ -17,7 +16,7 @@ pub fn check_metadata(metadata: &[(String, GgufValue)], config: &DreamConfig) ->
     let n_vocab = config.vocab_size as usize;
     if let TokenizerSpec::Arrays { tokens, .. } = &spec {
         if tokens.len() > n_vocab {
-            return Err(Error::Tokenizer(format!(
+            return Err(DreamError::Tokenizer(format!(
                 "{} tokens in `{}` but the model's vocabulary has {n_vocab} rows",
                 tokens.len(),
                 keys::TOKENS
@@ -27,7 +26,7 @@ pub fn check_metadata(metadata: &[(String, GgufValue)], config: &DreamConfig) ->
     let tokenizer = spec.build()?;
     let size = tokenizer.get_vocab_size(true);
     if size > n_vocab {
-        return Err(Error::Tokenizer(format!(
+        return Err(DreamError::Tokenizer(format!(
             "the tokenizer has {size} tokens but the model's vocabulary has {n_vocab} rows"
         )));
     }
@@ -40,10 +39,12 @@ pub fn check_metadata(metadata: &[(String, GgufValue)], config: &DreamConfig) ->
         })
         .or_else(|| tokenizer.token_to_id("<|mask|>"))
         .ok_or_else(|| {
-            Error::Tokenizer("the model has no mask token (tokenizer.ggml.mask_token_id)".into())
+            DreamError::Tokenizer(
+                "the model has no mask token (tokenizer.ggml.mask_token_id)".into(),
+            )
         })?;
     if mask as usize >= n_vocab {
-        return Err(Error::Tokenizer(format!(
+        return Err(DreamError::Tokenizer(format!(
             "the mask token {mask} is outside the vocabulary of {n_vocab}"
         )));
     }

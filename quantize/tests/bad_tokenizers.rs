@@ -3,10 +3,10 @@
 //! output (and no temporary file) is left behind. A good file converts and its tokenizer builds.
 
 use std::path::Path;
+use unmask_dream::layout::keys;
+use unmask_dream::tokenizer::load_tokenizer;
 use unmask_kernels::gguf::{GgufArray, GgufFile, GgufValue, GgufWriter};
 use unmask_quantize::convert::{convert, convert_synth, ConvertOptions};
-use unmask_quantize::dream::keys;
-use unmask_quantize::gguf_tokenizer::load_tokenizer;
 use unmask_quantize::synth::{Preset, SynthModel};
 
 fn options(target: &str) -> ConvertOptions {

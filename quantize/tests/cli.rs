@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use unmask_quantize::safetensors::{write_file, Dtype, SafetensorsFile};
+use unmask_dream::safetensors::{write_file, Dtype, SafetensorsFile};
 use unmask_quantize::synth::{Preset, SynthModel};
 
 fn quantize(args: &[&std::ffi::OsStr]) -> Output {

@@ -7,12 +7,12 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 
 use tokenizers::Tokenizer;
-use unmask_quantize::synth_tokenizer::{synth_tokenizer_json, SYNTH_SPECIAL_TOKENS};
-use unmask_quantize::tokenizer_meta::{
+use unmask_dream::tokenizer_meta::{
     tokenizer_from_vocab, vocab_from_tokenizer_json, GgufVocab, TOKEN_TYPE_CONTROL,
     TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNUSED, TOKEN_TYPE_USER_DEFINED,
 };
-use unmask_quantize::Error;
+use unmask_dream::Error;
+use unmask_quantize::synth_tokenizer::{synth_tokenizer_json, SYNTH_SPECIAL_TOKENS};
 
 /// DiffuCoder's config.json vocab_size: 152064 embedding rows for 151668 tokenizer ids.
 const DIFFUCODER_VOCAB_SIZE: usize = 152064;
@@ -240,7 +240,7 @@ fn added_tokens_keep_their_ids_when_not_right_after_the_bpe_entries() {
     assert_eq!(rebuilt.decode(enc.get_ids(), false).expect("decodes"), text);
 }
 
-fn expect_tokenizer_error<T: std::fmt::Debug>(result: unmask_quantize::Result<T>) -> String {
+fn expect_tokenizer_error<T: std::fmt::Debug>(result: unmask_dream::Result<T>) -> String {
     match result {
         Err(Error::Tokenizer(message)) => message,
         other => panic!("expected a tokenizer error, got {other:?}"),

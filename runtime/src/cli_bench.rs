@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use unmask_kernels::device::{DeviceKind, DeviceRequest, Placement};
 use unmask_kernels::llama::LlamaForward;
-use unmask_runtime::chat::encode;
 use unmask_runtime::{Algorithm, Control, GenerateParams, Generator};
 
 #[derive(clap::Args)]
@@ -84,7 +83,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let model = Arc::new(model);
     let gpu = matches!(&placement, Placement::Device(d) if d.kind() == DeviceKind::Gpu);
     let file_mib = std::fs::metadata(&args.model)?.len() as f64 / (1u64 << 20) as f64;
-    let mut prompt = encode(&model, BENCH_TEXT)?;
+    let mut prompt = model.encode(BENCH_TEXT)?;
     while prompt.len() < args.prompt_tokens {
         prompt.extend_from_within(..prompt.len().min(args.prompt_tokens - prompt.len()));
     }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use unmask_kernels::device::{DeviceRequest, Placement};
 use unmask_kernels::score::{score_row, Confidence, Filter, Scratch};
 use unmask_kernels::vmath::top2;
-use unmask_runtime::chat::encode;
 use unmask_runtime::{Algorithm, Control, GenerateParams, Generation, Generator};
 
 #[derive(clap::Args)]
@@ -59,7 +58,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
     }
     let (cpu_model, _) = load_model(&args.model, &DeviceRequest::Cpu)?;
     let (cpu_model, device_model) = (Arc::new(cpu_model), Arc::new(device_model));
-    let mut prompt = encode(&cpu_model, BENCH_TEXT)?;
+    let mut prompt = cpu_model.encode(BENCH_TEXT)?;
     while prompt.len() < args.prompt_tokens {
         prompt.extend_from_within(..prompt.len().min(args.prompt_tokens - prompt.len()));
     }

@@ -5,8 +5,8 @@ use anyhow::{bail, Context, Result};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
+use unmask_dream::chat::{answer_text, instruct_prompt};
 use unmask_kernels::device::{self, DeviceRequest, Placement};
-use unmask_runtime::chat::{answer_text, encode, instruct_prompt, supports_chat};
 use unmask_runtime::order::{global_ar_ness, local_ar_ness};
 use unmask_runtime::{Algorithm, Control, GenerateParams, Generator, Model, StepEvent};
 
@@ -241,12 +241,12 @@ fn ar_ness_json(order: &[usize]) -> serde_json::Value {
 }
 
 fn prompt_tokens(model: &Model, text: &str, no_chat: bool) -> Result<Vec<u32>> {
-    let text = if !no_chat && supports_chat(model) {
+    let text = if !no_chat && model.supports_chat() {
         instruct_prompt(text)
     } else {
         text.to_string()
     };
-    Ok(encode(model, &text)?)
+    Ok(model.encode(&text)?)
 }
 
 /// Redraws the generated part of the canvas: committed text, masks as `░`.

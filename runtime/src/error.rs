@@ -22,7 +22,7 @@ pub enum Error {
     #[error(transparent)]
     Kernels(#[from] unmask_kernels::Error),
     #[error(transparent)]
-    Format(#[from] unmask_quantize::Error),
+    Format(#[from] unmask_dream::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -4,7 +4,7 @@
 //! in blocks, left to right. The approximate fast-decoding modes (key/value caches, parallel
 //! decoding) are opt-in ([`CacheMode`], `threshold`) and live in `crate::fast`.
 
-use crate::forward::Forward;
+use crate::canvas::CanvasContext;
 use crate::kv_cache::CachedPass;
 use crate::model::Model;
 pub use crate::params::{Algorithm, CacheMode, GenerateParams, DEFAULT_CACHE_BLOCK, DEFAULT_TOP_K};
@@ -124,7 +124,7 @@ pub struct Generator<W = Arc<Weights>> {
     pub(crate) model: Arc<Model<W>>,
     pub(crate) backend: CpuBackend,
     pub(crate) pool: rayon::ThreadPool,
-    pub(crate) forward: Option<Forward>,
+    pub(crate) forward: Option<CanvasContext>,
     /// Cached passes over the current refresh graph, one per run length (they read its keys
     /// and values in place, so they are dropped whenever it is rebuilt).
     pub(crate) cached: Vec<CachedPass>,
@@ -160,19 +160,24 @@ impl<W: TensorSource> Generator<W> {
     }
 
     /// The graphs for a canvas of `len` tokens (built on first use, then reused).
-    pub fn forward_for(&mut self, len: usize) -> Result<&mut Forward> {
+    pub fn forward_for(&mut self, len: usize) -> Result<&mut CanvasContext> {
         self.forward_with(len, false)
     }
 
     /// The graphs for a canvas of `len` tokens; with `keep_kv` a refresh pass that keeps every
     /// layer's keys and values for cached passes (a plain forward that has them is reused too).
-    pub(crate) fn forward_with(&mut self, len: usize, keep_kv: bool) -> Result<&mut Forward> {
-        let fits = |f: &Forward| f.len == len && (!keep_kv || !f.kv().1.is_empty());
+    pub(crate) fn forward_with(&mut self, len: usize, keep_kv: bool) -> Result<&mut CanvasContext> {
+        let fits = |f: &CanvasContext| f.len == len && (!keep_kv || !f.kv().1.is_empty());
         if !self.forward.as_ref().is_some_and(fits) {
             // Free the old graphs (and the cached passes reading them) before building new ones.
             self.cached.clear();
             self.forward = None;
-            self.forward = Some(Forward::new(&self.model, len, keep_kv, &self.backend)?);
+            self.forward = Some(CanvasContext::new(
+                &self.model,
+                len,
+                keep_kv,
+                &self.backend,
+            )?);
         }
         Ok(self.forward.as_mut().expect("just built"))
     }

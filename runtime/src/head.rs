@@ -10,9 +10,9 @@
 //! (`unmask_kernels::score::score_summary`), copying a row's logits only where a summary cannot
 //! decide.
 
-use crate::forward::output_weight_name;
 use crate::Result;
 use rayon::prelude::*;
+use unmask_dream::graph::output_weight_name;
 use unmask_kernels::backend::CpuBackend;
 use unmask_kernels::finite::{check_logits, check_summary};
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};

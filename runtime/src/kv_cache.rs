@@ -2,7 +2,7 @@
 //! layers over only some rows of the canvas, their queries attending to the keys and values a
 //! refresh pass kept for the other positions plus their own fresh ones.
 //!
-//! A refresh is a [`Forward`] built with `keep_kv`: a full pass over the canvas whose every
+//! A refresh is a [`CanvasContext`] built with `keep_kv`: a full pass over the canvas whose every
 //! layer's keys (after RoPE) and values stay in backend memory (on a GPU, on the device). A
 //! [`CachedPass`] is a graph over `rows` run rows that reads those tensors in place: for every
 //! canvas position it picks either the cached row or the run's fresh one (an index input), so
@@ -12,10 +12,11 @@
 //! buffers are built once per (canvas length, run length) and reused; a run sets three small
 //! index inputs and computes.
 
-use crate::forward::{build_checked, BodyPlan, Forward, LayerKv};
+use crate::canvas::{build_checked, BodyPlan, CanvasContext};
 use crate::head::{Pass, HEAD_ROWS};
 use crate::model::Model;
 use crate::Result;
+use unmask_dream::graph::LayerKv;
 use unmask_kernels::backend::CpuBackend;
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
 
@@ -41,7 +42,7 @@ impl CachedPass {
     /// block's positions are ever scored).
     pub fn new<W: TensorSource>(
         model: &Model<W>,
-        refresh: &Forward,
+        refresh: &CanvasContext,
         rows: usize,
         head_rows: usize,
         backend: &CpuBackend,

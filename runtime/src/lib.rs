@@ -9,10 +9,9 @@
 //! parameters, which thus run the very same denoising loop ([`Generator`]).
 #![forbid(unsafe_code)]
 
-pub mod chat;
+pub mod canvas;
 mod error;
 mod fast;
-pub mod forward;
 pub mod generate;
 pub mod head;
 pub mod kv_cache;

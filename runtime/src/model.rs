@@ -11,54 +11,15 @@ use std::ops::Deref;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use tokenizers::Tokenizer;
+use unmask_dream::hf::HfCheckpoint;
+use unmask_dream::layout::{self, keys};
+use unmask_dream::tokenizer::{TokenizerSource, TokenizerSpec};
+use unmask_dream::{DreamConfig, SpecialTokens};
 use unmask_kernels::device::Placement;
 pub use unmask_kernels::finite::Depth;
 use unmask_kernels::gguf::{GgufFile, GgufValue};
 use unmask_kernels::graph::TensorSource;
 use unmask_kernels::weights::Weights;
-use unmask_quantize::config::DreamConfig;
-use unmask_quantize::dream::{self, keys};
-use unmask_quantize::gguf_tokenizer::{TokenizerSource, TokenizerSpec};
-use unmask_quantize::hf::HfCheckpoint;
-
-/// Token ids with a role in generation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpecialTokens {
-    pub mask: u32,
-    pub eos: Option<u32>,
-    pub im_start: Option<u32>,
-    pub im_end: Option<u32>,
-    pub dlm_pad: Option<u32>,
-}
-
-impl SpecialTokens {
-    /// Tokens at which an answer ends (docs/model.md §5).
-    pub fn stops(&self) -> Vec<u32> {
-        [self.dlm_pad, self.im_end, self.eos]
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-
-    /// The special tokens of a model with this configuration and tokenizer: ids from the
-    /// configuration when it has them, else looked up by their usual names.
-    pub fn find(config: &DreamConfig, tokenizer: &Tokenizer) -> Result<Self> {
-        let id = |t: &str| tokenizer.token_to_id(t);
-        let mask = config
-            .mask_token_id
-            .or_else(|| id("<|mask|>"))
-            .ok_or_else(|| {
-                Error::Model("the model has no mask token (tokenizer.ggml.mask_token_id)".into())
-            })?;
-        Ok(SpecialTokens {
-            mask,
-            eos: config.eos_token_id.or_else(|| id("<|endoftext|>")),
-            im_start: id("<|im_start|>"),
-            im_end: id("<|im_end|>"),
-            dlm_pad: id("<|dlm_pad|>"),
-        })
-    }
-}
 
 /// Sampling defaults stored from `generation_config.json` (`unmask.generation.*`).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -168,7 +129,7 @@ impl ModelSpec {
 
     /// The description in a GGUF file's metadata.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
-        let config = dream::config_from_gguf(file)?;
+        let config = layout::config_from_gguf(file)?;
         let tokenizer_spec = TokenizerSpec::from_gguf(file)?;
         let defaults = GenerationDefaults::read(|k| file.get(k));
         Self::new(config, tokenizer_spec, defaults)
@@ -211,6 +172,19 @@ impl ModelSpec {
         let t = Arc::new(self.tokenizer_spec.build()?);
         *cache = Arc::downgrade(&t);
         Ok(t)
+    }
+
+    /// Token ids of `text` (see [`unmask_dream::chat::encode`]), with the model's tokenizer.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(unmask_dream::chat::encode(
+            self.tokenizer()?.as_ref(),
+            text,
+        )?)
+    }
+
+    /// Whether the model's tokenizer knows the chat markers (so `--chat` defaults on).
+    pub fn supports_chat(&self) -> bool {
+        self.special.supports_chat()
     }
 
     pub fn n_layers(&self) -> usize {
@@ -288,7 +262,7 @@ impl<W: TensorSource> Model<W> {
     /// exist in `weights` (their shapes are the source's responsibility: a GGUF file's are
     /// checked by [`Model::load`], the trainer's by its checkpoint loader).
     pub fn from_parts(spec: ModelSpec, weights: W) -> Result<Self> {
-        for t in dream::tensor_specs(&spec.config) {
+        for t in layout::tensor_specs(&spec.config) {
             if !weights.contains(&t.gguf_name) {
                 return Err(Error::Model(format!(
                     "tensor `{}` is missing from the model's tensors",
@@ -305,7 +279,7 @@ impl<W: TensorSource> Model<W> {
 
     /// Name of the output projection (the embedding when tied).
     pub fn output_weight_name(&self) -> &'static str {
-        crate::forward::output_weight_name(&self.weights)
+        unmask_dream::graph::output_weight_name(&self.weights)
     }
 }
 
@@ -321,7 +295,7 @@ fn check_finite(file: &GgufFile, depth: Depth) -> Result<()> {
 /// kind of file gets a message that says what it is and what to do, instead of the error of
 /// mapping it ("No such device" for a folder, "bad magic" for a text file).
 fn check_model_path(path: &Path) -> Result<()> {
-    use unmask_quantize::sniff::{sniff, FileKind};
+    use unmask_dream::sniff::{sniff, FileKind};
     // A missing or unreadable path is reported by the GGUF reader with its own error.
     let Ok(kind) = sniff(path) else {
         return Ok(());
@@ -391,7 +365,7 @@ fn check_model_path(path: &Path) -> Result<()> {
 /// Every tensor the graph uses must exist with the shape the metadata implies, so that graph
 /// construction never meets a surprise.
 fn check_tensor_shapes(file: &GgufFile, c: &DreamConfig) -> Result<()> {
-    for spec in dream::tensor_specs(c) {
+    for spec in layout::tensor_specs(c) {
         let info = file.tensor(&spec.gguf_name).ok_or_else(|| {
             Error::Model(format!(
                 "tensor `{}` is missing from the file",

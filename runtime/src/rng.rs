@@ -1,6 +1,7 @@
 //! Our own seeded random generator (xoshiro256**, seeded through SplitMix64). Results are
 //! reproducible for a given seed on every platform; PyTorch's random stream cannot be reproduced,
 //! so sampled generations agree with the reference only in distribution, never token for token.
+//! The trainer draws its masks and noise levels from the same generator.
 
 #[derive(Clone, Debug)]
 pub struct Rng {
@@ -49,6 +50,11 @@ impl Rng {
     /// Uniform in [0, 1) with 53 random bits.
     pub fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `[lo, hi)`.
+    pub fn uniform_in(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.uniform()
     }
 }
 

@@ -211,7 +211,7 @@ fn greedy_device_steps_copy_only_summaries() {
     let path = model_file(dir.path(), "q8_0");
     let (_, mut dev) = both(&path);
     let n_vocab = dev.model().n_vocab;
-    let k = unmask_runtime::forward::DEVICE_CANDIDATES.min(n_vocab) as u64;
+    let k = unmask_runtime::head::DEVICE_CANDIDATES.min(n_vocab) as u64;
     // Bytes per masked row: argmax, max logit and denominator (3 x 4), then what the confidence
     // needs: the entropy (4), or for the margin the candidates (8 bytes each); never a logits
     // row, as long as the candidates are fewer than the vocabulary.

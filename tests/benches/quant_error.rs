@@ -4,9 +4,9 @@
 //! RMSE (over all weights) and bits per weight (over the whole file).
 
 use std::time::Instant;
+use unmask_dream::layout::tensor_specs;
 use unmask_kernels::quant;
-use unmask_quantize::dream::tensor_specs;
-use unmask_quantize::policy::{choose_type, Target};
+use unmask_quantize::mix::{choose_type, Target};
 use unmask_quantize::synth::{Preset, SynthModel};
 
 const TARGETS: [&str; 9] = [

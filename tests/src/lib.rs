@@ -62,7 +62,7 @@ pub fn convert_to(input: &Path, output: &Path, target: &str) -> ConvertReport {
 }
 
 /// Every `--type` the quantize tool accepts.
-pub const ALL_TARGETS: [&str; 10] = unmask_quantize::policy::TARGET_NAMES;
+pub const ALL_TARGETS: [&str; 10] = unmask_quantize::mix::TARGET_NAMES;
 
 /// A lossless description of a process's output for assertion messages.
 pub fn describe(output: &Output) -> String {

@@ -13,10 +13,11 @@
 use serde_json::Value;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use unmask_dream::safetensors::{write_file, Dtype, SafetensorsFile};
+use unmask_dream::Error as DError;
 use unmask_kernels::gguf::{parse_header, GgufArray, GgufFile, GgufValue, GgufWriter};
 use unmask_kernels::{Error as KError, GgmlType};
 use unmask_quantize::convert::{convert, ConvertOptions};
-use unmask_quantize::safetensors::{write_file, Dtype, SafetensorsFile};
 use unmask_quantize::Error as QError;
 
 // ------------------------------------------------------------------------------------------------
@@ -1202,7 +1203,7 @@ fn expect_st_error(bytes: &[u8], fragment: &str) {
 #[track_caller]
 fn expect_st_error_at(path: &Path, fragment: &str) {
     match SafetensorsFile::open(path) {
-        Err(QError::Safetensors { path: p, message }) => {
+        Err(DError::Safetensors { path: p, message }) => {
             assert_eq!(p, path);
             assert!(
                 message.contains(fragment),
@@ -1561,7 +1562,7 @@ fn ckpt_index_naming_a_shard_outside_the_folder_is_refused() {
         index["weight_map"][&tensor] = Value::String(name.clone());
         ck.set_index(&index);
         match ck.convert_fails() {
-            QError::Json { path, message } => {
+            QError::Format(DError::Json { path, message }) => {
                 assert_eq!(path, ck.index_path());
                 assert!(
                     message.contains("is not a plain file name"),
@@ -1587,7 +1588,7 @@ fn ckpt_index_points_to_a_shard_that_lacks_the_tensor() {
     index["weight_map"][&tensor] = "model-extra.safetensors".into();
     ck.set_index(&index);
     match ck.convert_fails() {
-        QError::Safetensors { path, message } => {
+        QError::Format(DError::Safetensors { path, message }) => {
             assert_eq!(path, extra);
             assert!(
                 message.contains(&format!("places `{tensor}` here but the shard lacks it")),
@@ -1619,7 +1620,7 @@ fn ckpt_config_not_dream() {
         c["model_type"] = "llama".into();
     });
     match ck.convert_fails() {
-        QError::NotDream { path, reason } => {
+        QError::Format(DError::NotDream { path, reason }) => {
             assert_eq!(path, ck.input.join("config.json"));
             assert!(reason.contains("LlamaForCausalLM"), "{reason}");
         }
@@ -1635,7 +1636,7 @@ fn ckpt_config_hidden_size_not_divisible_by_heads() {
         c["hidden_size"] = 258.into();
     });
     match ck.convert_fails() {
-        QError::Config { path, message } => {
+        QError::Format(DError::Config { path, message }) => {
             assert_eq!(path, ck.input.join("config.json"));
             assert!(
                 message.contains("hidden_size 258 is not divisible by num_attention_heads 4"),
@@ -1655,7 +1656,7 @@ fn ckpt_corrupt_shard_header() {
     bytes[..8].copy_from_slice(&u64::MAX.to_le_bytes());
     std::fs::write(&path, bytes).unwrap();
     match ck.convert_fails() {
-        QError::Safetensors { path: p, message } => {
+        QError::Format(DError::Safetensors { path: p, message }) => {
             assert_eq!(p, path);
             assert!(message.contains("exceeds the file"), "{message}");
         }
@@ -1676,7 +1677,7 @@ fn ckpt_truncated_shard() {
         .set_len(len - 1)
         .unwrap();
     match ck.convert_fails() {
-        QError::Safetensors { message, .. } => {
+        QError::Format(DError::Safetensors { message, .. }) => {
             assert!(message.contains("fall outside"), "{message}")
         }
         e => panic!("expected Error::Safetensors, got {e:?}"),
@@ -1706,7 +1707,7 @@ fn ckpt_tensor_with_unsupported_dtype() {
     // Same element size, same header length: only the dtype changes.
     ck.patch_shard_header(&shard, r#""dtype":"BF16""#, r#""dtype":"U16" "#);
     match ck.convert_fails() {
-        QError::UnsupportedDtype { dtype, .. } => assert_eq!(dtype, "U16"),
+        QError::Format(DError::UnsupportedDtype { dtype, .. }) => assert_eq!(dtype, "U16"),
         e => panic!("expected Error::UnsupportedDtype, got {e:?}"),
     }
 }

@@ -4,9 +4,9 @@
 //! the tokenizer rebuilt from the `tokenizer.ggml.*` arrays encodes exactly like the original.
 
 use std::str::FromStr;
+use unmask_dream::tokenizer::{load_tokenizer, TokenizerSource};
 use unmask_kernels::gguf::GgufFile;
 use unmask_kernels::llama::probe_model;
-use unmask_quantize::gguf_tokenizer::{load_tokenizer, TokenizerSource};
 use unmask_tests::{convert_to, describe, run_python, write_tiny_hf};
 
 const SAMPLES: [&str; 6] = [

@@ -3,12 +3,12 @@
 //! route writes the same bytes as synth -> HF -> GGUF.
 
 use std::path::Path;
+use unmask_dream::hf::HfCheckpoint;
+use unmask_dream::layout::tensor_specs;
+use unmask_dream::safetensors::decode_to_f32;
 use unmask_kernels::gguf::GgufFile;
 use unmask_kernels::quant::dequantize;
 use unmask_quantize::convert::{convert_synth, ConvertOptions};
-use unmask_quantize::dream::tensor_specs;
-use unmask_quantize::hf::HfCheckpoint;
-use unmask_quantize::safetensors::decode_to_f32;
 use unmask_quantize::synth::{Preset, SynthModel};
 use unmask_tests::{convert_to, write_tiny_hf};
 

@@ -20,8 +20,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use unmask_dream::safetensors::{decode_to_f32, encode_header, Dtype, SafetensorsFile};
 use unmask_kernels::temp_files::TempPath;
-use unmask_quantize::safetensors::{decode_to_f32, encode_header, Dtype, SafetensorsFile};
 
 /// The dtype of `model.safetensors`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,18 +6,18 @@
 //! - [`sandbox`]: local, contained execution of untrusted generated Python;
 //! - [`reward`]: `2.0 * pass_rate + 0.5 * format`, in parallel over completions (§3);
 //! - [`advantage`]: group advantages (§2);
-//! - [`masks`]: the coupled mask sampling of §4, with its own seeded generator ([`rng`]).
+//! - [`masks`]: the coupled mask sampling of §4, drawn from the runtime's seeded generator (`unmask_runtime::rng`).
 //!
 //! The model side, up to gradient parity with the PyTorch reference:
 //! - [`policy`]: the HF checkpoint as f32 ggml parameters and the runtime's model definition
-//!   (`unmask_runtime::forward::build_body`) over them, with ggml's automatic differentiation;
+//!   (`unmask_dream::graph::build_body`) over them, with ggml's automatic differentiation;
 //! - [`objective`]: host (f64) loss arithmetic and per-token weights (§5);
 //! - [`grad`]: coupled-GRPO and SFT loss + parameter gradients for fixed inputs
 //!   (`unmask-train grad`), in the reference's file format ([`tensor_file`]).
 //!
 //! Training:
 //! - [`optim`]: AdamW (PyTorch semantics) run by ggml, gradient clipping and accumulation;
-//! - [`schedule`]: cosine learning rate with warm-up and floor;
+//! - [`lr_schedule`]: cosine learning rate with warm-up and floor;
 //! - [`checkpoint`]: atomic Hugging Face checkpoints with resumable training state;
 //! - [`sft`]: masked-diffusion SFT (`unmask-train sft`), configured by [`config`], logged by
 //!   [`metrics`];
@@ -36,16 +36,15 @@ pub mod config;
 pub mod format;
 pub mod grad;
 pub mod grpo;
+pub mod lr_schedule;
 pub mod masks;
 pub mod metrics;
 pub mod objective;
 pub mod optim;
 pub mod policy;
 pub mod reward;
-pub mod rng;
 pub mod rollout;
 pub mod sandbox;
-pub mod schedule;
 pub mod seccomp;
 pub mod sft;
 pub mod tasks;
@@ -84,7 +83,7 @@ pub enum Error {
     Runtime(#[from] unmask_runtime::Error),
     /// Checkpoint and tensor files.
     #[error(transparent)]
-    Format(#[from] unmask_quantize::Error),
+    Format(#[from] unmask_dream::Error),
 }
 
 /// The crate's result type.

@@ -13,8 +13,8 @@
 //! reference and current estimates with the same seed see the same masks (§4); seed `j` is used for
 //! inner iteration `j` (not the released code's indexing).
 
-use crate::rng::Rng;
 use crate::{Error, Result};
+use unmask_runtime::rng::Rng;
 
 /// Lower and upper bound of the coupled masking ratio `t`.
 pub const T_RANGE: (f64, f64) = (0.2, 0.8);
@@ -85,8 +85,8 @@ pub struct CoupledMaskSampler {
 impl CoupledMaskSampler {
     /// A sampler for one batch and one mask seed; draws `t ~ U(0.2, 0.8)` first.
     pub fn new(seed: u64) -> Self {
-        let mut rng = Rng::seed_from_u64(seed);
-        let t = rng.uniform(T_RANGE.0, T_RANGE.1);
+        let mut rng = Rng::new(seed);
+        let t = rng.uniform_in(T_RANGE.0, T_RANGE.1);
         CoupledMaskSampler { rng, t }
     }
 
@@ -102,7 +102,7 @@ impl CoupledMaskSampler {
         let mut v_a = vec![false; len];
         let mut v_b = vec![false; len];
         for i in prompt_len..len {
-            let u = self.rng.next_f64();
+            let u = self.rng.uniform();
             v_full[i] = true;
             if u < self.t {
                 v_a[i] = true;
@@ -134,7 +134,7 @@ mod tests {
     /// Hand-rolled property test over many seeds and shapes.
     #[test]
     fn coupled_mask_properties() {
-        let mut shape_rng = Rng::seed_from_u64(0xC0FFEE);
+        let mut shape_rng = Rng::new(0xC0FFEE);
         for seed in 0..400u64 {
             let n = 1 + (shape_rng.next_u64() % 4) as usize;
             let shapes: Vec<(usize, usize)> = (0..n)

@@ -8,10 +8,10 @@
 //! number of rollouts never shifts the masks and the reverse.
 
 use crate::policy::Policy;
-use crate::rng::Rng;
 use crate::{Error, Result};
 use std::sync::Arc;
-use unmask_runtime::chat::{encode, instruct_prompt};
+use unmask_dream::chat::instruct_prompt;
+use unmask_runtime::rng::Rng;
 use unmask_runtime::{Algorithm, CacheMode, Control, GenerateParams, Generator, Model, ModelSpec};
 
 /// Prompt tokens kept (the last ones) in a training prompt (§1: prompt length 200).
@@ -96,7 +96,7 @@ pub struct Rollout {
 /// The training prompt of a task's user text: the Instruct chat prompt, tokenized, keeping its
 /// last `max_tokens` tokens.
 pub fn prompt_ids(spec: &ModelSpec, user_text: &str, max_tokens: usize) -> Result<Vec<u32>> {
-    let ids = encode(spec, &instruct_prompt(user_text))?;
+    let ids = spec.encode(&instruct_prompt(user_text))?;
     let start = ids.len().saturating_sub(max_tokens);
     Ok(ids[start..].to_vec())
 }

@@ -4,7 +4,7 @@
 //! files, tokenized with the model folder's `tokenizer.json` (no special tokens added). The
 //! format of each file, its counts and its truncated pairs are printed ([`DataReport`]). By
 //! default (`chat`) a pair is wrapped in the chat template that `unmask generate` prompts with
-//! (`unmask_runtime::chat::instruct_prompt`), its response ending with `<|im_end|>`, so that the
+//! (`unmask_dream::chat::instruct_prompt`), its response ending with `<|im_end|>`, so that the
 //! trained model sees questions in the format it is asked them.
 //! - A pair becomes `prompt ++ response (++ EOS when append_eos)`. Sequences longer than
 //!   `max_len` are truncated, not packed: the prompt keeps its last `max_len - 1` tokens at most,
@@ -32,18 +32,18 @@
 use crate::checkpoint::{self, SaveDtype, TrainerState};
 use crate::config::{Norm, SftConfig};
 use crate::grad::{sft_rows, SftRow};
+use crate::lr_schedule::CosineSchedule;
 use crate::metrics::{MetricsLog, StepMetrics};
 use crate::optim::{accumulate, clip_grad_norm, AdamW, AdamWConfig};
 use crate::policy::Policy;
-use crate::rng::{splitmix64, Rng};
-use crate::schedule::CosineSchedule;
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use unmask_dream::hf::HfCheckpoint;
+use unmask_dream::safetensors::Dtype;
 use unmask_kernels::backend::CpuBackend;
-use unmask_quantize::hf::HfCheckpoint;
-use unmask_quantize::safetensors::Dtype;
+use unmask_runtime::rng::{splitmix64, Rng};
 
 /// One training sequence.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -319,7 +319,7 @@ pub fn load_data(files: &[PathBuf], o: &DataOptions<'_>) -> Result<(Vec<Example>
             })?;
             let (prompt_text, response_text) = if chat {
                 (
-                    unmask_runtime::chat::instruct_prompt(&pair.prompt),
+                    unmask_dream::chat::instruct_prompt(&pair.prompt),
                     format!("{}<|im_end|>", pair.response),
                 )
             } else {
@@ -371,7 +371,7 @@ pub fn derived_rng(seed: u64, tag: u64, a: u64, b: u64) -> Rng {
     let mut x = splitmix64(&mut s) ^ tag.wrapping_mul(0xA076_1D64_78BD_642F);
     let mut y = splitmix64(&mut x) ^ a;
     let mut z = splitmix64(&mut y) ^ b;
-    Rng::seed_from_u64(splitmix64(&mut z))
+    Rng::new(splitmix64(&mut z))
 }
 
 /// The index of the `cursor`-th example drawn: epoch `cursor / n` in a seeded permutation
@@ -402,9 +402,9 @@ pub fn draw_masks(examples: &[&Example], t_eps: f64, rng: &mut Rng) -> Vec<(f64,
     examples
         .iter()
         .map(|ex| {
-            let t = rng.uniform(t_eps, 1.0);
+            let t = rng.uniform_in(t_eps, 1.0);
             let mask = (0..ex.tokens.len())
-                .map(|j| j >= ex.prompt_len && rng.next_f64() < t)
+                .map(|j| j >= ex.prompt_len && rng.uniform() < t)
                 .collect();
             (t, mask)
         })
@@ -655,7 +655,7 @@ mod tests {
             tokens: (0..50).collect(),
             prompt_len: 10,
         };
-        let mut rng = Rng::seed_from_u64(1);
+        let mut rng = Rng::new(1);
         for (t, m) in draw_masks(&[&ex; 20], 0.001, &mut rng) {
             assert!((0.001..1.0).contains(&t));
             assert!(m[..10].iter().all(|&x| !x));

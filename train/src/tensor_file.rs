@@ -5,7 +5,7 @@
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
-use unmask_quantize::safetensors::{decode_to_f32, write_file, Dtype, SafetensorsFile};
+use unmask_dream::safetensors::{decode_to_f32, write_file, Dtype, SafetensorsFile};
 
 /// One array: row-major values and shape (empty shape = scalar).
 #[derive(Clone, Debug, PartialEq)]

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 use unmask_quantize::convert::{convert, ConvertOptions};
 use unmask_quantize::synth::{Preset, SynthModel};
+use unmask_runtime::rng::Rng;
 use unmask_runtime::{Control, Generator, Model, ModelSpec};
 use unmask_train::policy::Policy;
-use unmask_train::rng::Rng;
 use unmask_train::rollout::{prompt_ids, rollouts, RolloutParams, PROMPT_TOKENS};
 
 fn tiny_hf(dir: &Path, seed: u64) {
@@ -66,7 +66,7 @@ fn setup() -> Setup {
 fn rollouts_equal_the_runtime_on_the_converted_f32_file() {
     let s = setup();
     let params = small_params();
-    let mut rng = Rng::seed_from_u64(11);
+    let mut rng = Rng::new(11);
     let got = rollouts(&s.policy, &s.spec, &s.prompts, 3, &params, &mut rng).unwrap();
     assert_eq!(got.len(), 6);
 
@@ -77,14 +77,14 @@ fn rollouts_equal_the_runtime_on_the_converted_f32_file() {
         model.config.rms_norm_eps as f32,
         s.spec.config.rms_norm_eps as f32
     );
-    let same_eps = unmask_quantize::config::DreamConfig {
+    let same_eps = unmask_dream::DreamConfig {
         rms_norm_eps: s.spec.config.rms_norm_eps,
         ..model.config.clone()
     };
     assert_eq!(same_eps, s.spec.config);
     assert_eq!(model.defaults, s.spec.defaults);
     let mut generator = Generator::new(model, 2).unwrap();
-    let mut seeds = Rng::seed_from_u64(11);
+    let mut seeds = Rng::new(11);
     for (i, r) in got.iter().enumerate() {
         assert_eq!(r.prompt_index, i / 3);
         assert_eq!(r.prompt_ids, s.prompts[i / 3]);
@@ -112,7 +112,7 @@ fn the_rollout_seed_decides_the_completions() {
     let s = setup();
     let params = small_params();
     let run = |seed: u64| {
-        let mut rng = Rng::seed_from_u64(seed);
+        let mut rng = Rng::new(seed);
         rollouts(&s.policy, &s.spec, &s.prompts[..1], 4, &params, &mut rng)
             .unwrap()
             .into_iter()
@@ -137,7 +137,7 @@ fn completion_mask_ends_at_the_first_im_end() {
         .special
         .im_end
         .expect("the tiny tokenizer has <|im_end|>");
-    let mut rng = Rng::seed_from_u64(21);
+    let mut rng = Rng::new(21);
     let got = rollouts(&s.policy, &s.spec, &s.prompts, 4, &small_params(), &mut rng).unwrap();
     for r in &got {
         assert_eq!(r.completion_mask.len(), r.completion_ids.len());
@@ -164,7 +164,8 @@ fn prompts_keep_their_last_tokens() {
     let short = prompt_ids(&s.spec, "hi", PROMPT_TOKENS).unwrap();
     assert_eq!(
         short,
-        unmask_runtime::chat::encode(&s.spec, &unmask_runtime::chat::instruct_prompt("hi"))
+        s.spec
+            .encode(&unmask_dream::chat::instruct_prompt("hi"))
             .unwrap()
     );
 }

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use unmask_kernels::backend::CpuBackend;
 use unmask_kernels::params::{AdamWState, AdamWStep, ParamStore};
 use unmask_quantize::synth::{Preset, SynthModel};
+use unmask_runtime::rng::Rng;
 use unmask_train::config::SftConfig;
 use unmask_train::metrics;
 use unmask_train::policy::Policy;
-use unmask_train::rng::Rng;
 use unmask_train::sft::{eval_loss, load_examples, train};
 
 /// `torch.optim.AdamW.step` for one tensor, in f64 (PyTorch's single-tensor code path):
@@ -47,8 +47,8 @@ fn adamw_on_ggml_matches_torch_semantics() {
         ("c".into(), vec![4, 2, 3]),
     ];
     let mut store = ParamStore::new(&shapes).unwrap();
-    let mut rng = Rng::seed_from_u64(11);
-    let mut normal = |scale: f64| (rng.next_f64() - 0.5) * 2.0 * scale;
+    let mut rng = Rng::new(11);
+    let mut normal = |scale: f64| (rng.uniform() - 0.5) * 2.0 * scale;
     let mut reference: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = Vec::new();
     for (name, shape) in &shapes {
         let n: i64 = shape.iter().product();

@@ -1,6 +1,6 @@
 //! The Instruct prompt format (docs/model.md §5) and the post-processing of an answer.
 
-use crate::model::{ModelSpec, SpecialTokens};
+use crate::tokens::SpecialTokens;
 use crate::{Error, Result};
 use tokenizers::Tokenizer;
 
@@ -12,15 +12,9 @@ pub fn instruct_prompt(query: &str) -> String {
     )
 }
 
-/// Whether the model's tokenizer knows the chat markers (so `--chat` defaults on).
-pub fn supports_chat(model: &ModelSpec) -> bool {
-    model.special.im_start.is_some() && model.special.im_end.is_some()
-}
-
 /// Token ids of `text` (no BOS: Dream prepends none); special tokens in the text are recognised.
-pub fn encode(model: &ModelSpec, text: &str) -> Result<Vec<u32>> {
-    let encoding = model
-        .tokenizer()?
+pub fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    let encoding = tokenizer
         .encode(text, false)
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
     Ok(encoding.get_ids().to_vec())

@@ -1,5 +1,6 @@
-//! The Dream architecture's GGUF layout, shared with llama.cpp's `dream` loader: tensor names on
-//! both sides of the conversion, the expected shapes, and the metadata keys.
+//! The Dream architecture's GGUF layout, shared with llama.cpp's `dream` loader: the metadata
+//! keys, and the one table of tensors (names on both sides of the conversion, shapes, roles),
+//! with each layer's tensors as a typed [`Layer`] so that no other file spells a tensor name.
 
 use crate::config::DreamConfig;
 use crate::{Error, Result};
@@ -74,128 +75,193 @@ impl TensorSpec {
     }
 }
 
-/// Every tensor of a Dream model in the order we write them (llama.cpp's converter order).
-pub fn tensor_specs(c: &DreamConfig) -> Vec<TensorSpec> {
-    let (h, ff, v, kv) = (c.hidden_size, c.intermediate_size, c.vocab_size, c.kv_dim());
-    let spec = |hf: String, gguf: String, shape: Vec<u64>, role, layer| TensorSpec {
-        hf_name: hf,
-        gguf_name: gguf,
+/// The GGUF name of the token embedding (also the output projection when tied).
+pub const TOKEN_EMBD: &str = "token_embd.weight";
+/// The GGUF name of the final RMSNorm's weight.
+pub const OUTPUT_NORM: &str = "output_norm.weight";
+/// The GGUF name of the output projection (absent when tied to the embedding).
+pub const OUTPUT: &str = "output.weight";
+
+/// The tensors of one transformer layer, one field per tensor: `Layer<TensorSpec>` is the
+/// table of names and shapes ([`layer_specs`]), `Layer<String>` the GGUF names, and a graph
+/// builder's `Layer<TensorId>` the tensors attached to a graph. Field order is the order the
+/// tensors are written in (llama.cpp's converter order).
+#[derive(Clone, Debug)]
+pub struct Layer<T> {
+    /// RMSNorm weight before attention, `[hidden]`.
+    pub attn_norm: T,
+    /// Query projection `[hidden, hidden]` (HF `[out, in]`) and its bias `[hidden]`.
+    pub attn_q: T,
+    pub attn_q_bias: T,
+    /// Key projection `[kv_dim, hidden]` and its bias `[kv_dim]`.
+    pub attn_k: T,
+    pub attn_k_bias: T,
+    /// Value projection `[kv_dim, hidden]` and its bias `[kv_dim]`.
+    pub attn_v: T,
+    pub attn_v_bias: T,
+    /// Attention output projection `[hidden, hidden]`.
+    pub attn_output: T,
+    /// RMSNorm weight before the MLP, `[hidden]`.
+    pub ffn_norm: T,
+    /// SwiGLU gate and up projections `[ffn, hidden]`, down projection `[hidden, ffn]`.
+    pub ffn_gate: T,
+    pub ffn_up: T,
+    pub ffn_down: T,
+}
+
+impl<T> Layer<T> {
+    /// The layer's tensors in file order.
+    pub fn into_vec(self) -> Vec<T> {
+        vec![
+            self.attn_norm,
+            self.attn_q,
+            self.attn_q_bias,
+            self.attn_k,
+            self.attn_k_bias,
+            self.attn_v,
+            self.attn_v_bias,
+            self.attn_output,
+            self.ffn_norm,
+            self.ffn_gate,
+            self.ffn_up,
+            self.ffn_down,
+        ]
+    }
+
+    /// Applies `f` to every tensor, stopping at the first error.
+    pub fn try_map<U, E>(self, mut f: impl FnMut(T) -> Result<U, E>) -> Result<Layer<U>, E> {
+        Ok(Layer {
+            attn_norm: f(self.attn_norm)?,
+            attn_q: f(self.attn_q)?,
+            attn_q_bias: f(self.attn_q_bias)?,
+            attn_k: f(self.attn_k)?,
+            attn_k_bias: f(self.attn_k_bias)?,
+            attn_v: f(self.attn_v)?,
+            attn_v_bias: f(self.attn_v_bias)?,
+            attn_output: f(self.attn_output)?,
+            ffn_norm: f(self.ffn_norm)?,
+            ffn_gate: f(self.ffn_gate)?,
+            ffn_up: f(self.ffn_up)?,
+            ffn_down: f(self.ffn_down)?,
+        })
+    }
+}
+
+impl<T> Layer<T> {
+    /// Applies `f` to every tensor.
+    pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> Layer<U> {
+        match self.try_map(|t| Ok::<_, std::convert::Infallible>(f(t))) {
+            Ok(layer) => layer,
+            Err(never) => match never {},
+        }
+    }
+}
+
+impl Layer<String> {
+    /// The GGUF names of layer `i`'s tensors.
+    pub fn names(c: &DreamConfig, i: u64) -> Self {
+        layer_specs(c, i).map(|s| s.gguf_name)
+    }
+}
+
+/// The one table of a layer's tensors: Hugging Face name, GGUF name, shape and role.
+pub fn layer_specs(c: &DreamConfig, i: u64) -> Layer<TensorSpec> {
+    let (h, ff, kv) = (c.hidden_size, c.intermediate_size, c.kv_dim());
+    let spec = |hf: &str, gguf: &str, shape: Vec<u64>, role| TensorSpec {
+        hf_name: format!("model.layers.{i}.{hf}"),
+        gguf_name: format!("blk.{i}.{gguf}"),
         hf_shape: shape,
         role,
-        layer,
+        layer: Some(i),
     };
-    let mut out = vec![spec(
-        "model.embed_tokens.weight".into(),
-        "token_embd.weight".into(),
+    Layer {
+        attn_norm: spec(
+            "input_layernorm.weight",
+            "attn_norm.weight",
+            vec![h],
+            Role::Norm,
+        ),
+        attn_q: spec(
+            "self_attn.q_proj.weight",
+            "attn_q.weight",
+            vec![h, h],
+            Role::AttnQ,
+        ),
+        attn_q_bias: spec("self_attn.q_proj.bias", "attn_q.bias", vec![h], Role::Bias),
+        attn_k: spec(
+            "self_attn.k_proj.weight",
+            "attn_k.weight",
+            vec![kv, h],
+            Role::AttnK,
+        ),
+        attn_k_bias: spec("self_attn.k_proj.bias", "attn_k.bias", vec![kv], Role::Bias),
+        attn_v: spec(
+            "self_attn.v_proj.weight",
+            "attn_v.weight",
+            vec![kv, h],
+            Role::AttnV,
+        ),
+        attn_v_bias: spec("self_attn.v_proj.bias", "attn_v.bias", vec![kv], Role::Bias),
+        attn_output: spec(
+            "self_attn.o_proj.weight",
+            "attn_output.weight",
+            vec![h, h],
+            Role::AttnOutput,
+        ),
+        ffn_norm: spec(
+            "post_attention_layernorm.weight",
+            "ffn_norm.weight",
+            vec![h],
+            Role::Norm,
+        ),
+        ffn_gate: spec(
+            "mlp.gate_proj.weight",
+            "ffn_gate.weight",
+            vec![ff, h],
+            Role::FfnGate,
+        ),
+        ffn_up: spec(
+            "mlp.up_proj.weight",
+            "ffn_up.weight",
+            vec![ff, h],
+            Role::FfnUp,
+        ),
+        ffn_down: spec(
+            "mlp.down_proj.weight",
+            "ffn_down.weight",
+            vec![h, ff],
+            Role::FfnDown,
+        ),
+    }
+}
+
+/// Every tensor of a Dream model in the order we write them (llama.cpp's converter order).
+pub fn tensor_specs(c: &DreamConfig) -> Vec<TensorSpec> {
+    let (h, v) = (c.hidden_size, c.vocab_size);
+    let global = |hf: &str, gguf: &str, shape: Vec<u64>, role| TensorSpec {
+        hf_name: hf.into(),
+        gguf_name: gguf.into(),
+        hf_shape: shape,
+        role,
+        layer: None,
+    };
+    let mut out = vec![global(
+        "model.embed_tokens.weight",
+        TOKEN_EMBD,
         vec![v, h],
         Role::TokenEmbd,
-        None,
     )];
     for i in 0..c.num_hidden_layers {
-        let (p, b) = (format!("model.layers.{i}."), format!("blk.{i}."));
-        let l = Some(i);
-        out.extend([
-            spec(
-                format!("{p}input_layernorm.weight"),
-                format!("{b}attn_norm.weight"),
-                vec![h],
-                Role::Norm,
-                l,
-            ),
-            spec(
-                format!("{p}self_attn.q_proj.weight"),
-                format!("{b}attn_q.weight"),
-                vec![h, h],
-                Role::AttnQ,
-                l,
-            ),
-            spec(
-                format!("{p}self_attn.q_proj.bias"),
-                format!("{b}attn_q.bias"),
-                vec![h],
-                Role::Bias,
-                l,
-            ),
-            spec(
-                format!("{p}self_attn.k_proj.weight"),
-                format!("{b}attn_k.weight"),
-                vec![kv, h],
-                Role::AttnK,
-                l,
-            ),
-            spec(
-                format!("{p}self_attn.k_proj.bias"),
-                format!("{b}attn_k.bias"),
-                vec![kv],
-                Role::Bias,
-                l,
-            ),
-            spec(
-                format!("{p}self_attn.v_proj.weight"),
-                format!("{b}attn_v.weight"),
-                vec![kv, h],
-                Role::AttnV,
-                l,
-            ),
-            spec(
-                format!("{p}self_attn.v_proj.bias"),
-                format!("{b}attn_v.bias"),
-                vec![kv],
-                Role::Bias,
-                l,
-            ),
-            spec(
-                format!("{p}self_attn.o_proj.weight"),
-                format!("{b}attn_output.weight"),
-                vec![h, h],
-                Role::AttnOutput,
-                l,
-            ),
-            spec(
-                format!("{p}post_attention_layernorm.weight"),
-                format!("{b}ffn_norm.weight"),
-                vec![h],
-                Role::Norm,
-                l,
-            ),
-            spec(
-                format!("{p}mlp.gate_proj.weight"),
-                format!("{b}ffn_gate.weight"),
-                vec![ff, h],
-                Role::FfnGate,
-                l,
-            ),
-            spec(
-                format!("{p}mlp.up_proj.weight"),
-                format!("{b}ffn_up.weight"),
-                vec![ff, h],
-                Role::FfnUp,
-                l,
-            ),
-            spec(
-                format!("{p}mlp.down_proj.weight"),
-                format!("{b}ffn_down.weight"),
-                vec![h, ff],
-                Role::FfnDown,
-                l,
-            ),
-        ]);
+        out.extend(layer_specs(c, i).into_vec());
     }
-    out.push(spec(
-        "model.norm.weight".into(),
-        "output_norm.weight".into(),
+    out.push(global(
+        "model.norm.weight",
+        OUTPUT_NORM,
         vec![h],
         Role::Norm,
-        None,
     ));
     if !c.tie_word_embeddings {
-        out.push(spec(
-            "lm_head.weight".into(),
-            "output.weight".into(),
-            vec![v, h],
-            Role::Output,
-            None,
-        ));
+        out.push(global("lm_head.weight", OUTPUT, vec![v, h], Role::Output));
     }
     out
 }
@@ -262,7 +328,7 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<DreamConfig> {
             .and_then(GgufValue::as_f64)
             .unwrap_or(10000.0),
         rms_norm_eps: float(keys::RMS_EPS)?,
-        tie_word_embeddings: file.tensor("output.weight").is_none(),
+        tie_word_embeddings: file.tensor(OUTPUT).is_none(),
         bos_token_id: token(keys::BOS_ID),
         eos_token_id: token(keys::EOS_ID),
         pad_token_id: token(keys::PAD_ID),

@@ -6,7 +6,7 @@
 //! `tokenizers::Tokenizer` from it costs about 80 MiB for a 151k-token vocabulary, so a runtime
 //! can build it when it needs to encode or decode and drop it while the model computes.
 
-use crate::dream::keys;
+use crate::layout::keys;
 use crate::{tokenizer_meta, Error, Result};
 use std::str::FromStr;
 use tokenizers::Tokenizer;

@@ -254,7 +254,7 @@ pub fn tokenizer_from_vocab(
 
 /// The `tokenizer.json` document around a byte-level BPE vocabulary, with the normalizer,
 /// pre-tokenizer, post-processor and decoder of the Qwen2.5 original.
-pub(crate) fn qwen2_tokenizer_doc(
+pub fn qwen2_tokenizer_doc(
     vocab: Map<String, Value>,
     merges: &[(String, String)],
     added: &[(u32, &str, bool)],
@@ -381,7 +381,7 @@ fn looks_special(token: &str) -> bool {
 
 /// GPT-2's reversible byte-to-unicode table: printable Latin-1 bytes map to themselves, the rest
 /// to U+0100 upward in byte order, so every byte has a visible, non-space symbol.
-pub(crate) fn bytes_to_unicode() -> [char; 256] {
+pub fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut next = 0u32;
     for b in 0u8..=255 {

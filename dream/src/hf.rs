@@ -239,7 +239,7 @@ fn load_chat_template(dir: &Path) -> Result<Option<String>> {
     })
 }
 
-pub(crate) fn generation_metadata(json: &Value) -> Vec<(String, GgufValue)> {
+pub fn generation_metadata(json: &Value) -> Vec<(String, GgufValue)> {
     let mut out = Vec::new();
     for key in GENERATION_KEYS {
         let value = match json.get(key) {
@@ -252,7 +252,7 @@ pub(crate) fn generation_metadata(json: &Value) -> Vec<(String, GgufValue)> {
         };
         if let Some(value) = value {
             out.push((
-                format!("{}{key}", crate::dream::keys::GENERATION_PREFIX),
+                format!("{}{key}", crate::layout::keys::GENERATION_PREFIX),
                 value,
             ));
         }

@@ -3,9 +3,9 @@
 //! biases always stay f32, and a 256-block type on rows that are not a multiple of 256 falls
 //! back to the 32-block type llama.cpp uses.
 
-use crate::dream::Role;
 use crate::{Error, Result};
 use std::str::FromStr;
+use unmask_dream::layout::Role;
 use unmask_kernels::GgmlType;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

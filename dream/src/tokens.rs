@@ -1,0 +1,48 @@
+//! The special tokens Dream's generation relies on (docs/model.md §5): the mask token a canvas
+//! starts from, and the markers at which an answer ends.
+
+use crate::config::DreamConfig;
+use crate::{Error, Result};
+use tokenizers::Tokenizer;
+
+/// Token ids with a role in generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecialTokens {
+    pub mask: u32,
+    pub eos: Option<u32>,
+    pub im_start: Option<u32>,
+    pub im_end: Option<u32>,
+    pub dlm_pad: Option<u32>,
+}
+
+impl SpecialTokens {
+    /// Tokens at which an answer ends (docs/model.md §5).
+    pub fn stops(&self) -> Vec<u32> {
+        [self.dlm_pad, self.im_end, self.eos]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The special tokens of a model with this configuration and tokenizer: ids from the
+    /// configuration when it has them, else looked up by their usual names.
+    pub fn find(config: &DreamConfig, tokenizer: &Tokenizer) -> Result<Self> {
+        let id = |t: &str| tokenizer.token_to_id(t);
+        let mask = config
+            .mask_token_id
+            .or_else(|| id("<|mask|>"))
+            .ok_or(Error::NoMaskToken)?;
+        Ok(SpecialTokens {
+            mask,
+            eos: config.eos_token_id.or_else(|| id("<|endoftext|>")),
+            im_start: id("<|im_start|>"),
+            im_end: id("<|im_end|>"),
+            dlm_pad: id("<|dlm_pad|>"),
+        })
+    }
+
+    /// Whether the tokenizer knows the chat markers (so the Instruct format can be used).
+    pub fn supports_chat(&self) -> bool {
+        self.im_start.is_some() && self.im_end.is_some()
+    }
+}
