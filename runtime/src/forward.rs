@@ -8,14 +8,14 @@
 //! [`build_body`] is the project's one definition of the layer stack: the trainer
 //! (`unmask-train`) builds it over trainable f32 parameters with [`AttentionKind::Explicit`]
 //! (differentiable ops), inference over the mapped GGUF weights with fused flash attention and,
-//! for q8_0 weights on the CPU, our int8 GEMM (`unmask_kernels::qgemm`) instead of ggml's. The
+//! for q8_0 weights on the CPU, our int8 GEMM (`unmask_kernels::simd::qgemm`) instead of ggml's. The
 //! fast-decoding modes build it with a [`KvUse`]: a refresh pass keeps every layer's keys and
 //! values, a cached pass (`crate::kv_cache`) runs only some rows against them.
 
 use crate::head::Pass;
 use crate::model::Model;
 use crate::Result;
-use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::backend::Backend;
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
 use unmask_kernels::GgmlType;
 use unmask_quantize::config::DreamConfig;
@@ -275,7 +275,7 @@ impl Forward {
         model: &Model<W>,
         len: usize,
         keep_kv: bool,
-        backend: &CpuBackend,
+        backend: &Backend,
     ) -> Result<Self> {
         let plan = if keep_kv {
             BodyPlan::Refresh
@@ -325,7 +325,7 @@ impl Forward {
 
     /// Runs the layers over the canvas; afterwards [`pass`](Self::pass) projects and scores any
     /// of its hidden rows.
-    pub fn run_body(&mut self, canvas: &[u32], backend: &mut CpuBackend) -> Result<()> {
+    pub fn run_body(&mut self, canvas: &[u32], backend: &mut Backend) -> Result<()> {
         let ids: Vec<i32> = canvas.iter().map(|&t| t as i32).collect();
         let g = &mut self.pass.graph;
         g.set_i32(self.tokens, &ids)?;
@@ -336,7 +336,7 @@ impl Forward {
     }
 
     /// Logits of every position (unshifted), row-major; for parity tests and debugging.
-    pub fn all_logits(&mut self, canvas: &[u32], backend: &mut CpuBackend) -> Result<Vec<f32>> {
+    pub fn all_logits(&mut self, canvas: &[u32], backend: &mut Backend) -> Result<Vec<f32>> {
         self.run_body(canvas, backend)?;
         let rows: Vec<usize> = (0..canvas.len()).collect();
         let mut out = Vec::new();
@@ -371,7 +371,7 @@ pub(crate) fn build_checked<W: TensorSource>(
     model: &Model<W>,
     len: usize,
     plan: BodyPlan,
-    backend: &CpuBackend,
+    backend: &Backend,
 ) -> Result<(Graph, Body, Option<TensorId>)> {
     let c = &model.config;
     let w: &dyn TensorSource = &model.weights;

@@ -12,9 +12,9 @@ use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::backend::Backend;
+use unmask_kernels::graph::params::ParamStore;
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
-use unmask_kernels::params::ParamStore;
 use unmask_kernels::GgmlType;
 use unmask_quantize::config::DreamConfig;
 use unmask_quantize::dream::{tensor_specs, TensorSpec};
@@ -135,7 +135,7 @@ fn build(policy: &Policy, g: &mut Graph, len: usize) -> Result<(Body, TensorId, 
 }
 
 impl SequenceGraphs {
-    pub fn new(policy: &Policy, len: usize, backend: &CpuBackend) -> Result<Self> {
+    pub fn new(policy: &Policy, len: usize, backend: &Backend) -> Result<Self> {
         if len == 0 {
             return Err(Error::InvalidArgument("empty sequence".into()));
         }
@@ -190,7 +190,7 @@ impl SequenceGraphs {
     }
 
     /// Unshifted logits of every position, row-major `[len, n_vocab]`.
-    pub fn logits(&mut self, tokens: &[u32], backend: &mut CpuBackend) -> Result<&[f32]> {
+    pub fn logits(&mut self, tokens: &[u32], backend: &mut Backend) -> Result<&[f32]> {
         let ids = self.check_tokens(tokens)?;
         // Inputs are set before every computation: the allocator reuses their memory.
         self.fwd.set_i32(self.fwd_body.tokens, &ids)?;
@@ -205,7 +205,7 @@ impl SequenceGraphs {
         &mut self,
         tokens: &[u32],
         dlogits: &[f32],
-        backend: &mut CpuBackend,
+        backend: &mut Backend,
         acc: &mut Gradients,
     ) -> Result<()> {
         let ids = self.check_tokens(tokens)?;
