@@ -5,7 +5,7 @@
 //! only to the rows it scores (its head), the trainer to the rows of its loss.
 //!
 //! Inference builds the body over memory-mapped GGUF weights with fused flash attention and, for
-//! q8_0 weights on the CPU, our int8 GEMM (`unmask_kernels::qgemm`) instead of ggml's; training
+//! q8_0 weights on the CPU, our int8 GEMM (`unmask_kernels::simd::qgemm`) instead of ggml's; training
 //! over trainable f32 parameters with [`AttentionKind::Explicit`] (ops ggml can differentiate).
 //! The fast-decoding modes build it with a [`KvUse`]: a refresh pass keeps every layer's keys and
 //! values, a cached pass runs only some rows against them (docs/fast-decoding.md §3).

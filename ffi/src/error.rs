@@ -65,7 +65,23 @@ fn kernels_status(e: &unmask_kernels::Error) -> Status {
     use unmask_kernels::Error as K;
     match e {
         K::Io { .. } => status::ERR_IO,
-        K::Ggml(_) | K::Llama(_) => status::ERR_BACKEND,
+        // Every failure inside ggml's graphs, buffers and backends (the former catch-all
+        // `Ggml` error) is a backend error.
+        K::Shape { .. }
+        | K::LengthMismatch { .. }
+        | K::UnknownTensor { .. }
+        | K::UnknownHandle { .. }
+        | K::NotAllocated { .. }
+        | K::AlreadyAllocated { .. }
+        | K::GraphFull { .. }
+        | K::UnsupportedOp { .. }
+        | K::Gradients(_)
+        | K::InvalidArgument { .. }
+        | K::Alloc { .. }
+        | K::Init(_)
+        | K::Bind { .. }
+        | K::Compute { .. }
+        | K::Llama(_) => status::ERR_BACKEND,
         K::Device(_) => status::ERR_DEVICE,
         _ => status::ERR_MODEL,
     }

@@ -1,6 +1,6 @@
 //! q8_0, q5_0 and q4_0 weight x f32 activation products on the Qwen2.5-0.5B layer shapes
 //! (M = 286 canvas columns by default, `UNMASK_BENCH_M`): ggml's `mul_mat` (llamafile tinyBLAS)
-//! against `unmask_kernels::qgemm`, as a ggml graph op (`Graph::mul_mat_q8`, on ggml's thread
+//! against `unmask_kernels::simd::qgemm`, as a ggml graph op (`Graph::mul_mat_q8`, on ggml's thread
 //! pool) and called directly (on a rayon pool), all on the same number of threads (2 by default,
 //! `UNMASK_BENCH_THREADS`), timed interleaved in one process (every weight type and shape in
 //! each round); each time includes quantizing the activations. The weight types are
@@ -8,9 +8,9 @@
 //! `cargo bench -p unmask-kernels --bench qgemm`.
 
 use std::time::Instant;
-use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::backend::Backend;
 use unmask_kernels::graph::{Graph, TensorId};
-use unmask_kernels::qgemm::{self, WeightType};
+use unmask_kernels::simd::qgemm::{self, WeightType};
 use unmask_kernels::{quant, GgmlType};
 
 const SHAPES: [(&str, usize, usize); 7] = [
@@ -65,7 +65,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(286);
-    let mut backend = CpuBackend::new(threads).expect("backend");
+    let mut backend = Backend::new(threads).expect("backend");
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -150,7 +150,7 @@ fn main() {
         );
     }
     // One thread, the calling one: thread CPU time is immune to other processes' load.
-    let mut one = CpuBackend::new(1).expect("backend");
+    let mut one = Backend::new(1).expect("backend");
     let mut cpu = vec![[Vec::new(), Vec::new()]; cases.len()];
     for _ in 0..reps {
         for (c, t) in cases.iter_mut().zip(&mut cpu) {

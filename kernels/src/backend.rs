@@ -17,9 +17,6 @@ pub struct Backend {
     name: String,
 }
 
-/// The CPU backend is the backend most code knows: kept as a name for it.
-pub type CpuBackend = Backend;
-
 // SAFETY: a ggml backend and its thread pool may move between threads; they are used by one
 // thread at a time (every computation takes `&mut Backend`).
 unsafe impl Send for Backend {}
@@ -29,7 +26,7 @@ impl Backend {
     pub fn new(n_threads: usize) -> Result<Self> {
         // SAFETY: plain constructor; a NULL result is handled.
         let raw = NonNull::new(unsafe { sys::ggml_backend_cpu_init() })
-            .ok_or_else(|| Error::Ggml("cannot create the CPU backend".into()))?;
+            .ok_or_else(|| Error::Init("the CPU backend".into()))?;
         let mut backend = Backend {
             raw,
             pool: None,
@@ -105,7 +102,7 @@ impl Backend {
             // microseconds, twice per denoising step).
             params.poll = 0;
             let pool = NonNull::new(sys::ggml_threadpool_new(&mut params))
-                .ok_or_else(|| Error::Ggml(format!("cannot start {n} ggml threads")))?;
+                .ok_or_else(|| Error::Init(format!("a pool of {n} ggml threads")))?;
             sys::ggml_backend_cpu_set_n_threads(self.raw.as_ptr(), n);
             sys::ggml_backend_cpu_set_threadpool(self.raw.as_ptr(), pool.as_ptr());
             if let Some(old) = self.pool.replace(pool) {

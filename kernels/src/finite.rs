@@ -9,6 +9,7 @@
 //! dequantizes everything in chunks. [`check_logits`] is the run-time backstop for what the
 //! cheap check leaves out.
 
+use crate::graph::scoring::RowSummary;
 use crate::{Error, GgmlType, Result};
 
 /// How much of a tensor [`check_tensor`] reads.
@@ -132,9 +133,9 @@ pub fn check_logits(row: &[f32]) -> Result<()> {
     Ok(())
 }
 
-/// [`check_logits`] for a row summarised on a device ([`crate::score::RowSummary`]): its largest
-/// logit, softmax denominator and candidates must be finite.
-pub fn check_summary(summary: &crate::score::RowSummary<'_>) -> Result<()> {
+/// [`check_logits`] for a row summarised on a device ([`RowSummary`]): its largest logit, softmax
+/// denominator and candidates must be finite.
+pub fn check_summary(summary: &RowSummary<'_>) -> Result<()> {
     let b = summary.best_logit;
     if !b.is_finite() {
         return Err(non_finite(
@@ -184,7 +185,7 @@ mod tests {
     #[test]
     fn summaries() {
         let cands = [(1.0f32, 4u32), (0.5, 2)];
-        let mut s = crate::score::RowSummary {
+        let mut s = RowSummary {
             best_token: 4,
             best_logit: 1.0,
             sum: 1.5,

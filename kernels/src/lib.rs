@@ -1,29 +1,36 @@
 //! unmask-kernels: the one crate that talks to GGML.
 //!
 //! Everything unsafe in unmask lives here (and in `ffi/`): the bindings of `llama-cpp-sys-2`
-//! (which vendors ggml and llama.cpp) are wrapped in a small safe API: tensor types and their
-//! block layout ([`GgmlType`]), quantization with ggml's own routines ([`quant`]), a compute
-//! context/graph/backend wrapper ([`graph`]), and a probe of libllama ([`llama`]). The GGUF
-//! container format ([`gguf`]) is implemented here in plain Rust because it is ggml's file format
-//! and shares its type table.
+//! (which vendors ggml and llama.cpp) are wrapped in a small safe API. The GGUF container format
+//! ([`gguf`]) is implemented here in plain Rust because it is ggml's file format and shares its
+//! type table. Where to find what:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`graph`] | the compute graph ([`graph::Graph`], [`graph::TensorId`], [`graph::TensorSource`]): its operations, automatic differentiation, trainable parameters ([`graph::params`]) and AdamW ([`graph::adamw`]), data transfer, device-side scoring ([`graph::scoring`]) and the int8 GEMM as ggml custom ops |
+//! | [`backend`], [`device`] | where graphs run: the CPU backend with its thread pool, or a device (CUDA) from a loaded backend library |
+//! | [`weights`] | a GGUF file's tensors as ggml tensors: memory-mapped (CPU) or uploaded (device) |
+//! | [`simd`] | hand-written SIMD on host memory, without ggml: the int8 GEMM ([`simd::qgemm`]) and vectorised exp/ln ([`simd::vmath`]) |
+//! | [`gguf`], [`mapping`], [`temp_files`] | GGUF reading and writing, mapped byte ranges, temporary output files |
+//! | [`GgmlType`], [`quant`], [`finite`] | tensor types and their block layout, quantization with ggml's routines, finiteness checks |
+//! | [`llama`], [`heap`] | a probe of libllama, returning freed heap memory to the system |
+//!
+//! Errors are one [`Error`] type with a variant per kind of failure a caller can act on.
 
 pub mod backend;
+mod context;
 pub mod device;
 mod error;
 pub mod finite;
 mod ggml_type;
 pub mod gguf;
 pub mod graph;
-mod graph_qgemm;
 pub mod heap;
 pub mod llama;
 pub mod mapping;
-pub mod params;
-pub mod qgemm;
 pub mod quant;
-pub mod score;
+pub mod simd;
 pub mod temp_files;
-pub mod vmath;
 pub mod weights;
 
 pub use error::{Error, Result};

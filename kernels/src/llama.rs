@@ -179,7 +179,7 @@ impl LlamaForward {
     }
 
     /// Runs the forward pass over `tokens` (positions 0..n) and returns the logits of every
-    /// position, row-major [n][n_vocab], borrowed from llama.cpp's output buffer.
+    /// position, row-major `[n][n_vocab]`, borrowed from llama.cpp's output buffer.
     pub fn logits(&mut self, tokens: &[i32]) -> Result<&[f32]> {
         if tokens.is_empty() || tokens.len() > self.capacity {
             return Err(Error::Llama(format!(

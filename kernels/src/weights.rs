@@ -2,10 +2,13 @@
 //! tensor whose data points into the file's read-only memory map, as llama.cpp does with mmap.
 //! Loading costs no copy and no allocation; pages are read from disk when first touched, and
 //! the resident set stays close to the file size. For a device backend (a GPU) the tensors are
-//! copied once into one device buffer ([`Weights::upload`]).
+//! copied once into one device buffer ([`Weights::upload`]). Graphs read them through
+//! [`TensorSource`] / [`Graph::weight`], which keep the weights alive.
 
+use crate::context::Context;
 use crate::device::Device;
 use crate::gguf::{GgufFile, TensorInfo};
+use crate::graph::{Graph, TensorId, TensorSource};
 use crate::{Error, Result};
 use llama_cpp_sys_2 as sys;
 use std::collections::HashMap;
@@ -14,10 +17,12 @@ use std::sync::Arc;
 
 /// All tensors of a GGUF file, bound to its memory map.
 pub struct Weights {
-    file: Arc<GgufFile>,
-    ctx: NonNull<sys::ggml_context>,
     buffer: NonNull<sys::ggml_backend_buffer>,
     by_name: HashMap<String, NonNull<sys::ggml_tensor>>,
+    /// The tensors' descriptions; dropped (freed) after `Drop` has freed `buffer`.
+    ctx: Context,
+    /// The file and its memory map, which the CPU tensors point into: dropped last.
+    file: Arc<GgufFile>,
 }
 
 // SAFETY: after construction the tensors are never mutated; ggml only reads weight data, so
@@ -31,7 +36,8 @@ impl Weights {
         let n = file.tensors().len();
         // SAFETY: size query.
         let mem_size = unsafe { sys::ggml_tensor_overhead() } * (n + 1);
-        let ctx = crate::graph::descriptions_context(mem_size)?;
+        // Every early return drops `ctx`, which frees it.
+        let ctx = Context::descriptions(mem_size)?;
         let bytes = file.mapped_bytes();
         // SAFETY: the mapping is page aligned (>= ggml's 32-byte tensor alignment) and lives as
         // long as `file`, which we keep. ggml never writes to weight tensors, so handing it the
@@ -43,17 +49,14 @@ impl Weights {
             )
         });
         let Some(buffer) = buffer else {
-            // SAFETY: freeing the context we just created.
-            unsafe { sys::ggml_free(ctx.as_ptr()) };
-            return Err(Error::Ggml(
-                "cannot wrap the mapped file in a CPU buffer".into(),
-            ));
+            return Err(Error::Init("a CPU buffer over the mapped file".into()));
         };
+        // From here on an error drops `weights`, whose `Drop` frees buffer and context.
         let mut weights = Weights {
             file: file.clone(),
-            ctx,
             buffer,
             by_name: HashMap::with_capacity(n),
+            ctx,
         };
         for info in file.tensors() {
             let tensor = weights.bind(info)?;
@@ -67,21 +70,14 @@ impl Weights {
         let n = file.tensors().len();
         // SAFETY: size query.
         let mem_size = unsafe { sys::ggml_tensor_overhead() } * (n + 1);
-        let ctx = crate::graph::descriptions_context(mem_size)?;
+        // Every early return drops `ctx`, which frees it.
+        let ctx = Context::descriptions(mem_size)?;
         let mut by_name = HashMap::with_capacity(n);
         let mut described = Vec::with_capacity(n);
         for info in file.tensors() {
-            match describe_tensor(ctx, info) {
-                Ok(t) => {
-                    by_name.insert(info.name.clone(), t);
-                    described.push((info, t));
-                }
-                Err(e) => {
-                    // SAFETY: freeing the context we created; nothing else refers to it.
-                    unsafe { sys::ggml_free(ctx.as_ptr()) };
-                    return Err(e);
-                }
-            }
+            let t = describe_tensor(&ctx, info)?;
+            by_name.insert(info.name.clone(), t);
+            described.push((info, t));
         }
         // SAFETY: every tensor of the live context gets memory in one new buffer of the
         // device's buffer type; NULL (out of device memory) is handled.
@@ -89,8 +85,6 @@ impl Weights {
             sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.as_ptr(), device.buffer_type())
         });
         let Some(buffer) = buffer else {
-            // SAFETY: as above.
-            unsafe { sys::ggml_free(ctx.as_ptr()) };
             let bytes: u64 = file.tensors().iter().map(|t| t.size).sum();
             return Err(Error::Device(format!(
                 "cannot allocate {:.1} MiB for the weights on {}",
@@ -98,11 +92,12 @@ impl Weights {
                 device.name()
             )));
         };
+        // From here on an error drops `weights`, whose `Drop` frees buffer and context.
         let weights = Weights {
             file: file.clone(),
-            ctx,
             buffer,
             by_name,
+            ctx,
         };
         let base = file.mapped_bytes();
         for (info, t) in described {
@@ -111,8 +106,14 @@ impl Weights {
             // SAFETY: the tensor was allocated above with ggml_nbytes == info.size bytes (the
             // reader validated shape, type and extent), and `bytes` is exactly that long.
             unsafe {
-                if sys::ggml_nbytes(t.as_ptr()) != bytes.len() {
-                    return Err(Error::Ggml(format!("size mismatch for {}", info.name)));
+                let nbytes = sys::ggml_nbytes(t.as_ptr());
+                if nbytes != bytes.len() {
+                    return Err(Error::LengthMismatch {
+                        what: format!("tensor {}", info.name),
+                        unit: "bytes",
+                        expected: nbytes,
+                        got: bytes.len(),
+                    });
                 }
                 sys::ggml_backend_tensor_set(t.as_ptr(), bytes.as_ptr().cast(), 0, bytes.len());
             }
@@ -123,7 +124,7 @@ impl Weights {
     }
 
     fn bind(&self, info: &TensorInfo) -> Result<NonNull<sys::ggml_tensor>> {
-        let t = describe_tensor(self.ctx, info)?;
+        let t = describe_tensor(&self.ctx, info)?;
         let offset = (self.file.data_offset() + info.offset) as usize;
         // SAFETY: the reader checked offset + size against the file length, so the tensor's
         // bytes lie inside the buffer; ggml_nbytes equals info.size for the validated shape.
@@ -136,10 +137,10 @@ impl Weights {
             )
         };
         if status != sys::GGML_STATUS_SUCCESS {
-            return Err(Error::Ggml(format!(
-                "cannot bind tensor {} to the mapping",
-                info.name
-            )));
+            return Err(Error::Bind {
+                what: format!("tensor {}", info.name),
+                memory: "the memory map",
+            });
         }
         Ok(t)
     }
@@ -153,16 +154,13 @@ impl Weights {
         self.by_name.contains_key(name)
     }
 
-    pub(crate) fn raw(&self, name: &str) -> Option<NonNull<sys::ggml_tensor>> {
+    fn raw(&self, name: &str) -> Option<NonNull<sys::ggml_tensor>> {
         self.by_name.get(name).copied()
     }
 }
 
 /// A tensor description (no memory yet) for a GGUF tensor.
-fn describe_tensor(
-    ctx: NonNull<sys::ggml_context>,
-    info: &TensorInfo,
-) -> Result<NonNull<sys::ggml_tensor>> {
+fn describe_tensor(ctx: &Context, info: &TensorInfo) -> Result<NonNull<sys::ggml_tensor>> {
     let mut ne = [1i64; 4];
     for (d, &v) in ne.iter_mut().zip(&info.shape) {
         *d = v as i64;
@@ -177,15 +175,38 @@ fn describe_tensor(
             ne.as_ptr(),
         )
     })
-    .ok_or_else(|| Error::Ggml(format!("cannot describe tensor {}", info.name)))
+    .ok_or_else(|| Error::Init(format!("the description of tensor {}", info.name)))
 }
 
 impl Drop for Weights {
     fn drop(&mut self) {
-        // SAFETY: buffer (a wrapper that does not own the mapping) and context are ours.
-        unsafe {
-            sys::ggml_backend_buffer_free(self.buffer.as_ptr());
-            sys::ggml_free(self.ctx.as_ptr());
-        }
+        // SAFETY: the buffer (for a mapping, a wrapper that does not own the mapped memory) was
+        // made by `map_cpu` or `upload`, is owned by `self` alone and is freed here exactly once;
+        // graphs that read the weights hold an `Arc` of them, so none is left. The context is
+        // freed after this, when the `ctx` field drops.
+        unsafe { sys::ggml_backend_buffer_free(self.buffer.as_ptr()) }
+    }
+}
+
+impl TensorSource for Arc<Weights> {
+    fn contains(&self, name: &str) -> bool {
+        Weights::contains(self, name)
+    }
+
+    fn attach(&self, g: &mut Graph, name: &str) -> Result<TensorId> {
+        g.weight(self, name)
+    }
+}
+
+impl Graph {
+    /// Makes the weight `name` of `weights` usable in this graph, which keeps the weights alive.
+    pub fn weight(&mut self, weights: &Arc<Weights>, name: &str) -> Result<TensorId> {
+        self.check_building("attaching a weight")?;
+        let raw = weights.raw(name).ok_or_else(|| Error::UnknownTensor {
+            kind: "weight",
+            name: name.into(),
+            place: "the model file",
+        })?;
+        Ok(self.attach_leaf(weights.clone(), raw))
     }
 }

@@ -10,7 +10,7 @@ use crate::head::Pass;
 use crate::model::Model;
 use crate::Result;
 use unmask_dream::graph::{build_body_kv, graph_capacity, AttentionKind, Body, KvUse, LayerKv};
-use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::backend::Backend;
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
 use unmask_kernels::GgmlType;
 
@@ -38,7 +38,7 @@ impl CanvasContext {
         model: &Model<W>,
         len: usize,
         keep_kv: bool,
-        backend: &CpuBackend,
+        backend: &Backend,
     ) -> Result<Self> {
         let plan = if keep_kv {
             BodyPlan::Refresh
@@ -88,7 +88,7 @@ impl CanvasContext {
 
     /// Runs the layers over the canvas; afterwards [`pass`](Self::pass) projects and scores any
     /// of its hidden rows.
-    pub fn run_body(&mut self, canvas: &[u32], backend: &mut CpuBackend) -> Result<()> {
+    pub fn run_body(&mut self, canvas: &[u32], backend: &mut Backend) -> Result<()> {
         let ids: Vec<i32> = canvas.iter().map(|&t| t as i32).collect();
         let g = &mut self.pass.graph;
         g.set_i32(self.tokens, &ids)?;
@@ -99,7 +99,7 @@ impl CanvasContext {
     }
 
     /// Logits of every position (unshifted), row-major; for parity tests and debugging.
-    pub fn all_logits(&mut self, canvas: &[u32], backend: &mut CpuBackend) -> Result<Vec<f32>> {
+    pub fn all_logits(&mut self, canvas: &[u32], backend: &mut Backend) -> Result<Vec<f32>> {
         self.run_body(canvas, backend)?;
         let rows: Vec<usize> = (0..canvas.len()).collect();
         let mut out = Vec::new();
@@ -134,7 +134,7 @@ pub(crate) fn build_checked<W: TensorSource>(
     model: &Model<W>,
     len: usize,
     plan: BodyPlan,
-    backend: &CpuBackend,
+    backend: &Backend,
 ) -> Result<(Graph, Body, Option<TensorId>)> {
     let c = &model.config;
     let w: &dyn TensorSource = &model.weights;

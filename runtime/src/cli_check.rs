@@ -10,8 +10,8 @@ use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
 use unmask_kernels::device::{DeviceRequest, Placement};
-use unmask_kernels::score::{score_row, Confidence, Filter, Scratch};
-use unmask_kernels::vmath::top2;
+use unmask_kernels::simd::vmath::top2;
+use unmask_runtime::sampler::{score_row, Confidence, Filter, Scratch};
 use unmask_runtime::{Algorithm, Control, GenerateParams, Generation, Generator};
 
 #[derive(clap::Args)]

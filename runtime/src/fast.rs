@@ -36,12 +36,12 @@ use crate::generate::{
 use crate::head::{Pass, HEAD_ROWS};
 use crate::kv_cache::{cache_bytes, CachedPass};
 use crate::rng::Rng;
+use crate::sampler::{Confidence, Scored};
 use crate::schedule::{timesteps, transfer_count};
 use crate::Result;
 use std::time::Instant;
-use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::backend::Backend;
 use unmask_kernels::graph::TensorSource;
-use unmask_kernels::score::{Confidence, Scored};
 
 /// Runs the fast mode `params` selects over `canvas` (prompt + masks), recording into `out`.
 pub(crate) fn generate<W: TensorSource>(
@@ -100,7 +100,7 @@ struct Picked {
 #[allow(clippy::too_many_arguments)]
 fn commit(
     pass: &mut Pass,
-    backend: &mut CpuBackend,
+    backend: &mut Backend,
     canvas: &mut [u32],
     picked: &Picked,
     chosen: Vec<usize>,

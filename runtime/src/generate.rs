@@ -9,14 +9,14 @@ use crate::kv_cache::CachedPass;
 use crate::model::Model;
 pub use crate::params::{Algorithm, CacheMode, GenerateParams, DEFAULT_CACHE_BLOCK, DEFAULT_TOP_K};
 use crate::rng::Rng;
+use crate::sampler::Scored;
 use crate::schedule::{reveal_probability, timesteps, transfer_count};
 use crate::{Error, Result};
 use std::sync::Arc;
 use std::time::Instant;
-use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::backend::Backend;
 use unmask_kernels::device::Placement;
 use unmask_kernels::graph::TensorSource;
-use unmask_kernels::score::Scored;
 use unmask_kernels::weights::Weights;
 
 /// What the step callback sees.
@@ -122,7 +122,7 @@ pub struct Timings {
 /// same loop).
 pub struct Generator<W = Arc<Weights>> {
     pub(crate) model: Arc<Model<W>>,
-    pub(crate) backend: CpuBackend,
+    pub(crate) backend: Backend,
     pub(crate) pool: rayon::ThreadPool,
     pub(crate) forward: Option<CanvasContext>,
     /// Cached passes over the current refresh graph, one per run length (they read its keys
@@ -138,8 +138,8 @@ impl<W: TensorSource> Generator<W> {
             .build()
             .map_err(|e| Error::Model(format!("cannot start {threads} worker threads: {e}")))?;
         let backend = match &model.placement {
-            Placement::Cpu => CpuBackend::new(threads)?,
-            Placement::Device(device) => CpuBackend::on_device(device, threads)?,
+            Placement::Cpu => Backend::new(threads)?,
+            Placement::Device(device) => Backend::on_device(device, threads)?,
         };
         Ok(Generator {
             model,

@@ -1,24 +1,23 @@
 //! The output projection of the Dream model and the scoring of its rows, behind one interface
 //! for every backend.
 //!
-//! A [`Head`] projects chosen hidden rows of a body graph (the whole canvas, or the run rows of a
+//! A `Head` projects chosen hidden rows of a body graph (the whole canvas, or the run rows of a
 //! cached pass) to logits and scores them with Dream's filter and confidence rules (the logits
 //! shift is the caller's: row `i-1` predicts token `i`). On the built-in CPU backend the rows are
 //! copied into a fixed-width projection graph and scored in place on the host; on a device a
 //! graph picks the rows itself, projects them and computes a summary per row, so that only the
 //! summaries come back and the host completes the decision exactly
-//! (`unmask_kernels::score::score_summary`), copying a row's logits only where a summary cannot
+//! (`crate::sampler::score_summary`), copying a row's logits only where a summary cannot
 //! decide.
 
+use crate::sampler::{score_row, score_summary, Confidence, Filter, Scored, Scratch};
 use crate::Result;
 use rayon::prelude::*;
 use unmask_dream::graph::output_weight_name;
-use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::backend::Backend;
 use unmask_kernels::finite::{check_logits, check_summary};
+use unmask_kernels::graph::scoring::RowSummary;
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
-use unmask_kernels::score::{
-    score_row, score_summary, Confidence, Filter, RowSummary, Scored, Scratch,
-};
 use unmask_kernels::GgmlType;
 
 /// Most rows of the output projection computed in one head pass. One pass streams the whole
@@ -28,7 +27,7 @@ use unmask_kernels::GgmlType;
 pub const HEAD_ROWS: usize = 256;
 
 /// Largest logits of each row a device hands back with its summary (see
-/// `unmask_kernels::score::score_summary`): enough for the nucleus of a trained model's
+/// `crate::sampler::score_summary`): enough for the nucleus of a trained model's
 /// distribution at the usual temperatures; rows whose filtered set reaches further are copied.
 pub const DEVICE_CANDIDATES: usize = 256;
 
@@ -43,14 +42,14 @@ pub struct Pass {
 
 impl Pass {
     /// The allocated `graph` whose output `hidden` is `[hidden_size, rows]`, with a head over it
-    /// that projects up to `head_rows` rows at a time (see [`Head::new`]).
+    /// that projects up to `head_rows` rows at a time (see `Head::new`).
     pub fn new(
         graph: Graph,
         hidden: TensorId,
         w: &dyn TensorSource,
         head_rows: usize,
         n_vocab: usize,
-        backend: &CpuBackend,
+        backend: &Backend,
     ) -> Result<Self> {
         let head = Head::new(&graph, hidden, w, head_rows, n_vocab, backend)?;
         Ok(Pass {
@@ -82,7 +81,7 @@ impl Pass {
     pub fn logits_rows(
         &mut self,
         rows: &[usize],
-        backend: &mut CpuBackend,
+        backend: &mut Backend,
         visit: impl FnMut(usize, &[f32]) -> Result<()>,
     ) -> Result<()> {
         self.head
@@ -99,7 +98,7 @@ impl Pass {
         filter: &Filter,
         kind: Confidence,
         uniforms: &[f64],
-        backend: &mut CpuBackend,
+        backend: &mut Backend,
         pool: &rayon::ThreadPool,
     ) -> Result<Vec<Scored>> {
         self.head.score_rows(
@@ -121,7 +120,7 @@ impl Pass {
         &mut self,
         row: usize,
         excluded: u32,
-        backend: &mut CpuBackend,
+        backend: &mut Backend,
     ) -> Result<u32> {
         let mut best: Option<(f32, u32)> = None;
         self.logits_rows(&[row], backend, |_, logits| {
@@ -162,7 +161,7 @@ impl Head {
         w: &dyn TensorSource,
         rows: usize,
         n_vocab: usize,
-        backend: &CpuBackend,
+        backend: &Backend,
     ) -> Result<Self> {
         let [hidden_size, body_rows, ..] = body.shape(hidden)?;
         let (hidden_size, body_rows) = (hidden_size as usize, body_rows as usize);
@@ -231,7 +230,7 @@ impl Head {
         body: &Graph,
         hidden: TensorId,
         rows: &[usize],
-        backend: &mut CpuBackend,
+        backend: &mut Backend,
         mut visit: impl FnMut(usize, &[f32]) -> Result<()>,
     ) -> Result<()> {
         self.check_rows(rows)?;
@@ -285,7 +284,7 @@ impl Head {
         filter: &Filter,
         kind: Confidence,
         uniforms: &[f64],
-        backend: &mut CpuBackend,
+        backend: &mut Backend,
         pool: &rayon::ThreadPool,
     ) -> Result<Vec<Scored>> {
         let n_vocab = self.n_vocab;
@@ -387,7 +386,7 @@ impl DeviceHead {
         w: &dyn TensorSource,
         rows: usize,
         n_vocab: usize,
-        backend: &CpuBackend,
+        backend: &Backend,
     ) -> Result<Self> {
         let build = |with_scoring: bool| -> Result<DeviceHead> {
             let mut g = Graph::new(48)?;
@@ -550,7 +549,7 @@ impl DeviceHead {
     }
 
     /// Projects (and, with scoring, summarises) the hidden rows `chunk` (at most `self.rows`).
-    fn run(&mut self, chunk: &[usize], divisor: f32, backend: &mut CpuBackend) -> Result<()> {
+    fn run(&mut self, chunk: &[usize], divisor: f32, backend: &mut Backend) -> Result<()> {
         let mut ids: Vec<i32> = chunk.iter().map(|&r| r as i32).collect();
         ids.resize(self.rows, ids.first().copied().unwrap_or(0));
         self.graph.set_i32(self.row_ids, &ids)?;

@@ -17,7 +17,7 @@ use crate::head::{Pass, HEAD_ROWS};
 use crate::model::Model;
 use crate::Result;
 use unmask_dream::graph::LayerKv;
-use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::backend::Backend;
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
 
 /// The layers over `rows` consecutive canvas positions against a refresh's cache.
@@ -45,7 +45,7 @@ impl CachedPass {
         refresh: &CanvasContext,
         rows: usize,
         head_rows: usize,
-        backend: &CpuBackend,
+        backend: &Backend,
     ) -> Result<Self> {
         let (source, cache) = refresh.kv();
         if cache.len() != model.n_layers() {
@@ -85,7 +85,7 @@ impl CachedPass {
 
     /// Runs canvas positions `lo..lo + rows` (their current tokens) through the layers; every
     /// other position's keys and values are the refresh's.
-    pub fn run(&mut self, canvas: &[u32], lo: usize, backend: &mut CpuBackend) -> Result<()> {
+    pub fn run(&mut self, canvas: &[u32], lo: usize, backend: &mut Backend) -> Result<()> {
         let hi = lo + self.rows;
         if canvas.len() != self.len || hi > self.len {
             return Err(crate::Error::Params(format!(

@@ -6,7 +6,8 @@
 //! A [`Model`] is a [`ModelSpec`] (hyper-parameters, tokenizer, special tokens) plus the tensors
 //! the graphs read: a GGUF file's mapped weights ([`Model::load`]) or any other
 //! `unmask_kernels::graph::TensorSource` ([`Model::from_parts`]), such as the trainer's f32
-//! parameters, which thus run the very same denoising loop ([`Generator`]).
+//! parameters, which thus run the very same denoising loop ([`Generator`]). Dream's sampling
+//! rules (filters, confidences) are [`sampler`].
 #![forbid(unsafe_code)]
 
 pub mod canvas;
@@ -19,6 +20,7 @@ pub mod model;
 pub mod order;
 pub mod params;
 pub mod rng;
+pub mod sampler;
 pub mod schedule;
 
 pub use error::{Error, Result};

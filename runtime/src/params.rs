@@ -2,8 +2,8 @@
 //! and the fast-decoding modes, docs/fast-decoding.md §2), their defaults, and the rules that
 //! reject settings the loops cannot honour, with messages that name the parameter.
 
+use crate::sampler::{Confidence, Filter};
 use crate::{Error, Result};
-use unmask_kernels::score::{Confidence, Filter};
 
 /// How positions are chosen for commitment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! relative to f32 in the same run.
 
 use std::time::Instant;
-use unmask_kernels::backend::{cpu_features, CpuBackend};
+use unmask_kernels::backend::{cpu_features, Backend};
 use unmask_kernels::graph::Graph;
 use unmask_kernels::{quant, GgmlType};
 
@@ -31,7 +31,7 @@ fn main() {
         GgmlType::Q6_K,
     ] {
         let data = quant::quantize_rows(ty, &weights, k).expect("quantize");
-        let mut backend = CpuBackend::new(threads).expect("backend");
+        let mut backend = Backend::new(threads).expect("backend");
         let mut g = Graph::new(8).expect("graph");
         let w = g.input(ty, &[k as i64, n as i64]).expect("w");
         let x = g.input(GgmlType::F32, &[k as i64, m as i64]).expect("x");

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::backend::Backend;
 use unmask_tests::{describe, run_python, write_tiny_hf};
 use unmask_train::grad::{coupled_grpo, run_files, GradOutput, LossKind};
 use unmask_train::policy::Policy;
@@ -120,7 +120,7 @@ fn coupled_grpo_gradients_match_pytorch() {
                 *a += if i % 2 == 0 { 0.3 } else { -0.3 };
             }
             let policy = Policy::load_hf(&hf).unwrap();
-            let mut backend = CpuBackend::new(2).unwrap();
+            let mut backend = Backend::new(2).unwrap();
             let GradOutput { grads, .. } = coupled_grpo(&policy, &arrays, &mut backend).unwrap();
             let mut worst: f64 = 0.0;
             for spec in &policy.specs {

@@ -14,7 +14,7 @@ use crate::tensor_file::{read_arrays, write_f32, Array};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
-use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::backend::Backend;
 
 /// Which loss to differentiate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +103,7 @@ fn mask_id(inputs: &BTreeMap<String, Array>, policy: &Policy) -> Result<u32> {
 /// position `k` in `positions` (each >= 1).
 fn logprobs(
     graphs: &mut SequenceGraphs,
-    backend: &mut CpuBackend,
+    backend: &mut Backend,
     tokens: &[u32],
     targets: &[u32],
     positions: impl Iterator<Item = usize>,
@@ -118,7 +118,7 @@ fn logprobs(
 /// Accumulates the gradient of `sum_k w_k * lp(k)` for the sequence `tokens` (targets `targets`).
 fn backward(
     graphs: &mut SequenceGraphs,
-    backend: &mut CpuBackend,
+    backend: &mut Backend,
     tokens: &[u32],
     targets: &[u32],
     weights: &[(usize, f64)],
@@ -156,7 +156,7 @@ pub fn coupled_logp(
     mask_a: &[bool],
     t: &[f64],
     mask_token: u32,
-    backend: &mut CpuBackend,
+    backend: &mut Backend,
 ) -> Result<Vec<f64>> {
     let n = seqs.len();
     let Some(len) = seqs.first().map(Vec::len) else {
@@ -215,7 +215,7 @@ pub fn coupled_logp(
 pub fn coupled_grpo(
     policy: &Policy,
     inputs: &BTreeMap<String, Array>,
-    backend: &mut CpuBackend,
+    backend: &mut Backend,
 ) -> Result<GradOutput> {
     let n_vocab = policy.n_vocab();
     let (seqs, len) = sequences(inputs, n_vocab)?;
@@ -393,7 +393,7 @@ pub fn sft_rows(
     per_row_norm: bool,
     mask_token: u32,
     with_grads: bool,
-    backend: &mut CpuBackend,
+    backend: &mut Backend,
 ) -> Result<SftOutput> {
     let n_vocab = policy.n_vocab();
     let n = rows.len();
@@ -478,7 +478,7 @@ pub fn sft(
     policy: &Policy,
     inputs: &BTreeMap<String, Array>,
     per_row_norm: bool,
-    backend: &mut CpuBackend,
+    backend: &mut Backend,
 ) -> Result<GradOutput> {
     let n_vocab = policy.n_vocab();
     let (seqs, len) = sequences(inputs, n_vocab)?;
@@ -544,7 +544,7 @@ pub fn run_files(
 ) -> Result<GradOutput> {
     let policy = Policy::load_hf(hf)?;
     let arrays = read_arrays(inputs)?;
-    let mut backend = CpuBackend::new(threads)?;
+    let mut backend = Backend::new(threads)?;
     let result = match kind {
         LossKind::CoupledGrpo => coupled_grpo(&policy, &arrays, &mut backend)?,
         LossKind::Sft { per_row } => sft(&policy, &arrays, per_row, &mut backend)?,

@@ -3,25 +3,25 @@
 //! One round:
 //! 1. take `B = prompts_per_round` tasks (a seeded per-epoch order over the task file, as SFT's
 //!    data order); each prompt is the Instruct chat prompt of [`Task::prompt_text`], keeping its
-//!    last `prompt_tokens` tokens ([`rollout::prompt_ids`]);
+//!    last `prompt_tokens` tokens ([`rollout::prompt_ids`](crate::rollout::prompt_ids));
 //! 2. generate `G = num_generations` completions per prompt with the CURRENT f32 policy
-//!    ([`rollout::rollouts`]: the runtime's denoising loop, `completion_tokens` long,
+//!    ([`rollout::rollouts`](crate::rollout::rollouts): the runtime's denoising loop, `completion_tokens` long,
 //!    `diffusion_steps` steps, entropy order, temperature / top-p as configured) from the round's
 //!    own rollout generator; `completion_mask` covers the tokens up to and including the first
 //!    `<|im_end|>`;
-//! 3. score them: the code reward (§3, [`reward::score_batch_in`] on the decoded completion, in
+//! 3. score them: the code reward (§3, [`reward::score_batch_in`](crate::reward::score_batch_in) on the decoded completion, in
 //!    the sandbox) or the toy reward `toy-even-ids` (fraction of even token ids within the mask);
-//! 4. group advantages ([`advantage::batch_advantages`]: mean or leave-one-out baseline, optional
+//! 4. group advantages ([`advantage::batch_advantages`](crate::advantage::batch_advantages): mean or leave-one-out baseline, optional
 //!    std scaling);
 //! 5. draw `mu` mask seeds (seed `j` for inner iteration `j`); with no gradient, `old_logp[j]`
 //!    with the current parameters for `j >= 1` when `mu > 1` (for `j = 0` the parameters have
 //!    not moved yet, so `old = logp.detach()`, ratio 1, exactly as passing the identical value) and
 //!    `ref_logp[j]` with the reference policy when `beta > 0`, on the same masks
-//!    ([`masks::coupled_masks`]: one `t` per round batch and seed);
+//!    ([`masks::coupled_masks`](crate::masks::coupled_masks): one `t` per round batch and seed);
 //! 6. `mu` optimizer updates on the same rollouts: the round's completions are split into
 //!    micro-batches of `micro_batch` completions of one prompt (they share the prompt, hence the
 //!    length); each micro-batch's coupled-GRPO loss (normalised by its own completion tokens,
-//!    as TRL does per device batch) and exact gradients come from [`grad::coupled_grpo`]
+//!    as TRL does per device batch) and exact gradients come from [`grad::coupled_grpo`](crate::grad::coupled_grpo)
 //!    (arrays built in memory); gradients are averaged over the micro-batches, clipped by global
 //!    norm, and AdamW steps with the cosine schedule;
 //! 7. every `ref_sync_steps` updates: `ref <- alpha * theta + (1 - alpha) * ref`.
@@ -59,7 +59,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use unmask_dream::hf::HfCheckpoint;
 use unmask_dream::safetensors::Dtype;
-use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::backend::Backend;
 use unmask_runtime::ModelSpec;
 
 const TAG_ROLLOUT: u64 = 11;
@@ -271,7 +271,7 @@ pub fn train(cfg: &GrpoConfig, resume: bool) -> Result<Summary> {
     let out = cfg.out.clone().unwrap_or_default();
     let latest = checkpoint::prepare_out(&out, resume)?;
     let threads = crate::config::threads_or_all(cfg.threads);
-    let mut backend = CpuBackend::new(threads)?;
+    let mut backend = Backend::new(threads)?;
     let mut policy = Policy::load_hf(&model_dir)?;
     let mut reference = if cfg.beta > 0.0 {
         Some(Policy::load_hf(&model_dir)?)

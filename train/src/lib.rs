@@ -2,7 +2,7 @@
 //!
 //! This first part is the self-contained reward side, which needs no model:
 //! - [`tasks`]: AceCode-style JSONL tasks and the prompt text (§3);
-//! - [`format`]: the format reward (§3);
+//! - [`format`](mod@format): the format reward (§3);
 //! - [`sandbox`]: local, contained execution of untrusted generated Python;
 //! - [`reward`]: `2.0 * pass_rate + 0.5 * format`, in parallel over completions (§3);
 //! - [`advantage`]: group advantages (§2);

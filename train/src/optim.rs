@@ -1,5 +1,5 @@
 //! The optimizer: AdamW with PyTorch's `torch.optim.AdamW` semantics, run by ggml on the CPU
-//! backend (`GGML_OP_OPT_STEP_ADAMW`, see [`unmask_kernels::params::AdamWState`]), plus
+//! backend (`GGML_OP_OPT_STEP_ADAMW`, see [`unmask_kernels::graph::adamw::AdamWState`]), plus
 //! `torch.nn.utils.clip_grad_norm_` and gradient accumulation over micro-batches on the host.
 //!
 //! AdamW (PyTorch, per element, update number `t` starting at 1):
@@ -17,8 +17,9 @@ use crate::policy::{Gradients, Policy};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use unmask_kernels::backend::CpuBackend;
-use unmask_kernels::params::{AdamWState, AdamWStep, ParamStore};
+use unmask_kernels::backend::Backend;
+use unmask_kernels::graph::adamw::{AdamWState, AdamWStep};
+use unmask_kernels::graph::params::ParamStore;
 
 /// AdamW hyper-parameters (defaults: docs/training.md §1).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,7 +117,7 @@ impl AdamW {
         params: &mut ParamStore,
         grads: &Gradients,
         lr: f64,
-        backend: &mut CpuBackend,
+        backend: &mut Backend,
     ) -> Result<()> {
         let hp = AdamWStep {
             lr,
@@ -143,7 +144,7 @@ impl AdamW {
         policy: &mut Policy,
         grads: &Gradients,
         lr: f64,
-        backend: &mut CpuBackend,
+        backend: &mut Backend,
     ) -> Result<()> {
         let params = Arc::get_mut(&mut policy.params).ok_or_else(|| {
             Error::InvalidArgument(

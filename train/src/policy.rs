@@ -17,9 +17,9 @@ use unmask_dream::hf::HfCheckpoint;
 use unmask_dream::layout::{tensor_specs, TensorSpec};
 use unmask_dream::safetensors::decode_to_f32;
 use unmask_dream::DreamConfig;
-use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::backend::Backend;
+use unmask_kernels::graph::params::ParamStore;
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
-use unmask_kernels::params::ParamStore;
 use unmask_kernels::GgmlType;
 
 /// A Dream model's parameters in f32, by GGUF tensor name.
@@ -133,7 +133,7 @@ fn build(policy: &Policy, g: &mut Graph, len: usize) -> Result<(Body, TensorId, 
 }
 
 impl SequenceGraphs {
-    pub fn new(policy: &Policy, len: usize, backend: &CpuBackend) -> Result<Self> {
+    pub fn new(policy: &Policy, len: usize, backend: &Backend) -> Result<Self> {
         if len == 0 {
             return Err(Error::InvalidArgument("empty sequence".into()));
         }
@@ -188,7 +188,7 @@ impl SequenceGraphs {
     }
 
     /// Unshifted logits of every position, row-major `[len, n_vocab]`.
-    pub fn logits(&mut self, tokens: &[u32], backend: &mut CpuBackend) -> Result<&[f32]> {
+    pub fn logits(&mut self, tokens: &[u32], backend: &mut Backend) -> Result<&[f32]> {
         let ids = self.check_tokens(tokens)?;
         // Inputs are set before every computation: the allocator reuses their memory.
         self.fwd.set_i32(self.fwd_body.tokens, &ids)?;
@@ -203,7 +203,7 @@ impl SequenceGraphs {
         &mut self,
         tokens: &[u32],
         dlogits: &[f32],
-        backend: &mut CpuBackend,
+        backend: &mut Backend,
         acc: &mut Gradients,
     ) -> Result<()> {
         let ids = self.check_tokens(tokens)?;

@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use unmask_dream::hf::HfCheckpoint;
 use unmask_dream::safetensors::Dtype;
-use unmask_kernels::backend::CpuBackend;
+use unmask_kernels::backend::Backend;
 use unmask_runtime::rng::{splitmix64, Rng};
 
 /// One training sequence.
@@ -426,7 +426,7 @@ pub fn eval_loss(
     seed: u64,
     draws: u64,
     t_eps: f64,
-    backend: &mut CpuBackend,
+    backend: &mut Backend,
 ) -> Result<f64> {
     let mask = mask_token(policy)?;
     let refs: Vec<&Example> = examples.iter().collect();
@@ -478,7 +478,7 @@ pub fn train(cfg: &SftConfig, resume: bool, throttle: Duration) -> Result<Summar
     let out = cfg.out.clone().unwrap_or_default();
     let latest = checkpoint::prepare_out(&out, resume)?;
     let threads = crate::config::threads_or_all(cfg.threads);
-    let mut backend = CpuBackend::new(threads)?;
+    let mut backend = Backend::new(threads)?;
     let mut policy = Policy::load_hf(&model_dir)?;
     let mask = mask_token(&policy)?;
     let save_dtype = match cfg.save_dtype {

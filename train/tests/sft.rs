@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use unmask_kernels::backend::CpuBackend;
-use unmask_kernels::params::{AdamWState, AdamWStep, ParamStore};
+use unmask_kernels::backend::Backend;
+use unmask_kernels::graph::adamw::{AdamWState, AdamWStep};
+use unmask_kernels::graph::params::ParamStore;
 use unmask_quantize::synth::{Preset, SynthModel};
 use unmask_runtime::rng::Rng;
 use unmask_train::config::SftConfig;
@@ -58,7 +59,7 @@ fn adamw_on_ggml_matches_torch_semantics() {
         reference.push((p, vec![0.0; n as usize], vec![0.0; n as usize]));
     }
     let mut state = AdamWState::new(&store).unwrap();
-    let mut backend = CpuBackend::new(2).unwrap();
+    let mut backend = Backend::new(2).unwrap();
     let (b1, b2, eps, wd) = (0.9, 0.99, 1e-8, 0.1);
     for (step, lr) in [(1u64, 1e-2), (2, 5e-3), (3, 2e-2), (4, 1e-3)] {
         let grads: Vec<Vec<f32>> = shapes
@@ -175,7 +176,7 @@ fn sft_learns_fixed_pairs() {
     let policy = Policy::load_hf(&hf).unwrap();
     let eos = policy.config.eos_token_id;
     let examples = load_examples(&cfg.data, &hf.join("tokenizer.json"), 512, eos).unwrap();
-    let mut backend = CpuBackend::new(1).unwrap();
+    let mut backend = Backend::new(1).unwrap();
     let before = eval_loss(&policy, &examples, 99, 8, 1e-3, &mut backend).unwrap();
     drop(policy);
     let summary = train(&cfg, false, Duration::ZERO).unwrap();

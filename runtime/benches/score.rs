@@ -1,10 +1,10 @@
 //! Scoring throughput: the fused `score_row` (vectorised exp/ln, no softmaxed copy) against a
 //! straightforward scalar pass that materialises the softmax as PyTorch does, on rows of
-//! Qwen2.5's vocabulary size, single-threaded. Run: `cargo bench -p unmask-kernels --bench score`.
+//! Qwen2.5's vocabulary size, single-threaded. Run: `cargo bench -p unmask-runtime --bench score`.
 
 use std::hint::black_box;
 use std::time::Instant;
-use unmask_kernels::score::{score_row, Confidence, Filter, Scratch};
+use unmask_runtime::sampler::{score_row, Confidence, Filter, Scratch};
 
 const VOCAB: usize = 151_936;
 const ROWS: usize = 64;

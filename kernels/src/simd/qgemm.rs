@@ -822,7 +822,7 @@ pub(crate) mod tests {
     use llama_cpp_sys_2 as sys;
 
     /// Deterministic uniform values in `[-scale/2, scale/2)` (xorshift), for the tests here and
-    /// in `graph_qgemm`.
+    /// in `graph::qgemm_op`.
     pub(crate) fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         (0..n)

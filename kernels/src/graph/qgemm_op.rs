@@ -1,4 +1,4 @@
-//! [`qgemm`](crate::qgemm) as ggml graph operations (ggml custom ops run by the backend's thread
+//! [`qgemm`](crate::simd::qgemm) as ggml graph operations (ggml custom ops run by the backend's thread
 //! pool): `W x` for q8_0, q5_0 or q4_0 weights, faster than ggml's `mul_mat` on the 0.5B
 //! model's layer shapes on an AVX2 CPU without VNNI by about 1.7x (q8_0), 2.6x (q5_0) and 2.1x
 //! (q4_0) per layer on one thread (`cargo bench -p unmask-kernels --bench qgemm`).
@@ -15,8 +15,8 @@
 //! apply. The weights are read in ggml's own block layout (e.g. straight from the memory-mapped
 //! file): no repacked copy.
 
-use crate::graph::{Graph, TensorId};
-use crate::qgemm::{self, Path, WeightType};
+use super::{Graph, TensorId};
+use crate::simd::qgemm::{self, Path, WeightType};
 use crate::{Error, GgmlType, Result};
 use llama_cpp_sys_2 as sys;
 use std::os::raw::{c_int, c_void};
@@ -32,7 +32,7 @@ impl Graph {
     /// `[qgemm::xq_stride(k), m]` holding ggml's q8_0 values and scales of every column.
     pub fn quantize_q8(&mut self, x: TensorId) -> Result<TensorId> {
         self.check_custom()?;
-        let raw = self.raw_tensor(x)?;
+        let raw = self.raw(x)?;
         // SAFETY: `raw` is a live tensor of this graph.
         let (ty, ne, nb) = unsafe { ((*raw).type_, (*raw).ne, (*raw).nb) };
         if ty != sys::GGML_TYPE_F32
@@ -42,10 +42,13 @@ impl Graph {
             || nb[0] != 4
             || nb[1] % 4 != 0
         {
-            return Err(Error::Ggml(format!(
-                "quantize_q8 needs an f32 matrix with contiguous rows of whole 32-blocks, got \
-                 {ne:?} (type {ty})"
-            )));
+            return Err(Error::Shape {
+                op: "quantize_q8",
+                detail: format!(
+                    "needs an f32 matrix with contiguous rows of whole 32-blocks, got {ne:?} \
+                     (type {ty})"
+                ),
+            });
         }
         let stride = qgemm::xq_stride(ne[0] as usize) as i64;
         self.push_new(|ctx| {
@@ -75,7 +78,7 @@ impl Graph {
     /// `mul_mat(w, x)`. Only for graphs computed on the CPU backend.
     pub fn mul_mat_q8_quantized(&mut self, w: TensorId, xq: TensorId) -> Result<TensorId> {
         self.check_custom()?;
-        let (rw, rx) = (self.raw_tensor(w)?, self.raw_tensor(xq)?);
+        let (rw, rx) = (self.raw(w)?, self.raw(xq)?);
         // SAFETY: live tensors of this graph; a custom op's first source, when set, is live
         // too, and its op parameters start with the callback (ggml's ggml_custom_op_params).
         let (wt, wne, xt, xne, x_op, x_fun, x_k, w_contiguous) = unsafe {
@@ -92,16 +95,20 @@ impl Graph {
             )
         };
         if weight_type(wt).is_none() || !w_contiguous || wne[2] != 1 || wne[3] != 1 {
-            return Err(Error::Ggml(format!(
-                "mul_mat_q8 needs a contiguous 2-D q8_0, q5_0 or q4_0 weight, got {wne:?} \
-                 (type {wt})"
-            )));
+            return Err(Error::Shape {
+                op: "mul_mat_q8",
+                detail: format!(
+                    "needs a contiguous 2-D q8_0, q5_0 or q4_0 weight, got {wne:?} (type {wt})"
+                ),
+            });
         }
         // SAFETY: `rw` is a live tensor of this graph.
         if !unsafe { in_host_memory(rw) } {
-            return Err(Error::Ggml(
-                "mul_mat_q8 runs on the CPU: the weight is in device memory".into(),
-            ));
+            return Err(Error::UnsupportedOp {
+                op: "mul_mat_q8",
+                context: "on a weight in device memory",
+                hint: "it runs on the CPU (mul_mat_q8_or_ggml falls back to mul_mat)",
+            });
         }
         // The row length is checked on quantize_q8's input: columns of different lengths can
         // have the same stride (64 and 96 values both take 128 bytes).
@@ -111,10 +118,10 @@ impl Graph {
             || x_k != wne[0]
             || xne[0] != qgemm::xq_stride(wne[0] as usize) as i64
         {
-            return Err(Error::Ggml(format!(
-                "mul_mat_q8: {xne:?} is not a quantize_q8 result for rows of {}",
-                wne[0]
-            )));
+            return Err(Error::Shape {
+                op: "mul_mat_q8",
+                detail: format!("{xne:?} is not a quantize_q8 result for rows of {}", wne[0]),
+            });
         }
         self.push_new(|ctx| {
             let mut args = [rw, rx];
@@ -144,9 +151,10 @@ impl Graph {
         let sw = self.shape(w)?;
         let sx = self.shape(x)?;
         if sw[0] != sx[0] {
-            return Err(Error::Ggml(format!(
-                "cannot multiply shapes {sw:?} and {sx:?}"
-            )));
+            return Err(Error::Shape {
+                op: "mul_mat_q8",
+                detail: format!("cannot multiply shapes {sw:?} and {sx:?}"),
+            });
         }
         let xq = self.quantize_q8(x)?;
         self.mul_mat_q8_quantized(w, xq)
@@ -159,7 +167,7 @@ impl Graph {
     /// with AVX2, FMA and F16C. The graph must be computed on the CPU backend (ggml's GPU backends
     /// do not run custom operations); that is not checked here.
     pub fn can_mul_mat_q8(&self, w: TensorId, x: TensorId) -> Result<bool> {
-        let (rw, rx) = (self.raw_tensor(w)?, self.raw_tensor(x)?);
+        let (rw, rx) = (self.raw(w)?, self.raw(x)?);
         // SAFETY: live tensors of this graph.
         let ok = unsafe {
             weight_type((*rw).type_).is_some()
@@ -189,9 +197,11 @@ impl Graph {
 
     fn check_custom(&self) -> Result<()> {
         if self.has_gradients() {
-            return Err(Error::Ggml(
-                "q8 products have no backward pass; use mul_mat in graphs with gradients".into(),
-            ));
+            return Err(Error::UnsupportedOp {
+                op: "mul_mat_q8",
+                context: "in a graph with gradients",
+                hint: "the q8 products have no backward pass; use mul_mat",
+            });
         }
         Ok(())
     }
@@ -285,12 +295,10 @@ unsafe extern "C" fn gemm_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int,
 
 #[cfg(test)]
 mod tests {
-    use crate::backend::CpuBackend;
+    use crate::backend::Backend;
     use crate::graph::Graph;
-    use crate::qgemm::WeightType;
-    use crate::{qgemm, quant, GgmlType};
-
-    use crate::qgemm::tests::noise;
+    use crate::simd::qgemm::{self, tests::noise, WeightType};
+    use crate::{quant, GgmlType};
 
     /// Exact integer dot products, then `acc = fma(dot, dw * dx, acc)` block by block, from the
     /// f32 activations quantized as ggml's AVX2 `quantize_row_q8_0` does (the weights decoded by
@@ -325,7 +333,7 @@ mod tests {
                         *v = 3.0e4 * (j % 7) as f32 - 9.0e4;
                     }
                 }
-                let mut backend = CpuBackend::new(threads).unwrap();
+                let mut backend = Backend::new(threads).unwrap();
                 let mut g = Graph::new(8).unwrap();
                 let tw = g.input(gty, &[k as i64, n as i64]).unwrap();
                 let tx = g.input(GgmlType::F32, &[k as i64, m as i64]).unwrap();
@@ -365,7 +373,7 @@ mod tests {
     fn quantized_activations_can_be_shared() {
         let (k, m) = (128usize, 5usize);
         let x = noise(k * m, 1, 1.0);
-        let mut backend = CpuBackend::new(2).unwrap();
+        let mut backend = Backend::new(2).unwrap();
         let mut g = Graph::new(16).unwrap();
         let tx = g.input(GgmlType::F32, &[k as i64, m as i64]).unwrap();
         let xq = g.quantize_q8(tx).unwrap();

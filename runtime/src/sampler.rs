@@ -1,8 +1,15 @@
-//! Fused scoring of one logits row, the per-position work of a denoising step: temperature,
-//! top-p and top-k filtering, softmax, the argmax or a sample, and the confidence (probability,
-//! margin or negative entropy), all computed by reading the row a few times and never writing a
-//! softmaxed copy of the vocabulary. Semantics follow Dream's `sample_tokens` exactly (docs/model.md
-//! §4): filters in that order, removed tokens get probability 0, `entropy = sum p*ln(p + 1e-10)`.
+//! Dream's sampler: the per-position work of a denoising step. [`score_row`] scores one logits
+//! row: temperature, top-p and top-k filtering, softmax, the argmax or a sample, and the
+//! confidence (probability, margin or negative entropy), all computed by reading the row a few
+//! times and never writing a softmaxed copy of the vocabulary. [`score_summary`] makes the same
+//! decision from the [`RowSummary`] a device computed for the row, or declines. Semantics follow
+//! Dream's `sample_tokens` exactly (docs/model.md §4): filters in that order, removed tokens get
+//! probability 0, `entropy = sum p*ln(p + 1e-10)`. The vectorised arithmetic is
+//! `unmask_kernels::simd::vmath`; the summary type is the device graph's
+//! (`unmask_kernels::graph::scoring`).
+
+use unmask_kernels::graph::scoring::RowSummary;
+use unmask_kernels::simd::vmath::{exp, ln, neg_entropy, sum_exp, top2};
 
 /// How a position's certainty is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,8 +79,6 @@ pub struct Scratch {
 }
 
 const ENTROPY_EPS: f32 = 1e-10;
-
-use crate::vmath::{exp, ln, neg_entropy, sum_exp, top2};
 
 /// Scores one logits row. `uniform` is a draw in [0, 1) used to sample when the temperature is
 /// positive; with temperature 0 the argmax (first index on ties) is taken.
@@ -242,27 +247,6 @@ fn score_candidates(kept: &[(f32, u32)], sample: bool, kind: Confidence, uniform
         token: kept[chosen].1,
         confidence,
     }
-}
-
-/// What a device returns for one logits row instead of the row itself (see
-/// [`score_summary`]): the argmax, the softmax denominator, the negative entropy and the `K`
-/// largest logits. Only what the filter and the confidence use must be set: `best_token` and
-/// `neg_entropy` for greedy rows without a filter (the entropy only for
-/// [`Confidence::NegEntropy`]), `candidates` for filtered rows and for [`Confidence::Margin`].
-#[derive(Clone, Copy, Debug)]
-pub struct RowSummary<'a> {
-    /// Index of the largest logit (first on ties where the device guarantees it).
-    pub best_token: u32,
-    /// The largest raw logit.
-    pub best_logit: f32,
-    /// `sum(exp(l / t - max / t))` over the whole row (`t` = temperature, 1 when greedy).
-    pub sum: f64,
-    /// `sum(p * ln(p + 1e-10))` of the unfiltered softmax at temperature 1 (greedy rows).
-    pub neg_entropy: f32,
-    /// The `K` largest raw logits with their token ids, in any order.
-    pub candidates: &'a [(f32, u32)],
-    /// Size of the vocabulary (when `candidates` cover it, they are the whole row).
-    pub n_vocab: usize,
 }
 
 /// Scores a row from its [`RowSummary`] with the same rules and the same arithmetic as
