@@ -30,11 +30,11 @@
 //! are reported in [`Generation::forced`].
 
 use crate::generate::{
-    choose_positions, ranked, CacheMode, Control, GenerateParams, Generation, Generator, PassKind,
-    StepEvent,
+    CacheMode, Control, GenerateParams, Generation, Generator, PassKind, StepEvent,
 };
 use crate::head::{Pass, HEAD_ROWS};
 use crate::kv_cache::{cache_bytes, CachedPass};
+use crate::positions::{choose_positions, ranked};
 use crate::rng::Rng;
 use crate::sampler::{Confidence, Scored};
 use crate::schedule::{timesteps, transfer_count};

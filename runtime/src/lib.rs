@@ -6,8 +6,12 @@
 //! A [`Model`] is a [`ModelSpec`] (hyper-parameters, tokenizer, special tokens) plus the tensors
 //! the graphs read: a GGUF file's mapped weights ([`Model::load`]) or any other
 //! `unmask_kernels::graph::TensorSource` ([`Model::from_parts`]), such as the trainer's f32
-//! parameters, which thus run the very same denoising loop ([`Generator`]). Dream's sampling
-//! rules (filters, confidences) are [`sampler`].
+//! parameters, which thus run the very same denoising loop ([`Generator`]).
+//!
+//! Where a logit becomes a token: [`canvas`] runs the layers over the canvas, [`head`] projects
+//! the rows that predict masked positions, [`sampler`] turns each row into a token and a
+//! confidence (Dream's filters and confidence rules), [`positions`] chooses which positions
+//! commit, and [`generate`] (exact) or the fast modes (`fast.rs`, [`kv_cache`]) run the loop.
 #![forbid(unsafe_code)]
 
 pub mod canvas;
@@ -19,6 +23,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod order;
 pub mod params;
+pub mod positions;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
