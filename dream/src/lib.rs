@@ -10,7 +10,7 @@
 //! - [`hf`] and [`safetensors`]: Hugging Face checkpoint folders and their weight files;
 //! - [`sniff`]: what kind of file a user passed, to say so when it is the wrong one;
 //! - [`chat`]: the Instruct prompt format and how an answer is cut out of the canvas;
-//! - [`graph`]: the layer stack as a GGML graph (docs/model.md §3), the project's one model
+//! - [`forward`]: the layer stack as a GGML graph (docs/model.md §3), the project's one model
 //!   definition, built by inference and by training alike.
 //!
 //! The runtime (`unmask-runtime`), the converter (`unmask-quantize`) and the trainer
@@ -20,7 +20,7 @@
 pub mod chat;
 pub mod config;
 mod error;
-pub mod graph;
+pub mod forward;
 pub mod hf;
 pub mod layout;
 pub mod safetensors;

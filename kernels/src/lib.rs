@@ -18,10 +18,10 @@
 //! Errors are one [`Error`] type with a variant per kind of failure a caller can act on.
 
 pub mod backend;
-mod context;
 pub mod device;
 mod error;
 pub mod finite;
+mod ggml_context;
 mod ggml_type;
 pub mod gguf;
 pub mod graph;

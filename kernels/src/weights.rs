@@ -5,8 +5,8 @@
 //! copied once into one device buffer ([`Weights::upload`]). Graphs read them through
 //! [`TensorSource`] / [`Graph::weight`], which keep the weights alive.
 
-use crate::context::Context;
 use crate::device::Device;
+use crate::ggml_context::Context;
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::graph::{Graph, TensorId, TensorSource};
 use crate::{Error, Result};

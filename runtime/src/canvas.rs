@@ -1,6 +1,6 @@
 //! The per-canvas context: the graphs of one canvas length, built once over a model's tensors
 //! and reused by every denoising step. The body is the model's layer stack
-//! (`unmask_dream::graph`, docs/model.md §3) over the whole canvas; the head of its [`Pass`]
+//! (`unmask_dream::forward`, docs/model.md §3) over the whole canvas; the head of its [`Pass`]
 //! projects and scores only the hidden rows that predict still-masked positions (the logits
 //! shift means row `i-1` predicts token `i`). On a device, operations the device lacks are found
 //! at build time: fused attention falls back to the explicit form, an operation it cannot
@@ -9,7 +9,7 @@
 use crate::head::Pass;
 use crate::model::Model;
 use crate::Result;
-use unmask_dream::graph::{build_body_kv, graph_capacity, AttentionKind, Body, KvUse, LayerKv};
+use unmask_dream::forward::{build_body_kv, graph_capacity, AttentionKind, Body, KvUse, LayerKv};
 use unmask_kernels::backend::Backend;
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
 use unmask_kernels::GgmlType;

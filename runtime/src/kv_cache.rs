@@ -16,7 +16,7 @@ use crate::canvas::{build_checked, BodyPlan, CanvasContext};
 use crate::head::{Pass, HEAD_ROWS};
 use crate::model::Model;
 use crate::Result;
-use unmask_dream::graph::LayerKv;
+use unmask_dream::forward::LayerKv;
 use unmask_kernels::backend::Backend;
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
 

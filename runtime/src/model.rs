@@ -279,7 +279,7 @@ impl<W: TensorSource> Model<W> {
 
     /// Name of the output projection (the embedding when tied).
     pub fn output_weight_name(&self) -> &'static str {
-        unmask_dream::graph::output_weight_name(&self.weights)
+        unmask_dream::forward::output_weight_name(&self.weights)
     }
 }
 

@@ -10,7 +10,7 @@
 //!
 //! The model side, up to gradient parity with the PyTorch reference:
 //! - [`policy`]: the HF checkpoint as f32 ggml parameters and the runtime's model definition
-//!   (`unmask_dream::graph::build_body`) over them, with ggml's automatic differentiation;
+//!   (`unmask_dream::forward::build_body`) over them, with ggml's automatic differentiation;
 //! - [`objective`]: host (f64) loss arithmetic and per-token weights (§5);
 //! - [`grad`]: coupled-GRPO and SFT loss + parameter gradients for fixed inputs
 //!   (`unmask-train grad`), in the reference's file format ([`tensor_file`]).

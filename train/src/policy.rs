@@ -1,5 +1,5 @@
 //! The trainable policy: a Hugging Face Dream checkpoint's weights as f32 ggml parameters, and
-//! the graphs that run the runtime's model definition ([`unmask_dream::graph::build_body`])
+//! the graphs that run the runtime's model definition ([`unmask_dream::forward::build_body`])
 //! over them, forward only or with ggml's automatic differentiation.
 //!
 //! Gradients use the §5 route of docs/training.md: the host computes `G = dLoss/dlogits` from a
@@ -12,7 +12,7 @@ use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use unmask_dream::graph::{build_body, graph_capacity, output_weight_name, AttentionKind, Body};
+use unmask_dream::forward::{build_body, graph_capacity, output_weight_name, AttentionKind, Body};
 use unmask_dream::hf::HfCheckpoint;
 use unmask_dream::layout::{tensor_specs, TensorSpec};
 use unmask_dream::safetensors::decode_to_f32;

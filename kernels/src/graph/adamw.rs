@@ -4,7 +4,7 @@
 
 use super::params::ParamStore;
 use crate::backend::Backend;
-use crate::context::Context;
+use crate::ggml_context::Context;
 use crate::{Error, Result};
 use llama_cpp_sys_2 as sys;
 

@@ -24,7 +24,7 @@
 //! (and attach their tensors as leaves, `Graph::attach_leaf`) in their own files.
 
 use crate::backend::Backend;
-use crate::context::Context;
+use crate::ggml_context::Context;
 use crate::{Error, GgmlType, Result};
 use llama_cpp_sys_2 as sys;
 use std::any::Any;

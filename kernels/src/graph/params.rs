@@ -5,7 +5,7 @@
 //! and parameters alike), which keeps the store alive.
 
 use super::{Graph, TensorId, TensorSource};
-use crate::context::Context;
+use crate::ggml_context::Context;
 use crate::{Error, Result};
 use llama_cpp_sys_2 as sys;
 use std::collections::HashMap;

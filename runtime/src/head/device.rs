@@ -7,7 +7,7 @@
 use super::DEVICE_CANDIDATES;
 use crate::sampler::{score_row, score_summary, Confidence, Filter, Scored, Scratch};
 use crate::Result;
-use unmask_dream::graph::output_weight_name;
+use unmask_dream::forward::output_weight_name;
 use unmask_kernels::backend::Backend;
 use unmask_kernels::finite::{check_logits, check_summary};
 use unmask_kernels::graph::scoring::RowSummary;

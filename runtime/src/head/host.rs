@@ -2,7 +2,7 @@
 //! into a fixed-width projection graph whose logits the host then reads (and scores) in place.
 
 use crate::Result;
-use unmask_dream::graph::output_weight_name;
+use unmask_dream::forward::output_weight_name;
 use unmask_kernels::backend::Backend;
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
 use unmask_kernels::GgmlType;
