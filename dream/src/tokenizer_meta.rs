@@ -6,7 +6,7 @@
 //! `convert_hf_to_gguf.py` writes them for a Qwen2/Dream model (`tokenizer.ggml.model = "gpt2"`,
 //! `tokenizer.ggml.pre = "qwen2"`), so GGUF files made by either tool carry the same vocabulary.
 //! [`tokenizer_from_vocab`] goes the other way, for GGUF files produced by llama.cpp that carry no
-//! copy of the original `tokenizer.json`. [`synth_tokenizer_json`] builds a tiny tokenizer of the
+//! copy of the original `tokenizer.json`. The converter's `synth_tokenizer_json` builds a tiny tokenizer of the
 //! same shape so tests can make small models without shipping the 7 MB real one.
 
 use std::collections::HashMap;

@@ -88,7 +88,7 @@ fn use_more_bits(layer: u64, n_layers: u64) -> bool {
     i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
-/// The type for one tensor. `row_len` is ggml's ne[0]; `tied` says the embedding doubles as the
+/// The type for one tensor. `row_len` is ggml's `ne[0]`; `tied` says the embedding doubles as the
 /// output projection (so it is treated as the output, as llama.cpp does).
 pub fn choose_type(
     target: Target,

@@ -125,7 +125,7 @@ pub struct RunArgs {
     /// tokenizer.json) [required, unless --resume].
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// Output folder: checkpoints (`checkpoint-N`, `latest`) and `metrics.jsonl` [required].
+    /// Output folder: checkpoints (`checkpoint-N`, `latest`) and `metrics.jsonl` (required).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Seed of every random draw (data order, masks, rollouts) [default: 0].
