@@ -1738,7 +1738,9 @@ fn ckpt_without_weights() {
     }
     std::fs::remove_file(ck.index_path()).unwrap();
     match ck.convert_fails() {
-        QError::Io { source, .. } => assert_eq!(source.kind(), std::io::ErrorKind::NotFound),
+        QError::Format(DError::Io { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound)
+        }
         e => panic!("expected Error::Io(NotFound), got {e:?}"),
     }
 }
