@@ -68,7 +68,14 @@ int main(int argc, char **argv) {
     }
     const char *model_path = argv[1];
     const char *prompt = argv[2];
-    unmask_generate_params params = unmask_generate_default_params();
+    unmask_model_t *model = NULL;
+    unmask_status_t status = unmask_model_load(model_path, &model);
+    if (status != UNMASK_OK) return fail("load", status, NULL);
+    /* The settings `unmask generate` uses on this file without flags: the built-in defaults and
+     * the generation settings stored in the file. The options below replace them. */
+    unmask_generate_params params;
+    status = unmask_model_default_params(model, &params);
+    if (status != UNMASK_OK) return fail("default params", status, NULL);
     unmask_context_params cparams = unmask_context_default_params();
     struct progress progress = {.cancel_at = -1, .calls = 0};
     int chat = 1;
@@ -95,9 +102,6 @@ int main(int argc, char **argv) {
         else { fprintf(stderr, "unknown option %s\n", opt); return 2; }
     }
 
-    unmask_model_t *model = NULL;
-    unmask_status_t status = unmask_model_load(model_path, &model);
-    if (status != UNMASK_OK) return fail("load", status, NULL);
     printf("unmask %s, model: %s, %lld parameters, context %d, vocabulary %d, mask id %d\n",
            unmask_version(), unmask_model_architecture(model),
            (long long)unmask_model_n_params(model), unmask_model_n_ctx(model),

@@ -99,6 +99,7 @@ def load_library(path):
         "unmask_context_new": (status, [p, ContextParams, ctypes.POINTER(p)]),
         "unmask_context_free": (None, [p]),
         "unmask_generate_default_params": (GenerateParams, []),
+        "unmask_model_default_params": (status, [p, ctypes.POINTER(GenerateParams)]),
         "unmask_generate_text": (
             status,
             [p, ctypes.c_char_p, i32, GenerateParams, StepCallback, p, ctypes.POINTER(ctypes.POINTER(Result))],
@@ -157,7 +158,12 @@ def main():
     args = ap.parse_args()
 
     lib = load_library(args.lib)
-    params = lib.unmask_generate_default_params()
+    model = ctypes.c_void_p()
+    check(lib, lib.unmask_model_load(args.model.encode(), ctypes.byref(model)), "load")
+    # The settings `unmask generate` uses on this file without flags (built-in < model file); the
+    # options given replace them.
+    params = GenerateParams()
+    check(lib, lib.unmask_model_default_params(model, ctypes.byref(params)), "default params")
     for field in ("max_new_tokens", "steps", "temperature", "top_p", "top_k", "alg_temp", "eps", "block_length", "seed", "threshold"):
         value = getattr(args, field)
         if value is not None:
@@ -168,8 +174,6 @@ def main():
         params.cache = CACHES[args.cache]
     params.chat = 0 if args.no_chat else -1
 
-    model = ctypes.c_void_p()
-    check(lib, lib.unmask_model_load(args.model.encode(), ctypes.byref(model)), "load")
     cparams = lib.unmask_context_default_params()
     cparams.n_threads = args.threads
     ctx = ctypes.c_void_p()

@@ -261,16 +261,20 @@ UNMASK_API void unmask_context_free(unmask_context_t *ctx);
 #define UNMASK_CACHE_PREFIX 1     /* cache the positions before the block */
 #define UNMASK_CACHE_DUAL 2       /* cache every position outside the block */
 
-/* Every sampling option of `unmask generate`. The defaults are the CLI's (DiffuCoder-Instruct's
+/* Every sampling option of `unmask generate`. The built-in defaults (DiffuCoder-Instruct's
  * recommended settings, plus the top-k 50 that Dream's published code applies when none is given):
- * 256 new tokens, one step per new token, entropy, temperature 0.4, top-p 0.95, top-k 50, alg_temp 0,
- * eps 1e-3, no blocks, seed 0, chat automatic, the context's threads, exact decoding (no cache,
- * no threshold). */
+ * 256 new tokens, steps 0 (one step per new token), entropy, temperature 0.4, top-p 0.95, top-k 50,
+ * alg_temp 0, eps 1e-3, no blocks, seed 0, chat automatic, the context's threads, exact decoding
+ * (no cache, no threshold). A model file may store its own (unmask.generation.*, from the
+ * checkpoint's generation_config.json): unmask_model_default_params gives them over the built-in
+ * ones, as `unmask generate` applies them: built-in < model file < the fields you set. */
 typedef struct unmask_generate_params {
     uint64_t seed;           /* seed of unmask's own random generator (xoshiro256**) */
     int32_t max_new_tokens;  /* length of the canvas to fill, >= 1 */
-    int32_t steps;           /* denoising steps, 1..max_new_tokens; 0 (the default): one per new
-                                token, whatever max_new_tokens is */
+    int32_t steps;           /* denoising steps, 1..max_new_tokens; 0 (the default): follow
+                                max_new_tokens, as `unmask generate` without --steps: the steps per
+                                new token the model file stores (rounded, 1..max_new_tokens), else
+                                one step per new token */
     int32_t alg;             /* UNMASK_ALG_* */
     float temperature;       /* >= 0; 0 takes the most likely token */
     float top_p;             /* nucleus filter in (0, 1]; 1 disables it */
@@ -298,8 +302,18 @@ typedef struct unmask_generate_params {
                                 must divide max_new_tokens; with a cache each block runs until done. */
 } unmask_generate_params;
 
-/* The defaults above. Thread-safe. */
+/* The built-in defaults above. Thread-safe. */
 UNMASK_API unmask_generate_params unmask_generate_default_params(void);
+
+/* Fills *out with the defaults for this model: the built-in ones, replaced by each valid
+ * generation setting its file stores (max_new_tokens, alg, temperature, top_p, top_k, alg_temp,
+ * eps; top_p 1 and top_k 0 in the file turn the filters off), exactly the settings
+ * `unmask generate` uses on that file without flags. steps is 0, so the file's steps per token
+ * apply to whatever max_new_tokens you then set. A stored value out of range (top_p 1.5, an
+ * unknown alg, NaN) is skipped, leaving the built-in one. Returns UNMASK_OK, NULL_ARGUMENT (model
+ * or out is NULL) or INVALID_HANDLE; on failure *out (when not NULL) holds the built-in defaults.
+ * Thread-safe. */
+UNMASK_API unmask_status_t unmask_model_default_params(const unmask_model_t *model, unmask_generate_params *out);
 
 /* What the step callback sees after each denoising step. Valid only during the callback. */
 typedef struct unmask_step {

@@ -177,7 +177,7 @@ fn generate_into(
         let context = CONTEXTS.get(ctx)?;
         // Failures from here on are also the context's last error.
         let outcome = catch(|| {
-            let checked = params.check()?;
+            let checked = params.check_for(&context.model.model)?;
             let prompt = prompt(&context, &checked)?;
             run(&context, &prompt, &checked, callback, user_data)
         });

@@ -1,8 +1,13 @@
-//! The parameter structs of unmask.h (`#[repr(C)]`, field for field), their defaults, and their
-//! conversion to the runtime's parameters with every value checked.
+//! The parameter structs of unmask.h (`#[repr(C)]`, field for field), their defaults (the
+//! runtime's one definition, `unmask_runtime::settings`: built-in, and built-in < model file for
+//! `unmask_model_default_params`), and their conversion to the runtime's parameters with every
+//! value checked.
 
-use crate::error::{entry, FfiError, FfiResult};
-use unmask_runtime::{Algorithm, CacheMode, GenerateParams};
+use crate::error::{entry, status_entry, FfiError, FfiResult};
+use crate::model::{unmask_model, MODELS};
+use crate::status::{self, Status};
+use unmask_runtime::settings::{FileSettings, Settings, Source, Steps};
+use unmask_runtime::{Algorithm, CacheMode, GenerateParams, ModelSpec};
 
 /// The most worker threads a context may ask for.
 pub const MAX_THREADS: i32 = 512;
@@ -63,26 +68,52 @@ pub struct Checked {
 }
 
 impl Default for unmask_generate_params {
-    /// The CLI's defaults (`unmask generate` without options).
+    /// The built-in defaults (`unmask generate` on a model file without generation settings).
     fn default() -> Self {
-        let d = GenerateParams::default();
+        unmask_generate_params::from_params(&GenerateParams::default())
+    }
+}
+
+impl unmask_generate_params {
+    /// The C struct of `p`, with steps 0: the steps follow the length (see [`Self::check_for`]).
+    pub fn from_params(p: &GenerateParams) -> Self {
+        let int = |v: usize| i32::try_from(v).unwrap_or(i32::MAX);
         unmask_generate_params {
-            seed: d.seed,
-            max_new_tokens: d.max_new_tokens as i32,
-            // 0: one step per new token, whatever max_new_tokens is set to.
+            seed: p.seed,
+            max_new_tokens: int(p.max_new_tokens),
             steps: 0,
-            alg: ALG_ENTROPY,
-            temperature: d.temperature,
-            top_p: d.top_p.unwrap_or(1.0),
-            top_k: d.top_k.map_or(0, |k| k as i32),
-            alg_temp: d.alg_temp,
-            eps: d.eps,
-            block_length: 0,
+            alg: match p.alg {
+                Algorithm::Origin => ALG_ORIGIN,
+                Algorithm::MaskgitPlus => ALG_MASKGIT_PLUS,
+                Algorithm::TopkMargin => ALG_TOPK_MARGIN,
+                Algorithm::Entropy => ALG_ENTROPY,
+            },
+            temperature: p.temperature,
+            top_p: p.top_p.unwrap_or(1.0),
+            top_k: p.top_k.map_or(0, int),
+            alg_temp: p.alg_temp,
+            eps: p.eps,
+            block_length: p.block_length.map_or(0, int),
             chat: -1,
             n_threads: 0,
-            cache: CACHE_NONE,
-            threshold: 0.0,
+            cache: match p.cache {
+                CacheMode::None => CACHE_NONE,
+                CacheMode::Prefix => CACHE_PREFIX,
+                CacheMode::Dual => CACHE_DUAL,
+            },
+            threshold: p.threshold.unwrap_or(0.0),
         }
+    }
+
+    /// The built-in defaults with the model file's valid generation settings over them: what
+    /// `unmask generate` runs with on that model when no flag is given.
+    pub fn for_model(spec: &ModelSpec) -> Self {
+        let file = FileSettings::of(spec);
+        Self::from_params(
+            &Settings::builtin()
+                .with(Source::ModelFile, &file.layer)
+                .params(),
+        )
     }
 }
 
@@ -93,9 +124,21 @@ fn invalid<T>(message: String) -> FfiResult<T> {
 }
 
 impl unmask_generate_params {
-    /// Converts to the runtime's parameters exactly as `unmask generate` does with the same
-    /// options, refusing anything out of range with a message naming the field.
+    /// [`Self::check_for`] without a model: steps 0 is the built-in rule, one per new token.
     pub fn check(&self) -> FfiResult<Checked> {
+        self.check_with(Steps::builtin())
+    }
+
+    /// Converts to the runtime's parameters for a generation on `model`, exactly as
+    /// `unmask generate` does with the same options, refusing anything out of range with a
+    /// message naming the field. Steps 0 follow the length as `unmask generate` without
+    /// `--steps` does: the steps per token that the model file stores, else one per new token.
+    pub fn check_for(&self, model: &ModelSpec) -> FfiResult<Checked> {
+        let rule = FileSettings::of(model).layer.steps;
+        self.check_with(rule.unwrap_or_else(Steps::builtin))
+    }
+
+    fn check_with(&self, steps_rule: Steps) -> FfiResult<Checked> {
         let positive = |v: i32, name: &str| -> FfiResult<usize> {
             if v < 1 {
                 return invalid(format!("{name} must be at least 1 (got {v})"));
@@ -149,12 +192,9 @@ impl unmask_generate_params {
             n if (1..=MAX_THREADS).contains(&n) => Some(n as usize),
             n => return invalid(format!("n_threads {n} must be in 0..={MAX_THREADS}")),
         };
-        let params = GenerateParams {
+        let mut params = GenerateParams {
             max_new_tokens: positive(self.max_new_tokens, "max_new_tokens")?,
-            steps: match self.steps {
-                0 => positive(self.max_new_tokens, "max_new_tokens")?,
-                s => positive(s, "steps")?,
-            },
+            steps: 0,
             alg,
             temperature: self.temperature,
             // As the CLI: 1 disables the nucleus filter.
@@ -166,6 +206,10 @@ impl unmask_generate_params {
             seed: self.seed,
             cache,
             threshold,
+        };
+        params.steps = match self.steps {
+            0 => steps_rule.resolve(&params),
+            s => positive(s, "steps")?,
         };
         params.validate()?;
         Ok(Checked {
@@ -205,6 +249,30 @@ pub extern "C" fn unmask_generate_default_params() -> unmask_generate_params {
     )
 }
 
+/// `unmask_model_default_params`: the built-in defaults with the model file's generation
+/// settings over them. On failure `*out` (when not NULL) holds the built-in defaults.
+///
+/// # Safety
+/// `out` is NULL or valid for one `unmask_generate_params` write.
+#[no_mangle]
+pub unsafe extern "C" fn unmask_model_default_params(
+    model: *const unmask_model,
+    out: *mut unmask_generate_params,
+) -> Status {
+    status_entry(|| {
+        if out.is_null() {
+            return Err(FfiError::Null("out"));
+        }
+        // SAFETY: out is non-NULL and valid for a write by the caller's contract.
+        unsafe { out.write(unmask_generate_params::default()) };
+        let entry = MODELS.get(model)?;
+        let filled = unmask_generate_params::for_model(&entry.model);
+        // SAFETY: as above.
+        unsafe { out.write(filled) };
+        Ok(status::OK)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +283,42 @@ mod tests {
         assert_eq!(c.params, GenerateParams::default());
         assert_eq!(c.chat, Chat::Auto);
         assert_eq!(c.threads, None);
+    }
+
+    #[test]
+    fn steps_zero_follow_the_length_by_the_rule_given() {
+        let d = unmask_generate_params {
+            max_new_tokens: 64,
+            ..Default::default()
+        };
+        assert_eq!(d.check().unwrap().params.steps, 64);
+        let half = Steps::PerTokens {
+            steps: 16,
+            tokens: 32,
+        };
+        assert_eq!(d.check_with(half).unwrap().params.steps, 32);
+        // An explicit count is kept.
+        let s = unmask_generate_params { steps: 8, ..d };
+        assert_eq!(s.check_with(half).unwrap().params.steps, 8);
+    }
+
+    #[test]
+    fn model_defaults_refuse_null_pointers() {
+        let mut out = unmask_generate_params {
+            max_new_tokens: 5,
+            ..Default::default()
+        };
+        // SAFETY: `out` is valid for a write; NULL pointers are what is checked.
+        let status = unsafe { unmask_model_default_params(std::ptr::null(), &mut out) };
+        assert_eq!(status, crate::status::ERR_NULL_ARGUMENT);
+        assert_eq!(out, unmask_generate_params::default());
+        let bogus = 0x10 as *const unmask_model;
+        // SAFETY: as above; the handle is looked up, never dereferenced.
+        let status = unsafe { unmask_model_default_params(bogus, &mut out) };
+        assert_eq!(status, crate::status::ERR_INVALID_HANDLE);
+        // SAFETY: NULL out is refused before any write.
+        let status = unsafe { unmask_model_default_params(bogus, std::ptr::null_mut()) };
+        assert_eq!(status, crate::status::ERR_NULL_ARGUMENT);
     }
 
     #[test]

@@ -503,3 +503,75 @@ fn abuse_gives_status_codes_never_a_crash() {
         common::describe(&out)
     );
 }
+
+#[test]
+fn model_default_params_are_the_files_settings_as_the_cli_applies_them() {
+    let setup = Setup::new();
+    let model = common::own_settings_model(&setup);
+    let exe = setup.compile(&[&api_test()], "api_test", false);
+    let field = |out: &str, line: &str, name: &str| -> String {
+        let l = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{line} ")))
+            .unwrap_or_else(|| panic!("{out}"));
+        l.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {l}"))
+            .to_string()
+    };
+    for n in [0, 64] {
+        let out = run_ok(
+            Command::new(&exe)
+                .arg("defaults")
+                .arg(&model)
+                .arg(n.to_string()),
+        );
+        assert_eq!(out.lines().last(), Some("ok"), "{out}");
+        // Built-in < model file: the file's values, the built-in ones where it has none.
+        for (name, builtin, file) in [
+            ("max_new_tokens", "256", "32"),
+            ("steps", "0", "0"),
+            ("alg", "3", "1"),
+            ("temperature", "0.4", "0.2"),
+            ("top_p", "0.95", "1"),
+            ("top_k", "50", "7"),
+            ("alg_temp", "0", "0.5"),
+            ("eps", "0.001", "0.001"),
+            ("seed", "0", "0"),
+            ("cache", "0", "0"),
+        ] {
+            assert_eq!(field(&out, "builtin", name), builtin, "{name}: {out}");
+            assert_eq!(field(&out, "model", name), file, "{name}: {out}");
+        }
+        // The same generation as `unmask generate` on the file without those flags, steps 0
+        // following the file's 16 steps per 32 tokens.
+        let mut cli = Command::new(common::unmask_bin());
+        cli.arg("generate").arg("-m").arg(&model).args([
+            "--prompt-ids",
+            "5,6,7,8,9,10",
+            "--json",
+            "-t",
+            "1",
+        ]);
+        if n > 0 {
+            cli.args(["--max-new-tokens", &n.to_string()]);
+        }
+        let json: serde_json::Value = serde_json::from_str(&run_ok(&mut cli)).unwrap();
+        let steps: i64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("steps "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(steps, json["steps"].as_i64().unwrap(), "{out}");
+        assert_eq!(steps, if n == 0 { 16 } else { 32 });
+        let tokens: Vec<i64> = out
+            .lines()
+            .find_map(|l| l.strip_prefix("tokens "))
+            .unwrap()
+            .split(',')
+            .map(|t| t.parse().unwrap())
+            .collect();
+        assert_eq!(tokens, json_ids(&json["tokens"]), "n = {n}");
+    }
+}

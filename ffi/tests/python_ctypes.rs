@@ -8,10 +8,19 @@ use common::{cli_json, describe, json_ids, python, Setup};
 use std::process::Command;
 
 fn run_example(setup: &Setup, prompt: &str, options: &[&str]) -> serde_json::Value {
+    run_example_on(setup, &setup.model, prompt, options)
+}
+
+fn run_example_on(
+    setup: &Setup,
+    model: &std::path::Path,
+    prompt: &str,
+    options: &[&str],
+) -> serde_json::Value {
     let script = common::repo_root().join("ffi/examples/generate.py");
     let out = Command::new(python())
         .arg(&script)
-        .arg(&setup.model)
+        .arg(model)
         .arg(prompt)
         .arg("--lib")
         .arg(setup.shared_lib())
@@ -100,4 +109,33 @@ fn python_ctypes_example_matches_the_cli() {
     assert_eq!(cancelled["status"], 1, "UNMASK_CANCELLED");
     assert_eq!(cancelled["steps"], 4);
     assert_eq!(cancelled["commits"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn python_ctypes_example_applies_the_model_files_settings_as_the_cli_does() {
+    let setup = Setup::new();
+    let model = common::own_settings_model(&setup);
+    let prompt = "def add(a, b):";
+    // The file stores 16 steps per 32 new tokens.
+    for (options, steps) in [
+        (&["--threads", "1"][..], 16),
+        (&["--max-new-tokens", "48", "--threads", "1"], 24),
+    ] {
+        let py = run_example_on(&setup, &model, prompt, options);
+        let cli = cli_json(&model, prompt, options);
+        assert_eq!(py["status"], 0, "{options:?}");
+        assert_eq!(cli["settings"]["temperature"]["source"], "model file");
+        assert_eq!(
+            json_ids(&py["tokens"]),
+            json_ids(&cli["tokens"]),
+            "{options:?}"
+        );
+        assert_eq!(py["commits"], cli["commits"], "{options:?}");
+        assert_eq!(cli["steps"], steps, "{options:?}");
+        assert_eq!(
+            py["commits"].as_array().unwrap().len(),
+            steps,
+            "{options:?}"
+        );
+    }
 }

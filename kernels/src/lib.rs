@@ -7,7 +7,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`graph`] | the compute graph ([`graph::Graph`], [`graph::TensorId`], [`graph::TensorSource`]): its operations, automatic differentiation, trainable parameters ([`graph::params`]) and AdamW ([`graph::adamw`]), data transfer, device-side scoring ([`graph::scoring`]) and the int8 GEMM as ggml custom ops |
+//! | [`graph`] | the compute graph ([`graph::Graph`], [`graph::TensorId`], [`graph::TensorSource`]): its operations, automatic differentiation, trainable parameters ([`graph::param_store`]) and AdamW ([`graph::adamw`]), data transfer, device-side scoring ([`graph::scoring`]) and the int8 GEMM as ggml custom ops |
 //! | [`backend`], [`device`] | where graphs run: the CPU backend with its thread pool, or a device (CUDA) from a loaded backend library |
 //! | [`weights`] | a GGUF file's tensors as ggml tensors: memory-mapped (CPU) or uploaded (device) |
 //! | [`simd`] | hand-written SIMD on host memory, without ggml: the int8 GEMM ([`simd::qgemm`]) and vectorised exp/ln ([`simd::vmath`]) |

@@ -9,6 +9,7 @@ pub mod convert;
 mod error;
 pub mod info;
 pub mod mix;
+pub mod restamp;
 pub mod synth;
 pub mod synth_tokenizer;
 pub mod validate;

@@ -7,7 +7,7 @@
 //! meaningful. Peak RSS is read after the first step, before libllama is loaded: by then every
 //! weight page and compute buffer unmask uses has been touched.
 
-use crate::cli_decoding::DecodingArgs;
+use crate::cli_decoding::{model_file_settings, settings_error, DecodingArgs, SamplingArgs};
 use crate::cli_generate::{default_threads, load_model};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -15,34 +15,40 @@ use std::sync::Arc;
 use std::time::Instant;
 use unmask_kernels::device::{DeviceKind, DeviceRequest, Placement};
 use unmask_kernels::llama::LlamaForward;
-use unmask_runtime::{Algorithm, Control, GenerateParams, Generator};
+use unmask_runtime::settings::{Layer, Setting, Settings, Source, Steps};
+use unmask_runtime::{Control, Generator};
 
 #[derive(clap::Args)]
+#[command(after_help = BENCH_PRECEDENCE)]
 pub struct BenchArgs {
     /// The model (GGUF).
     #[arg(short, long)]
     model: PathBuf,
-    /// New tokens (canvas length after the prompt).
-    #[arg(long, default_value_t = 256)]
-    gen: usize,
-    /// Denoising steps (exact decoding: forward passes; see --threshold for the fast modes).
-    #[arg(long, default_value_t = 64)]
-    steps: usize,
+    #[arg(
+        long = "gen",
+        visible_alias = "max-new-tokens",
+        value_name = "N",
+        help = bench_help(Setting::MaxNewTokens, Some(GEN_ABOUT))
+    )]
+    gen: Option<usize>,
+    #[arg(long, value_name = "N", help = bench_help(Setting::Steps, Some(STEPS_ABOUT)))]
+    steps: Option<usize>,
     /// Prompt length in tokens (the benchmark text, repeated or cut).
     #[arg(long, default_value_t = 30)]
     prompt_tokens: usize,
     /// Threads for the forward pass and the scoring (libllama uses as many).
     #[arg(short, long, default_value_t = default_threads())]
     threads: usize,
-    /// Which positions to commit: origin, maskgit_plus, topk_margin or entropy.
-    #[arg(long, default_value = "entropy")]
-    alg: Algorithm,
+    #[arg(long, help = bench_help(Setting::Temperature, Some(TEMPERATURE_ABOUT)))]
+    temperature: Option<f32>,
+    #[arg(long, help = bench_help(Setting::TopP, None))]
+    top_p: Option<f32>,
+    #[arg(long, value_name = "K", help = bench_help(Setting::TopK, None))]
+    top_k: Option<usize>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     #[command(flatten)]
     decoding: DecodingArgs,
-    /// Sampling temperature (0: greedy). Synthetic models have nearly flat distributions, which
-    /// make nucleus sampling unrepresentatively expensive, so the benchmark is greedy by default.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
     /// libllama forward passes to time, spread evenly over the generation.
     #[arg(long, default_value_t = 4)]
     llama_runs: usize,
@@ -57,12 +63,68 @@ pub struct BenchArgs {
     /// libllama offloads every layer to it too.
     #[arg(long, default_value = "auto")]
     device: DeviceRequest,
-    /// Print one JSON object with every number instead of text.
+    /// Print one JSON object with every number instead of text, with every setting's value and
+    /// source ("settings") and the model file's ignored values ("ignored_settings").
     #[arg(long)]
     json: bool,
 }
 
+/// The benchmark's own settings, over the model file's: a fixed length and step count, and greedy
+/// sampling without filters (synthetic models have nearly flat distributions, which make nucleus
+/// sampling unrepresentatively expensive).
+pub fn bench_settings() -> Layer {
+    Layer {
+        max_new_tokens: Some(256),
+        steps: Some(Steps::AtMost(64)),
+        temperature: Some(0.0),
+        top_p: Some(None),
+        top_k: Some(None),
+        ..Layer::default()
+    }
+}
+
+/// The source name of [`bench_settings`] in reports.
+const BENCH: Source = Source::Overlay("bench");
+
+const BENCH_PRECEDENCE: &str = "Settings: a flag given wins; otherwise the benchmark's own \
+settings (--gen, --steps, --temperature, --top-p, --top-k: a fixed workload); otherwise the model \
+file's value (unmask.generation.*) where the setting has one and it is valid; otherwise the \
+built-in default. Built-in < model file < benchmark < flags. A stored value out of range is \
+ignored with a warning naming its key. --json reports every setting's value and source under \
+\"settings\".";
+
+const GEN_ABOUT: &str = "New tokens (canvas length after the prompt)";
+const STEPS_ABOUT: &str =
+    "Denoising steps (exact decoding: forward passes; see --threshold for the fast modes)";
+const TEMPERATURE_ABOUT: &str = "Sampling temperature; 0 takes the most likely token (greedy by \
+    default: synthetic models have nearly flat distributions, which make sampling \
+    unrepresentatively expensive)";
+
+/// A flag's help line under the benchmark's settings: `about` (or the setting's own) and the
+/// default.
+fn bench_help(setting: Setting, about: Option<&str>) -> String {
+    format!(
+        "{} {}",
+        about.unwrap_or(setting.about()),
+        setting.default_help(Some(&bench_settings()))
+    )
+}
+
 pub const BENCH_TEXT: &str = "def quicksort(items):\n    \"\"\"Sort a list of numbers in ascending order using quicksort and return a new list.\"\"\"\n    # Write the body of this function. Pick the middle element as the pivot, partition, recurse.\n";
+
+impl BenchArgs {
+    /// The settings given on the command line.
+    fn flags(&self) -> Layer {
+        Layer {
+            max_new_tokens: self.gen,
+            steps: self.steps.map(Steps::Exactly),
+            temperature: self.temperature,
+            top_p: self.top_p.map(Layer::top_p_value),
+            top_k: self.top_k.map(Layer::top_k_value),
+            ..self.sampling.layer(&self.decoding)
+        }
+    }
+}
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -90,26 +152,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     prompt.truncate(args.prompt_tokens.max(1));
     // The tokenizer built for encoding is gone; give its memory back before measuring.
     unmask_kernels::heap::release_free_memory();
-    let params = GenerateParams {
-        max_new_tokens: args.gen,
-        steps: args.steps,
-        alg: args.alg,
-        temperature: args.temperature,
-        top_p: None,
-        top_k: None,
-        block_length: args.decoding.block_length,
-        cache: args.decoding.cache,
-        threshold: args.decoding.threshold,
-        ..GenerateParams::default()
-    };
-    params.validate()?;
+    let file = model_file_settings(&model);
+    let settings = Settings::builtin()
+        .with(Source::ModelFile, &file.layer)
+        .with(BENCH, &bench_settings())
+        .with(Source::Flag, &args.flags());
+    let params = settings.params();
+    params
+        .validate()
+        .map_err(|e| settings_error(e, &settings))?;
+    let gen = params.max_new_tokens;
     let mut generator = Generator::new(model.clone(), args.threads)?;
     // Build the graphs once outside the timing, as a long-running user would have them.
-    generator.forward_for(prompt.len() + args.gen)?;
-    let compute_mib = generator
-        .forward_for(prompt.len() + args.gen)?
-        .compute_bytes() as f64
-        / (1u64 << 20) as f64;
+    generator.forward_for(prompt.len() + gen)?;
+    let compute_mib =
+        generator.forward_for(prompt.len() + gen)?.compute_bytes() as f64 / (1u64 << 20) as f64;
     let runs = if args.no_llama {
         0
     } else {
@@ -149,7 +206,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             return Control::Cancel;
         }
         Control::Continue
-    })?;
+    });
+    let result = result.map_err(|e| settings_error(e, &settings))?;
     if let Some(e) = llama_error {
         return Err(e.context("timing libllama"));
     }
@@ -171,10 +229,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "threads": args.threads,
         "load_seconds": load_seconds,
         "prompt_tokens": prompt.len(),
-        "new_tokens": args.gen,
-        "steps": args.steps,
-        "alg": format!("{:?}", args.alg),
-        "temperature": args.temperature,
+        "new_tokens": gen,
+        "steps": params.steps,
+        "alg": format!("{:?}", params.alg),
+        "temperature": params.temperature,
         "forward_passes": result.forward_passes,
         "seconds_per_step": per_step,
         "tokens_per_second": committed / unmask_seconds,
@@ -193,7 +251,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "layers_seconds_per_pass": result.timings.body / passes,
         "head_and_scoring_seconds_per_pass": result.timings.head_and_scoring / passes,
         "bytes_to_host_per_step": result.bytes_to_host as f64 / result.steps as f64,
-        "scores_on_device": generator.forward_for(prompt.len() + args.gen)?.scores_on_device(),
+        "scores_on_device": generator.forward_for(prompt.len() + gen)?.scores_on_device(),
         "peak_rss_mib": rss,
         "compute_mib": compute_mib,
         "llama_forward_seconds": llama_forward,
@@ -201,6 +259,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "llama_logits_bytes": llama_forward.map(|_| (result.canvas.len() * model.n_vocab * 4) as u64),
         "ratio_llama_forward_over_unmask_step": llama_forward.map(|f| f / per_step),
         "ratio_llama_forward_and_scoring_over_unmask_step": llama_forward.zip(llama_scoring).map(|(f, s)| (f + s) / per_step),
+        "settings": settings.report(),
+        "ignored_settings": file.ignored.iter().map(|i| i.to_json()).collect::<Vec<_>>(),
     });
     if args.json {
         println!("{report}");
@@ -215,10 +275,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!(
         "canvas: {} prompt + {} new tokens, {} steps, alg {:?}, temperature {}",
         prompt.len(),
-        args.gen,
-        args.steps,
-        args.alg,
-        args.temperature
+        gen,
+        params.steps,
+        params.alg,
+        params.temperature
     );
     println!(
         "unmask: {:.3} s/step ({} forward passes), {:.2} tokens/s, {:.2} s total",

@@ -1,6 +1,8 @@
 //! `unmask generate`.
 
-use crate::cli_decoding::DecodingArgs;
+use crate::cli_decoding::{
+    model_file_settings, settings_error, DecodingArgs, SamplingArgs, PRECEDENCE,
+};
 use anyhow::{bail, Context, Result};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -8,9 +10,11 @@ use std::sync::Arc;
 use unmask_dream::chat::{answer_text, instruct_prompt};
 use unmask_kernels::device::{self, DeviceRequest, Placement};
 use unmask_runtime::order::{global_ar_ness, local_ar_ness};
-use unmask_runtime::{Algorithm, Control, GenerateParams, Generator, Model, StepEvent};
+use unmask_runtime::settings::{Layer, Setting, Settings, Source, Steps};
+use unmask_runtime::{Control, Generator, Model, StepEvent};
 
 #[derive(clap::Args)]
+#[command(after_help = PRECEDENCE)]
 pub struct GenerateArgs {
     /// The model (GGUF made by unmask-quantize or llama.cpp's converter).
     #[arg(short, long)]
@@ -24,41 +28,20 @@ pub struct GenerateArgs {
     /// The prompt as comma-separated token ids, used as is (no chat template).
     #[arg(long, value_delimiter = ',')]
     prompt_ids: Option<Vec<u32>>,
-    /// Length of the canvas to fill (the answer is cut at the first end token). Default: 256,
-    /// DiffuCoder-Instruct's recommended setting.
-    #[arg(long, default_value_t = 256)]
-    max_new_tokens: usize,
-    /// Denoising steps (at most max-new-tokens; fewer steps commit several tokens per step).
-    /// Default: one per new token (DiffuCoder-Instruct's recommended setting), whatever
-    /// --max-new-tokens is.
-    #[arg(long)]
+    #[arg(long, value_name = "N", help = Setting::MaxNewTokens.help(None))]
+    max_new_tokens: Option<usize>,
+    #[arg(long, value_name = "N", help = Setting::Steps.help(None))]
     steps: Option<usize>,
-    /// Which positions to commit: origin, maskgit_plus, topk_margin or entropy.
-    #[arg(long, default_value = "entropy")]
-    alg: Algorithm,
-    /// Sampling temperature; 0 takes the most likely token. Default: 0.4 (DiffuCoder-Instruct's
-    /// recommended setting).
-    #[arg(long, default_value_t = 0.4)]
-    temperature: f32,
-    /// Nucleus filter (1 disables it). Default: 0.95 (DiffuCoder-Instruct's recommended setting).
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    /// Keep only the k most likely tokens (after the nucleus filter); 0 disables it. The default
-    /// 50 is what Dream's published code applies when the caller passes no top-k (transformers'
-    /// legacy generation default; docs/model.md, "effective defaults").
-    #[arg(long, default_value_t = unmask_runtime::generate::DEFAULT_TOP_K)]
-    top_k: usize,
-    /// Temperature of the choice of positions (0: the most confident ones).
-    #[arg(long, default_value_t = 0.0)]
-    alg_temp: f32,
-    /// Final time of the schedule linspace(1, eps, steps + 1).
-    #[arg(long, default_value_t = 1e-3)]
-    eps: f32,
+    #[arg(long, help = Setting::Temperature.help(None))]
+    temperature: Option<f32>,
+    #[arg(long, help = Setting::TopP.help(None))]
+    top_p: Option<f32>,
+    #[arg(long, value_name = "K", help = Setting::TopK.help(None))]
+    top_k: Option<usize>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     #[command(flatten)]
     decoding: DecodingArgs,
-    /// Seed of unmask's own random generator (PyTorch's stream cannot be reproduced).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Threads for the forward pass and the scoring. Default: the physical cores (more threads
     /// than free cores make every pass much slower).
     #[arg(short, long, default_value_t = default_threads())]
@@ -79,7 +62,8 @@ pub struct GenerateArgs {
     /// Report the decoding order's AR-ness (docs/model.md §6).
     #[arg(long)]
     order: bool,
-    /// Print one JSON object instead of text.
+    /// Print one JSON object instead of text, with every setting's value and source
+    /// ("settings") and the model file's ignored values ("ignored_settings").
     #[arg(long)]
     json: bool,
     /// No progress bar (it is shown on a terminal only, never when stderr is piped).
@@ -88,6 +72,21 @@ pub struct GenerateArgs {
 }
 
 pub use unmask_kernels::backend::default_threads;
+
+impl GenerateArgs {
+    /// The settings given on the command line (the flags not given are left to the layers
+    /// below: the model file, then the built-in defaults).
+    fn flags(&self) -> Layer {
+        Layer {
+            max_new_tokens: self.max_new_tokens,
+            steps: self.steps.map(Steps::Exactly),
+            temperature: self.temperature,
+            top_p: self.top_p.map(Layer::top_p_value),
+            top_k: self.top_k.map(Layer::top_k_value),
+            ..self.sampling.layer(&self.decoding)
+        }
+    }
+}
 
 /// Resolves `--device` and loads the model there.
 pub fn load_model(path: &std::path::Path, request: &DeviceRequest) -> Result<(Model, Placement)> {
@@ -110,20 +109,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         (None, None, None) => bail!("give a prompt with -p TEXT, -f FILE or --prompt-ids"),
     };
-    let params = GenerateParams {
-        max_new_tokens: args.max_new_tokens,
-        steps: args.steps.unwrap_or(args.max_new_tokens),
-        alg: args.alg,
-        temperature: args.temperature,
-        top_p: Some(args.top_p).filter(|&p| p < 1.0),
-        top_k: Some(args.top_k).filter(|&k| k > 0),
-        alg_temp: args.alg_temp,
-        eps: args.eps,
-        block_length: args.decoding.block_length,
-        seed: args.seed,
-        cache: args.decoding.cache,
-        threshold: args.decoding.threshold,
-    };
+    let file = model_file_settings(&model);
+    let settings = Settings::builtin()
+        .with(Source::ModelFile, &file.layer)
+        .with(Source::Flag, &args.flags());
+    let params = settings.params();
+    params
+        .validate()
+        .map_err(|e| settings_error(e, &settings))?;
     // The tokenizer is not kept while the model computes (it is as large as a small model's
     // compute buffers); the live view needs it, so only then it stays.
     unmask_kernels::heap::release_free_memory();
@@ -165,7 +158,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
-    let result = result?;
+    let result = result.map_err(|e| settings_error(e, &settings))?;
     // Release the weights' mapping before building the tokenizer again to decode.
     drop(generator);
     let tokenizer = match &visual_tokenizer {
@@ -198,6 +191,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "block_starts": result.block_starts,
             "forced": result.forced,
             "cache_bytes": result.cache_bytes,
+            "settings": settings.report(),
+            "ignored_settings": file.ignored.iter().map(|i| i.to_json()).collect::<Vec<_>>(),
         });
         if args.order {
             json["ar_ness"] = ar_ness_json(&order);

@@ -27,6 +27,7 @@ pub mod positions;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod settings;
 
 pub use error::{Error, Result};
 pub use generate::{

@@ -21,7 +21,8 @@ use unmask_kernels::gguf::{GgufFile, GgufValue};
 use unmask_kernels::graph::TensorSource;
 use unmask_kernels::weights::Weights;
 
-/// Sampling defaults stored from `generation_config.json` (`unmask.generation.*`).
+/// Sampling defaults stored from `generation_config.json` (`unmask.generation.*`), as read:
+/// `crate::settings` checks them and layers them over the built-in defaults.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GenerationDefaults {
     pub temperature: Option<f32>,
@@ -32,23 +33,42 @@ pub struct GenerationDefaults {
     pub alg: Option<String>,
     pub alg_temp: Option<f32>,
     pub eps: Option<f32>,
+    /// Entries of these keys whose stored type does not fit (a negative or fractional count, a
+    /// number for `alg`, ...): the full key and the stored value, left out of the fields above.
+    pub unreadable: Vec<(String, String)>,
 }
 
 impl GenerationDefaults {
     /// Reads the defaults from `unmask.generation.*` entries, looked up by their full key.
     fn read<'a>(get: impl Fn(&str) -> Option<&'a GgufValue>) -> Self {
-        let get = |k: &str| get(&format!("{}{k}", keys::GENERATION_PREFIX));
-        let float = |k: &str| get(k).and_then(GgufValue::as_f64).map(|v| v as f32);
-        let int = |k: &str| get(k).and_then(GgufValue::as_u64).map(|v| v as usize);
+        let mut unreadable = Vec::new();
+        // The entry `unmask.generation.<key>` converted, or None; one that is there but does not
+        // convert is recorded as unreadable.
+        macro_rules! field {
+            ($key:literal, $convert:expr) => {{
+                let key = format!("{}{}", keys::GENERATION_PREFIX, $key);
+                get(&key).and_then(|stored| {
+                    let value = $convert(stored);
+                    if value.is_none() {
+                        unreadable.push((key.clone(), stored.summary()));
+                    }
+                    value
+                })
+            }};
+        }
+        let float = |v: &GgufValue| v.as_f64().map(|v| v as f32);
+        let int = |v: &GgufValue| v.as_u64().map(|v| v as usize);
+        let text = |v: &GgufValue| v.as_str().map(str::to_string);
         GenerationDefaults {
-            temperature: float("temperature"),
-            top_p: float("top_p"),
-            top_k: int("top_k"),
-            steps: int("steps"),
-            max_new_tokens: int("max_new_tokens"),
-            alg: get("alg").and_then(GgufValue::as_str).map(str::to_string),
-            alg_temp: float("alg_temp"),
-            eps: float("eps"),
+            temperature: field!("temperature", float),
+            top_p: field!("top_p", float),
+            top_k: field!("top_k", int),
+            steps: field!("steps", int),
+            max_new_tokens: field!("max_new_tokens", int),
+            alg: field!("alg", text),
+            alg_temp: field!("alg_temp", float),
+            eps: field!("eps", float),
+            unreadable,
         }
     }
 }

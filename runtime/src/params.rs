@@ -1,6 +1,8 @@
 //! The settings of a generation ([`GenerateParams`]: Dream's sampling and schedule, docs/model.md §4,
-//! and the fast-decoding modes, docs/fast-decoding.md §2), their defaults, and the rules that
-//! reject settings the loops cannot honour, with messages that name the parameter.
+//! and the fast-decoding modes, docs/fast-decoding.md §2), their built-in defaults
+//! (`GenerateParams::default()`, the one definition every front end layers over: see
+//! [`crate::settings`]), and the rules that reject settings the loops cannot honour, with messages
+//! that name the parameter.
 
 use crate::sampler::{Confidence, Filter};
 use crate::{Error, Result};
@@ -35,6 +37,16 @@ impl std::str::FromStr for Algorithm {
 }
 
 impl Algorithm {
+    /// The name `--alg` and the model file's `alg` take.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Origin => "origin",
+            Algorithm::MaskgitPlus => "maskgit_plus",
+            Algorithm::TopkMargin => "topk_margin",
+            Algorithm::Entropy => "entropy",
+        }
+    }
+
     pub(crate) fn confidence(self) -> Confidence {
         match self {
             Algorithm::TopkMargin => Confidence::Margin,
@@ -137,39 +149,25 @@ impl GenerateParams {
     /// Rejects settings the algorithm cannot honour, with a message naming the parameter.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Params(m));
-        if self.max_new_tokens == 0 {
-            return bad("max_new_tokens must be at least 1".into());
-        }
-        if self.steps == 0 {
-            return bad("steps must be at least 1".into());
-        }
+        check::max_new_tokens(self.max_new_tokens)?;
+        check::steps(self.steps)?;
         if self.steps > self.max_new_tokens {
             return bad(format!(
                 "steps ({}) cannot exceed the number of new tokens ({}): a step would commit nothing",
                 self.steps, self.max_new_tokens
             ));
         }
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad(format!("temperature {} must be >= 0", self.temperature));
-        }
+        check::temperature(self.temperature)?;
         if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return bad(format!("top_p {p} must be in (0, 1]"));
-            }
+            check::top_p(p)?;
         }
-        if self.top_k == Some(0) {
-            return bad("top_k must be at least 1".into());
+        if let Some(k) = self.top_k {
+            check::top_k(k)?;
         }
-        if !(self.alg_temp.is_finite() && self.alg_temp >= 0.0) {
-            return bad(format!("alg_temp {} must be >= 0", self.alg_temp));
-        }
-        if !(self.eps > 0.0 && self.eps < 1.0) {
-            return bad(format!("eps {} must be in (0, 1)", self.eps));
-        }
+        check::alg_temp(self.alg_temp)?;
+        check::eps(self.eps)?;
         if let Some(t) = self.threshold {
-            if !(t > 0.0 && t <= 1.0) {
-                return bad(format!("threshold {t} must be in (0, 1]"));
-            }
+            check::threshold(t)?;
         }
         if self.is_fast() {
             return self.validate_fast();
@@ -276,6 +274,74 @@ impl GenerateParams {
             top_p: self.top_p,
             top_k: self.top_k,
         }
+    }
+}
+
+/// The range of each setting on its own, shared by [`GenerateParams::validate`] and the checks of
+/// the values a model file stores (`crate::settings`); each message names the setting.
+pub mod check {
+    use crate::{Error, Result};
+
+    fn bad(message: String) -> Result<()> {
+        Err(Error::Params(message))
+    }
+
+    pub fn max_new_tokens(n: usize) -> Result<()> {
+        if n == 0 {
+            return bad("max_new_tokens must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn steps(n: usize) -> Result<()> {
+        if n == 0 {
+            return bad("steps must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn temperature(t: f32) -> Result<()> {
+        if !(t.is_finite() && t >= 0.0) {
+            return bad(format!("temperature {t} must be >= 0"));
+        }
+        Ok(())
+    }
+
+    /// A nucleus filter in use (1 turns it off before this check).
+    pub fn top_p(p: f32) -> Result<()> {
+        if !(p > 0.0 && p <= 1.0) {
+            return bad(format!("top_p {p} must be in (0, 1]"));
+        }
+        Ok(())
+    }
+
+    /// A top-k filter in use (0 turns it off before this check).
+    pub fn top_k(k: usize) -> Result<()> {
+        if k == 0 {
+            return bad("top_k must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn alg_temp(t: f32) -> Result<()> {
+        if !(t.is_finite() && t >= 0.0) {
+            return bad(format!("alg_temp {t} must be >= 0"));
+        }
+        Ok(())
+    }
+
+    pub fn eps(e: f32) -> Result<()> {
+        if !(e > 0.0 && e < 1.0) {
+            return bad(format!("eps {e} must be in (0, 1)"));
+        }
+        Ok(())
+    }
+
+    pub fn threshold(t: f32) -> Result<()> {
+        if !(t > 0.0 && t <= 1.0) {
+            return bad(format!("threshold {t} must be in (0, 1]"));
+        }
+        Ok(())
     }
 }
 

@@ -38,7 +38,6 @@
 
 use crate::advantage::{batch_advantages, AdvantageConfig, Baseline};
 use crate::checkpoint::{self, SaveDtype, TrainerState};
-use crate::config::{BaselineArg, GrpoConfig, RewardKind};
 use crate::grad::{coupled_grpo, coupled_logp};
 use crate::lr_schedule::CosineSchedule;
 use crate::masks::coupled_masks;
@@ -47,6 +46,7 @@ use crate::optim::{accumulate, clip_grad_norm, AdamW, AdamWConfig};
 use crate::policy::Policy;
 use crate::reward::score_batch_in;
 use crate::rollout::{prompt_ids, rollouts, Rollout, RolloutParams};
+use crate::run_config::{BaselineArg, GrpoConfig, RewardKind};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::sft::{derived_rng, example_at};
 use crate::tasks::{load_tasks, Task};
@@ -157,7 +157,9 @@ impl Scorer {
                 sc.limits.wall = std::time::Duration::from_secs_f64(cfg.reward_timeout);
                 sc.limits.cpu_seconds = cfg.reward_timeout.ceil() as u64;
                 let sandbox = Sandbox::new(sc)?;
-                let jobs = cfg.reward_jobs.unwrap_or_else(crate::config::all_cpus);
+                let jobs = cfg
+                    .reward_jobs
+                    .unwrap_or_else(unmask_kernels::backend::default_threads);
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(jobs.max(1))
                     .build()
@@ -270,7 +272,7 @@ pub fn train(cfg: &GrpoConfig, resume: bool) -> Result<Summary> {
     let model_dir = cfg.model.clone().unwrap_or_default();
     let out = cfg.out.clone().unwrap_or_default();
     let latest = checkpoint::prepare_out(&out, resume)?;
-    let threads = crate::config::threads_or_all(cfg.threads);
+    let threads = crate::run_config::threads_or_default(cfg.threads);
     let mut backend = Backend::new(threads)?;
     let mut policy = Policy::load_hf(&model_dir)?;
     let mut reference = if cfg.beta > 0.0 {

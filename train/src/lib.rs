@@ -19,7 +19,7 @@
 //! - [`optim`]: AdamW (PyTorch semantics) run by ggml, gradient clipping and accumulation;
 //! - [`lr_schedule`]: cosine learning rate with warm-up and floor;
 //! - [`checkpoint`]: atomic Hugging Face checkpoints with resumable training state;
-//! - [`sft`]: masked-diffusion SFT (`unmask-train sft`), configured by [`config`], logged by
+//! - [`sft`]: masked-diffusion SFT (`unmask-train sft`), configured by [`run_config`], logged by
 //!   [`metrics`];
 //! - [`grpo`]: coupled-GRPO (`unmask-train grpo`): rollouts on the current policy, rewards,
 //!   advantages, coupled masks, `mu` updates per round, reference policy with periodic sync.
@@ -32,7 +32,6 @@
 pub mod advantage;
 pub mod cgroup;
 pub mod checkpoint;
-pub mod config;
 pub mod format;
 pub mod grad;
 pub mod grpo;
@@ -44,6 +43,7 @@ pub mod optim;
 pub mod policy;
 pub mod reward;
 pub mod rollout;
+pub mod run_config;
 pub mod sandbox;
 pub mod seccomp;
 pub mod sft;

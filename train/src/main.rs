@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
-use unmask_train::config::{GrpoArgs, GrpoConfig, SftArgs, SftConfig};
 use unmask_train::grad::{run_files, LossKind};
 use unmask_train::reward::{score_batch_in, Score};
+use unmask_train::run_config::{
+    GrpoArgs, GrpoConfig, Norm, SandboxArgs, SftArgs, SftConfig, ThreadsArg, DEFAULT_REWARD_TIMEOUT,
+};
 use unmask_train::sandbox::{Sandbox, SandboxConfig};
 use unmask_train::tasks::{load_tasks, Task};
 
@@ -56,15 +58,8 @@ enum Cmd {
         /// Completions: JSON lines {"task", "completion"} [required].
         #[arg(long, value_name = "FILE")]
         completions: PathBuf,
-        /// Concurrent sandboxes [default: the physical cores].
-        #[arg(long)]
-        jobs: Option<usize>,
-        /// Wall-clock timeout per test case, in seconds.
-        #[arg(long, default_value_t = 5.0)]
-        timeout: f64,
-        /// Python interpreter [default: probed].
-        #[arg(long, value_name = "FILE")]
-        python: Option<PathBuf>,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
     },
     /// Loss and the gradient of every parameter for fixed inputs (one mask seed), in the file
     /// format of tests/python/grpo_reference.py (see GRPO_REFERENCE.md): writes `loss`, the
@@ -82,12 +77,12 @@ enum Cmd {
         /// The loss: coupled-grpo (docs/training.md §5) or sft (§6) [required].
         #[arg(long, value_enum)]
         loss: LossArg,
-        /// SFT normalisation: response tokens of the batch, or per row then mean over rows.
-        #[arg(long, value_enum, default_value = "tokens")]
-        norm: NormArg,
-        /// GGML threads [default: the physical cores].
-        #[arg(long)]
-        threads: Option<usize>,
+        /// SFT normalisation (--loss sft): by the batch's response tokens, or per row then
+        /// averaged [default: tokens].
+        #[arg(long, value_enum)]
+        norm: Option<Norm>,
+        #[command(flatten)]
+        threads: ThreadsArg,
     },
 }
 
@@ -97,14 +92,6 @@ enum LossArg {
     CoupledGrpo,
     /// The masked-diffusion SFT loss.
     Sft,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum NormArg {
-    /// Divide by the batch's response tokens.
-    Tokens,
-    /// Per row, then the mean over rows.
-    Rows,
 }
 
 #[derive(Deserialize)]
@@ -205,10 +192,10 @@ fn run(cli: Cli) -> Result<()> {
             let kind = match loss {
                 LossArg::CoupledGrpo => LossKind::CoupledGrpo,
                 LossArg::Sft => LossKind::Sft {
-                    per_row: matches!(norm, NormArg::Rows),
+                    per_row: norm.unwrap_or(SftConfig::default().norm) == Norm::Rows,
                 },
             };
-            let threads = threads.unwrap_or_else(unmask_train::config::all_cpus);
+            let threads = unmask_train::run_config::threads_or_default(threads.threads);
             let result = run_files(&hf, &inputs, &out, kind, threads)
                 .with_context(|| format!("grad on {}", inputs.display()))?;
             println!("{}", serde_json::json!({ "loss": result.loss }));
@@ -216,12 +203,16 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Reward {
             tasks,
             completions,
-            jobs,
-            timeout,
-            python,
+            sandbox,
         } => {
+            let SandboxArgs {
+                reward_jobs: jobs,
+                reward_timeout,
+                python,
+            } = sandbox;
+            let timeout = reward_timeout.unwrap_or(DEFAULT_REWARD_TIMEOUT);
             if !(timeout > 0.0 && timeout.is_finite()) {
-                bail!("--timeout must be positive");
+                bail!("--reward-timeout must be positive");
             }
             let tasks = load_tasks(&tasks)?;
             let comps = load_completions(&completions, &tasks)?;
@@ -233,7 +224,7 @@ fn run(cli: Cli) -> Result<()> {
             cfg.limits.cpu_seconds = timeout.ceil() as u64;
             let sandbox = Sandbox::new(cfg)?;
             eprintln!("sandbox: {}", sandbox.describe());
-            let jobs = jobs.unwrap_or_else(unmask_train::config::all_cpus);
+            let jobs = jobs.unwrap_or_else(unmask_kernels::backend::default_threads);
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(jobs.max(1))
                 .build()

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use unmask_kernels::backend::Backend;
 use unmask_kernels::graph::adamw::{AdamWState, AdamWStep};
-use unmask_kernels::graph::params::ParamStore;
+use unmask_kernels::graph::param_store::ParamStore;
 
 /// AdamW hyper-parameters (defaults: docs/training.md §1).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ use unmask_dream::layout::{tensor_specs, TensorSpec};
 use unmask_dream::safetensors::decode_to_f32;
 use unmask_dream::DreamConfig;
 use unmask_kernels::backend::Backend;
-use unmask_kernels::graph::params::ParamStore;
+use unmask_kernels::graph::param_store::ParamStore;
 use unmask_kernels::graph::{Graph, TensorId, TensorSource};
 use unmask_kernels::GgmlType;
 

@@ -12,12 +12,14 @@ use crate::{Error, Result};
 use std::sync::Arc;
 use unmask_dream::chat::instruct_prompt;
 use unmask_runtime::rng::Rng;
+use unmask_runtime::settings::{Layer, Settings, Source};
 use unmask_runtime::{Algorithm, CacheMode, Control, GenerateParams, Generator, Model, ModelSpec};
 
 /// Prompt tokens kept (the last ones) in a training prompt (§1: prompt length 200).
 pub const PROMPT_TOKENS: usize = 200;
 
-/// Sampling settings of the rollouts; the defaults are the published run's (§1).
+/// Sampling settings of the rollouts; the defaults are the published run's (§1): the runtime's
+/// built-in generation settings with [`published_run`] over them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RolloutParams {
     /// Completion length (the canvas after the prompt).
@@ -40,21 +42,45 @@ pub struct RolloutParams {
     pub threads: usize,
 }
 
+/// Where the published coupled-GRPO run's rollouts differ from the runtime's built-in
+/// generation settings (`unmask_runtime::settings`; §1): temperature 1.2 and no top-k filter.
+/// Everything else (256 tokens at one step per token, top-p 0.95, entropy, alg_temp 0, eps 1e-3,
+/// exact decoding) is the built-in value. The model's own `generation_config.json` is not
+/// applied: the rollouts sample from the distribution the recipe fixes.
+pub fn published_run() -> Layer {
+    Layer {
+        temperature: Some(1.2),
+        top_k: Some(None),
+        ..Layer::default()
+    }
+}
+
+/// The source name of [`published_run`].
+pub const PUBLISHED_RUN: Source = Source::Overlay("coupled-GRPO run");
+
+/// The published run's rollout settings: the built-in ones with [`published_run`] over them.
+pub fn published_params() -> GenerateParams {
+    Settings::builtin()
+        .with(PUBLISHED_RUN, &published_run())
+        .params()
+}
+
 impl Default for RolloutParams {
     fn default() -> Self {
+        let p = published_params();
         RolloutParams {
-            max_new_tokens: 256,
-            steps: 256,
-            temperature: 1.2,
-            top_p: Some(0.95),
-            top_k: None,
-            alg: Algorithm::Entropy,
-            alg_temp: 0.0,
-            eps: 1e-3,
-            cache: CacheMode::None,
-            block_length: None,
-            threshold: None,
-            threads: crate::config::all_cpus(),
+            max_new_tokens: p.max_new_tokens,
+            steps: p.steps,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            top_k: p.top_k,
+            alg: p.alg,
+            alg_temp: p.alg_temp,
+            eps: p.eps,
+            cache: p.cache,
+            block_length: p.block_length,
+            threshold: p.threshold,
+            threads: unmask_kernels::backend::default_threads(),
         }
     }
 }
@@ -186,6 +212,7 @@ mod tests {
         assert_eq!(p.top_p, Some(0.95));
         assert_eq!(p.alg, Algorithm::Entropy);
         assert_eq!(p.alg_temp, 0.0);
+        assert_eq!((p.top_k, p.eps, p.cache), (None, 1e-3, CacheMode::None));
         assert!(p.generate_params(7).validate().is_ok());
         assert_eq!(p.generate_params(7).seed, 7);
     }

@@ -30,12 +30,12 @@
 //! (same thread count; ggml's CPU kernels split work deterministically).
 
 use crate::checkpoint::{self, SaveDtype, TrainerState};
-use crate::config::{Norm, SftConfig};
 use crate::grad::{sft_rows, SftRow};
 use crate::lr_schedule::CosineSchedule;
 use crate::metrics::{MetricsLog, StepMetrics};
 use crate::optim::{accumulate, clip_grad_norm, AdamW, AdamWConfig};
 use crate::policy::Policy;
+use crate::run_config::{Norm, SftConfig};
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -477,7 +477,7 @@ pub fn train(cfg: &SftConfig, resume: bool, throttle: Duration) -> Result<Summar
     let model_dir = cfg.model.clone().unwrap_or_default();
     let out = cfg.out.clone().unwrap_or_default();
     let latest = checkpoint::prepare_out(&out, resume)?;
-    let threads = crate::config::threads_or_all(cfg.threads);
+    let threads = crate::run_config::threads_or_default(cfg.threads);
     let mut backend = Backend::new(threads)?;
     let mut policy = Policy::load_hf(&model_dir)?;
     let mask = mask_token(&policy)?;

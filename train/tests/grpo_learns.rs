@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use unmask_quantize::synth::{Preset, SynthModel};
-use unmask_train::config::{GrpoConfig, RewardKind};
 use unmask_train::grpo::{train, GrpoMetrics};
+use unmask_train::run_config::{GrpoConfig, RewardKind};
 
 fn tiny(dir: &Path) -> PathBuf {
     let hf = dir.join("tiny");

@@ -7,12 +7,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use unmask_kernels::backend::Backend;
 use unmask_kernels::graph::adamw::{AdamWState, AdamWStep};
-use unmask_kernels::graph::params::ParamStore;
+use unmask_kernels::graph::param_store::ParamStore;
 use unmask_quantize::synth::{Preset, SynthModel};
 use unmask_runtime::rng::Rng;
-use unmask_train::config::SftConfig;
 use unmask_train::metrics;
 use unmask_train::policy::Policy;
+use unmask_train::run_config::SftConfig;
 use unmask_train::sft::{eval_loss, load_examples, train};
 
 /// `torch.optim.AdamW.step` for one tensor, in f64 (PyTorch's single-tensor code path):

@@ -6,6 +6,8 @@
  *   api_test cancel MODEL K               cancel at step K, then reuse the context
  *   api_test threads MODEL                two pthreads, one model, a context each
  *   api_test abuse MODEL CORRUPT TRUNC    NULLs, bad sizes, bad parameters, freed handles...
+ *   api_test defaults MODEL N             the model's default parameters, and a generation with
+ *                                         them (N new tokens when N > 0, else the model's)
  *
  * Every mode prints "ok" as its last line when all its checks passed (and exits 0); a failed
  * check prints "FAIL <line>: <what>" and exits 1.
@@ -338,6 +340,17 @@ static int abuse(const char *path, const char *corrupt, const char *truncated) {
 
     CHECK(unmask_model_load(path, &model) == UNMASK_OK);
     CHECK(strcmp(unmask_model_architecture(model), "dream") == 0);
+
+    /* The model's default parameters: NULLs and bogus handles refused, *out then the built-in
+     * defaults. */
+    unmask_generate_params filled = small_params(9);
+    CHECK(unmask_model_default_params(NULL, &filled) == UNMASK_ERR_NULL_ARGUMENT);
+    CHECK(filled.max_new_tokens == unmask_generate_default_params().max_new_tokens && filled.seed == 0);
+    CHECK(unmask_model_default_params(model, NULL) == UNMASK_ERR_NULL_ARGUMENT);
+    CHECK(unmask_model_default_params((const unmask_model_t *)PROMPT, &filled) == UNMASK_ERR_INVALID_HANDLE);
+    CHECK(strlen(unmask_last_error(NULL)) > 0);
+    CHECK(unmask_model_default_params(model, &filled) == UNMASK_OK);
+    CHECK(filled.steps == 0 && filled.chat == -1 && filled.n_threads == 0);
     int32_t n_vocab = unmask_model_n_vocab(model);
     CHECK(n_vocab > 0);
 
@@ -479,6 +492,7 @@ static int abuse(const char *path, const char *corrupt, const char *truncated) {
     unmask_model_free(model);
     unmask_model_free(model);
     CHECK(unmask_model_n_vocab(model) == -1);
+    CHECK(unmask_model_default_params(model, &filled) == UNMASK_ERR_INVALID_HANDLE);
     CHECK(unmask_last_status() == UNMASK_ERR_INVALID_HANDLE);
     CHECK(unmask_generate(ctx, PROMPT, N_PROMPT, p, NULL, NULL, &result) == UNMASK_OK);
     unmask_result_free(result);
@@ -491,13 +505,52 @@ static int abuse(const char *path, const char *corrupt, const char *truncated) {
     return failures != 0;
 }
 
+/* ---- defaults --------------------------------------------------------------------------- */
+
+static void print_params(const char *label, const unmask_generate_params *p) {
+    printf("%s max_new_tokens=%d steps=%d alg=%d temperature=%.6g top_p=%.6g top_k=%d alg_temp=%.6g "
+           "eps=%.6g block_length=%d chat=%d n_threads=%d seed=%llu cache=%d threshold=%.6g\n",
+           label, p->max_new_tokens, p->steps, p->alg, p->temperature, p->top_p, p->top_k,
+           p->alg_temp, p->eps, p->block_length, p->chat, p->n_threads,
+           (unsigned long long)p->seed, p->cache, p->threshold);
+}
+
+static int defaults(const char *path, int32_t n) {
+    unmask_model_t *model = NULL;
+    CHECK(unmask_model_load(path, &model) == UNMASK_OK);
+    unmask_generate_params builtin = unmask_generate_default_params();
+    unmask_generate_params p;
+    CHECK(unmask_model_default_params(model, &p) == UNMASK_OK);
+    print_params("builtin", &builtin);
+    print_params("model", &p);
+    if (n > 0) p.max_new_tokens = n;
+    unmask_context_params cp = unmask_context_default_params();
+    cp.n_threads = 1;
+    unmask_context_t *ctx = NULL;
+    unmask_result_t *r = NULL;
+    CHECK(unmask_context_new(model, cp, &ctx) == UNMASK_OK);
+    CHECK(unmask_generate(ctx, PROMPT, N_PROMPT, p, NULL, NULL, &r) == UNMASK_OK);
+    if (r != NULL) {
+        printf("steps %d\n", r->steps);
+        print_ids("tokens", r);
+    }
+    unmask_result_free(r);
+    unmask_context_free(ctx);
+    unmask_model_free(model);
+    if (failures == 0) printf("ok\n");
+    return failures != 0;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     if (strcmp(mode, "layout") == 0) return layout();
     if (strcmp(mode, "cancel") == 0 && argc == 4) return cancel(argv[2], atoi(argv[3]));
     if (strcmp(mode, "threads") == 0 && argc >= 3) return threads(argv[2], argc > 3 ? atoi(argv[3]) : 3);
     if (strcmp(mode, "abuse") == 0 && argc == 5) return abuse(argv[2], argv[3], argv[4]);
-    fprintf(stderr, "usage: %s layout | cancel MODEL K | threads MODEL [ROUNDS] | abuse MODEL CORRUPT TRUNCATED\n",
+    if (strcmp(mode, "defaults") == 0 && argc == 4) return defaults(argv[2], atoi(argv[3]));
+    fprintf(stderr,
+            "usage: %s layout | cancel MODEL K | threads MODEL [ROUNDS] | abuse MODEL CORRUPT TRUNCATED | "
+            "defaults MODEL N\n",
             argv[0]);
     return 2;
 }

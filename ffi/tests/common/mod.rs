@@ -155,3 +155,34 @@ pub fn python() -> PathBuf {
         PathBuf::from("python3")
     }
 }
+
+/// A copy of the model `src` (in the same folder, named `name`) whose file stores its own
+/// generation settings: `unmask.generation.<key>` replaced (`Some`) or removed (`None`).
+pub fn with_generation(
+    src: &Path,
+    name: &str,
+    edits: &[(&str, Option<unmask_kernels::gguf::GgufValue>)],
+) -> PathBuf {
+    let dst = src.with_file_name(name);
+    unmask_quantize::restamp::with_generation_settings(src, &dst, edits).expect("copy the model");
+    dst
+}
+
+/// The tiny model with its own generation settings: 16 steps per 32 new tokens, temperature
+/// 0.2, maskgit_plus, top-k 7, top-p 1 (off), alg_temp 0.5.
+pub fn own_settings_model(setup: &Setup) -> PathBuf {
+    use unmask_kernels::gguf::GgufValue;
+    with_generation(
+        &setup.model,
+        "own.gguf",
+        &[
+            ("max_new_tokens", Some(GgufValue::U32(32))),
+            ("steps", Some(GgufValue::U32(16))),
+            ("temperature", Some(GgufValue::F32(0.2))),
+            ("alg", Some(GgufValue::String("maskgit_plus".into()))),
+            ("top_k", Some(GgufValue::U32(7))),
+            ("top_p", Some(GgufValue::F32(1.0))),
+            ("alg_temp", Some(GgufValue::F32(0.5))),
+        ],
+    )
+}

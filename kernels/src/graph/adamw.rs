@@ -2,7 +2,7 @@
 //! meaning) and the moments ([`AdamWState`]), updated in place by ggml's
 //! `GGML_OP_OPT_STEP_ADAMW` from gradients the caller passes in (e.g. [`Graph::grad_f32`](super::Graph::grad_f32)).
 
-use super::params::ParamStore;
+use super::param_store::ParamStore;
 use crate::backend::Backend;
 use crate::ggml_context::Context;
 use crate::{Error, Result};

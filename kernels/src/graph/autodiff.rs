@@ -19,7 +19,7 @@ use std::ptr::NonNull;
 pub(super) const BACKWARD_FACTOR: usize = 8;
 
 impl Graph {
-    /// A graph whose loss can be differentiated with respect to the [`ParamStore`](super::params::ParamStore) tensors it
+    /// A graph whose loss can be differentiated with respect to the [`ParamStore`](super::param_store::ParamStore) tensors it
     /// uses: allocate it with [`allocate_with_gradients`](Self::allocate_with_gradients), compute
     /// with [`compute_gradients`](Self::compute_gradients) and read [`grad_f32`](Self::grad_f32).
     /// `max_tensors` counts the forward tensors only; room for the backward pass is added.
@@ -182,7 +182,7 @@ impl Graph {
 #[cfg(test)]
 mod tests {
     use crate::backend::Backend;
-    use crate::graph::params::ParamStore;
+    use crate::graph::param_store::ParamStore;
     use crate::graph::Graph;
     use crate::GgmlType;
     use std::sync::Arc;

@@ -13,8 +13,8 @@
 //! | file | what it adds |
 //! |---|---|
 //! | `ops.rs` | the forward operations of the model (products, norms, rope, attention, ...) |
-//! | `autodiff.rs` | graphs with gradients: ggml's backward pass over [`params::ParamStore`] tensors |
-//! | `params.rs` | [`params::ParamStore`], the trainable f32 parameters, and [`Graph::param`] |
+//! | `autodiff.rs` | graphs with gradients: ggml's backward pass over [`param_store::ParamStore`] tensors |
+//! | `param_store.rs` | [`param_store::ParamStore`], the trainable f32 parameters, and [`Graph::param`] |
 //! | `adamw.rs` | [`adamw::AdamWState`], ggml's AdamW update of a parameter store |
 //! | `transfer.rs` | data in and out: inputs, results, imports from other graphs, backend checks |
 //! | `scoring.rs` | operations that summarise logits rows on a device ([`scoring::RowSummary`]) |
@@ -34,13 +34,13 @@ use std::sync::Arc;
 pub mod adamw;
 mod autodiff;
 mod ops;
-pub mod params;
+pub mod param_store;
 mod qgemm_op;
 pub mod scoring;
 mod transfer;
 
 /// Something model tensors can be taken from by GGUF name: memory-mapped weights
-/// ([`crate::weights::Weights`], inference) or trainable parameters ([`params::ParamStore`],
+/// ([`crate::weights::Weights`], inference) or trainable parameters ([`param_store::ParamStore`],
 /// training). One model definition serves both.
 pub trait TensorSource {
     /// Whether a tensor called `name` exists.

@@ -142,12 +142,42 @@ pub struct RunArgs {
     /// model's].
     #[arg(long, value_parser = parse_dtype)]
     pub save_dtype: Option<SaveDtype>,
-    /// GGML threads [default: the physical cores].
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
     /// Where to train: cpu or auto (the CPU); cuda is refused with the reason [default: cpu].
     #[arg(long)]
     pub device: Option<String>,
+}
+
+/// `--threads`, shared by every subcommand that computes (`sft`, `grpo`, `grad`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ThreadsArg {
+    /// GGML threads [default: the physical cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// Wall-clock limit per test case of the reward sandbox when none is given, in seconds.
+pub const DEFAULT_REWARD_TIMEOUT: f64 = 5.0;
+
+/// The reward sandbox's flags, shared by `grpo` and `reward`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct SandboxArgs {
+    /// Concurrent reward sandboxes [default: the physical cores].
+    #[arg(long, visible_alias = "jobs", value_name = "N")]
+    pub reward_jobs: Option<usize>,
+    #[arg(
+        long,
+        visible_alias = "timeout",
+        value_name = "SECONDS",
+        help = format!(
+            "Wall-clock timeout per test case, in seconds [default: {DEFAULT_REWARD_TIMEOUT}]"
+        )
+    )]
+    pub reward_timeout: Option<f64>,
+    /// Python interpreter of the sandbox [default: probed].
+    #[arg(long, value_name = "FILE")]
+    pub python: Option<PathBuf>,
 }
 
 /// The AdamW and learning-rate schedule flags that `sft` and `grpo` share.
@@ -222,6 +252,15 @@ pub struct SftArgs {
     pub throttle_ms: u64,
 }
 
+/// The help line of a rollout flag: `about` and the published run's value
+/// ([`crate::rollout::published_params`]).
+fn rollout_help(about: &str, value: impl Fn(&unmask_runtime::GenerateParams) -> String) -> String {
+    format!(
+        "{about} [default: {}, the published run's]",
+        value(&crate::rollout::published_params())
+    )
+}
+
 fn parse_dtype(s: &str) -> std::result::Result<SaveDtype, String> {
     match s.to_ascii_lowercase().as_str() {
         "bf16" => Ok(SaveDtype::Bf16),
@@ -255,7 +294,8 @@ impl SftConfig {
         take!(args.optim; lr, min_lr_ratio, beta1, beta2, adam_eps, weight_decay, max_grad_norm);
         take!(args.run; seed, keep);
         take_opt!(args.optim; warmup_steps);
-        take_opt!(args.run; model, out, save_every, save_dtype, threads, device);
+        take_opt!(args.run; model, out, save_every, save_dtype, device);
+        take_opt!(args.run.threads; threads);
         if !args.data.is_empty() {
             c.data = args.data.clone();
         }
@@ -517,7 +557,10 @@ pub struct GrpoConfig {
 }
 
 impl Default for GrpoConfig {
+    /// The published run's (docs/training.md §1); the rollouts' sampling settings are
+    /// [`crate::rollout::published_params`].
     fn default() -> Self {
+        let rollout = crate::rollout::published_params();
         GrpoConfig {
             model: None,
             tasks: None,
@@ -542,14 +585,14 @@ impl Default for GrpoConfig {
             max_grad_norm: 0.2,
             ref_sync_steps: 64,
             ref_sync_alpha: 0.6,
-            prompt_tokens: 200,
-            completion_tokens: 256,
-            diffusion_steps: 256,
-            temperature: 1.2,
-            top_p: 0.95,
-            cache: "none".into(),
-            block_length: None,
-            threshold: None,
+            prompt_tokens: crate::rollout::PROMPT_TOKENS,
+            completion_tokens: rollout.max_new_tokens,
+            diffusion_steps: rollout.steps,
+            temperature: rollout.temperature,
+            top_p: rollout.top_p.unwrap_or(1.0),
+            cache: rollout.cache.name().into(),
+            block_length: rollout.block_length,
+            threshold: rollout.threshold,
             seed: 0,
             save_every: None,
             keep: DEFAULT_KEEP,
@@ -557,7 +600,7 @@ impl Default for GrpoConfig {
             threads: None,
             device: None,
             reward_jobs: None,
-            reward_timeout: 5.0,
+            reward_timeout: DEFAULT_REWARD_TIMEOUT,
             python: None,
         }
     }
@@ -615,37 +658,44 @@ pub struct GrpoArgs {
     /// Prompt tokens kept (the last ones), in tokens [default: 200].
     #[arg(long)]
     pub prompt_tokens: Option<usize>,
-    /// Completion length, in tokens [default: 256].
-    #[arg(long)]
+    #[arg(long, value_name = "N", help = rollout_help(
+        "Completion length, in tokens",
+        |p| p.max_new_tokens.to_string()
+    ))]
     pub completion_tokens: Option<usize>,
-    /// Denoising steps of the rollouts [default: 256].
-    #[arg(long)]
+    #[arg(long, value_name = "N", help = rollout_help(
+        "Denoising steps of the rollouts, at most --completion-tokens",
+        |p| p.steps.to_string()
+    ))]
     pub diffusion_steps: Option<usize>,
-    /// Sampling temperature of the rollouts [default: 1.2].
-    #[arg(long)]
+    #[arg(long, help = rollout_help(
+        "Sampling temperature of the rollouts, >= 0",
+        |p| p.temperature.to_string()
+    ))]
     pub temperature: Option<f32>,
-    /// Nucleus sampling of the rollouts, in (0, 1]; 1 disables it [default: 0.95].
-    #[arg(long)]
+    #[arg(long, help = rollout_help(
+        "Nucleus sampling of the rollouts, in (0, 1]; 1 disables it",
+        |p| p.top_p.unwrap_or(1.0).to_string()
+    ))]
     pub top_p: Option<f32>,
     /// Rollouts' key/value cache: none (exact decoding), prefix or dual (approximate, faster;
     /// docs/fast-decoding.md) [default: none].
     #[arg(long)]
     pub cache: Option<String>,
-    /// Rollouts' block length with a cache, in tokens [default: 32].
-    #[arg(long)]
+    #[arg(
+        long,
+        value_name = "TOKENS",
+        help = format!(
+            "Rollouts' block length with a cache, in tokens [default: {}]",
+            unmask_runtime::params::DEFAULT_CACHE_BLOCK
+        )
+    )]
     pub block_length: Option<usize>,
     /// Rollouts' confidence-threshold parallel decoding, in (0, 1] [default: off].
     #[arg(long)]
     pub threshold: Option<f32>,
-    /// Concurrent reward sandboxes [default: the physical cores].
-    #[arg(long)]
-    pub reward_jobs: Option<usize>,
-    /// Wall-clock timeout per test case, in seconds [default: 5].
-    #[arg(long)]
-    pub reward_timeout: Option<f64>,
-    /// Python interpreter of the sandbox [default: probed].
-    #[arg(long, value_name = "FILE")]
-    pub python: Option<PathBuf>,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 impl GrpoConfig {
@@ -678,14 +728,16 @@ impl GrpoConfig {
             diffusion_steps,
             temperature,
             top_p,
-            cache,
-            reward_timeout
+            cache
         );
+        take!(args.sandbox; reward_timeout);
         take!(args.optim; lr, min_lr_ratio, beta1, beta2, adam_eps, weight_decay, max_grad_norm);
         take!(args.run; seed, keep);
         take_opt!(args.optim; warmup_steps);
-        take_opt!(args.run; model, out, save_every, save_dtype, threads, device);
-        take_opt!(args; tasks, block_length, threshold, reward_jobs, python);
+        take_opt!(args.run; model, out, save_every, save_dtype, device);
+        take_opt!(args.run.threads; threads);
+        take_opt!(args; tasks, block_length, threshold);
+        take_opt!(args.sandbox; reward_jobs, python);
         c.validate()?;
         Ok(c)
     }
@@ -776,14 +828,10 @@ impl GrpoConfig {
     }
 }
 
-/// The physical cores (at least 1): the default of every thread count.
-pub fn all_cpus() -> usize {
-    unmask_kernels::backend::default_threads()
-}
-
-/// `threads`, or [`all_cpus`] when unset.
-pub fn threads_or_all(threads: Option<usize>) -> usize {
-    threads.unwrap_or_else(all_cpus)
+/// `threads`, or the workspace's one default thread count
+/// ([`unmask_kernels::backend::default_threads`], the physical cores) when unset.
+pub fn threads_or_default(threads: Option<usize>) -> usize {
+    threads.unwrap_or_else(unmask_kernels::backend::default_threads)
 }
 
 /// `--device`: training (gradients, optimizer, rollouts on the f32 policy) runs on the built-in
