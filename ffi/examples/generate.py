@@ -55,6 +55,8 @@ class Step(ctypes.Structure):
         ("n_committed", ctypes.c_int32),
         ("n_canvas", ctypes.c_int32),
         ("n_prompt", ctypes.c_int32),
+        ("n_masked", ctypes.c_int32),
+        ("seconds", ctypes.c_double),
     ]
 
 
@@ -179,16 +181,18 @@ def main():
     ctx = ctypes.c_void_p()
     check(lib, lib.unmask_context_new(model, cparams, ctypes.byref(ctx)), "context")
 
-    mask_id = lib.unmask_model_mask_id(model)
     commits = []
 
     def on_step(step_ptr, _user_data):
         step = step_ptr.contents
         commits.append([step.positions[i] for i in range(step.n_committed)])
         if not args.json:
-            done = sum(1 for i in range(step.n_prompt, step.n_canvas) if step.canvas[i] != mask_id)
-            print("step %d/%d: %d committed, %d of %d filled" % (
-                step.step + 1, step.n_steps, step.n_committed, done, step.n_canvas - step.n_prompt))
+            new_tokens = step.n_canvas - step.n_prompt
+            done = new_tokens - step.n_masked
+            rate = done / step.seconds if step.seconds > 0 else 0.0
+            left = step.seconds / (step.step + 1) * (step.n_steps - step.step - 1)
+            print("step %d/%d: %d committed, %d of %d filled, %.1f tokens/s, %.1f s left" % (
+                step.step + 1, step.n_steps, step.n_committed, done, new_tokens, rate, left))
         return step.step != args.cancel_at
 
     callback = StepCallback(on_step)  # keep a reference while the library may call it

@@ -33,11 +33,13 @@
  *     call them at once on one model, including while contexts of that model generate.
  *   - A context is used by one thread at a time. A call on a context that is already inside a
  *     call (from another thread, or from its own step callback) is refused with UNMASK_ERR_BUSY;
- *     it does not block and does not corrupt anything.
+ *     it does not block and does not corrupt anything. The exception is unmask_context_cancel,
+ *     which any thread may call on any context at any time.
  *   - Freeing is safe at any time: a model freed while contexts use it stays alive until its last
  *     context is freed; a context freed while it generates on another thread is released when
  *     that generation returns.
  *   - unmask_last_error(NULL) and unmask_last_status() are per thread.
+ *   - unmask_log_set is global: the callback it sets may be called from any thread.
  */
 #ifndef UNMASK_H
 #define UNMASK_H
@@ -72,8 +74,8 @@ extern "C" {
 typedef int32_t unmask_status_t;
 
 #define UNMASK_OK 0
-/* Generation stopped because the step callback returned false; the result holds the partial
- * canvas. Not an error. */
+/* Generation stopped because the step callback returned false or unmask_context_cancel was
+ * called; the result holds the canvas of the steps completed. Not an error. */
 #define UNMASK_CANCELLED 1
 /* A required pointer (handle, text, buffer, out-parameter) is NULL. */
 #define UNMASK_ERR_NULL_ARGUMENT (-1)
@@ -138,6 +140,27 @@ UNMASK_API const char *unmask_last_error(const unmask_context_t *ctx);
 /* The status code of the calling thread's last failed call (UNMASK_OK if none). Use it after a
  * function returned UNMASK_SIZE_ERROR or -1. Thread-safe (per thread). */
 UNMASK_API unmask_status_t unmask_last_status(void);
+
+/* Log levels of unmask_log_callback (ggml's levels). */
+#define UNMASK_LOG_DEBUG 1
+#define UNMASK_LOG_INFO 2
+#define UNMASK_LOG_WARN 3
+#define UNMASK_LOG_ERROR 4
+
+/* Receives one log message: ggml's messages as ggml writes them (a line may come in parts, each
+ * at the level of its first part) and the library's warnings as one line each. text is
+ * NUL-terminated, usually ends with a newline, and is valid only during the call. Called from
+ * any thread, ggml's worker threads included, possibly at the same time from several: keep it
+ * short and thread-safe, and call no unmask function from it except unmask_log_set. */
+typedef void (*unmask_log_callback)(int32_t level, const char *text, void *user_data);
+
+/* Sends every later log message to callback (with user_data, untouched), or with NULL back to
+ * the default: the library's warnings on standard error as "warning: ...", ggml's messages as
+ * ggml prints them (standard error). The warnings: a context with more threads than the machine's
+ * logical CPUs (which makes generation much slower), and each generation setting a model file
+ * stores out of range (skipped by unmask_model_default_params), when the model is loaded.
+ * Global and thread-safe; a callback set here stays until the next call. */
+UNMASK_API void unmask_log_set(unmask_log_callback callback, void *user_data);
 
 /* ---------------------------------------------------------------------------------------------
  * Model
@@ -246,6 +269,17 @@ UNMASK_API unmask_status_t unmask_context_new(const unmask_model_t *model, unmas
  * thread-safety notes at the top. */
 UNMASK_API void unmask_context_free(unmask_context_t *ctx);
 
+/* Asks the generation running on ctx to stop, from any thread (the generating one included,
+ * e.g. from its step callback or a signal-watching thread): the CPU backend stops the step being
+ * computed at the next node of its graph (milliseconds, even for a 7B model), a GPU at the end
+ * of the step's graph. The generation then returns UNMASK_CANCELLED with the canvas of the steps
+ * completed (result->cancelled = 1) and the context is reusable. Every generation starts
+ * uncancelled: a cancel while none runs has no effect, so a "stop" that arrives just after a
+ * generation ended never stops the next one, and one that arrives just before a generation's
+ * first step may be missed (call it again while the generation runs, e.g. until it returns).
+ * Returns UNMASK_OK, NULL_ARGUMENT or INVALID_HANDLE. Thread-safe; never blocks. */
+UNMASK_API unmask_status_t unmask_context_cancel(unmask_context_t *ctx);
+
 /* ---------------------------------------------------------------------------------------------
  * Generation
  * ------------------------------------------------------------------------------------------- */
@@ -327,6 +361,10 @@ typedef struct unmask_step {
     int32_t n_committed;      /* length of positions and tokens (0: this step committed nothing) */
     int32_t n_canvas;         /* n_prompt + max_new_tokens */
     int32_t n_prompt;         /* the generated part is canvas[n_prompt .. n_canvas) */
+    /* Progress (appended to ABI 2; programs built against the earlier header never read them): */
+    int32_t n_masked;         /* positions of the generated part still masked after this step */
+    double seconds;           /* wall time since the generation began: with step, n_steps and
+                                 n_masked, enough for a progress bar with tokens/s and an ETA */
 } unmask_step_t;
 
 /* Called on the generating thread after every step; return false to stop (the generation then
@@ -350,7 +388,7 @@ typedef struct unmask_result {
     int32_t text_len;        /* bytes of text, NUL not counted */
     int32_t steps;           /* steps completed (fewer than requested when cancelled) */
     int32_t forward_passes;  /* forward passes run (steps that commit nothing skip theirs) */
-    int32_t cancelled;       /* 1 when the callback stopped the run */
+    int32_t cancelled;       /* 1 when the callback or unmask_context_cancel stopped the run */
     double seconds;          /* wall time of the denoising loop */
 } unmask_result_t;
 

@@ -8,7 +8,7 @@ use crate::params::unmask_context_params;
 use crate::status::{self, Status};
 use std::ffi::{c_char, CString};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, TryLockError};
-use unmask_runtime::Generator;
+use unmask_runtime::{Canceller, Generator};
 
 /// `unmask_context_t`: never dereferenced, only looked up in [`CONTEXTS`].
 #[allow(non_camel_case_types)]
@@ -51,6 +51,9 @@ pub struct ContextEntry {
     pub model: Arc<ModelEntry>,
     state: Mutex<ContextState>,
     last_error: Mutex<CString>,
+    /// The canceller of the context's generator, outside `state` because a generation holds
+    /// `state` for as long as it runs.
+    canceller: Mutex<Canceller>,
 }
 
 impl ContextEntry {
@@ -67,6 +70,22 @@ impl ContextEntry {
                 Ok(state)
             }
         }
+    }
+
+    /// Makes `canceller` (of the generator about to run) the one cancels go to.
+    pub fn set_canceller(&self, canceller: Canceller) {
+        *self
+            .canceller
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = canceller;
+    }
+
+    /// Stops the running generation, if any (see [`Canceller::cancel`]).
+    pub fn cancel(&self) {
+        self.canceller
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cancel();
     }
 
     /// Keeps `error` as this context's last error.
@@ -107,7 +126,11 @@ pub unsafe extern "C" fn unmask_context_new(
         unsafe { *out = std::ptr::null_mut() };
         let model = MODELS.get(model)?;
         let threads = params.threads()?;
+        if let Some(warning) = unmask_kernels::backend::oversubscription_warning(threads) {
+            unmask_kernels::log::warn(&warning);
+        }
         let generator = Generator::new(model.model.clone(), threads)?;
+        let canceller = Mutex::new(generator.canceller());
         let context = ContextEntry {
             model,
             state: Mutex::new(ContextState {
@@ -116,6 +139,7 @@ pub unsafe extern "C" fn unmask_context_new(
                 default_threads: threads,
             }),
             last_error: Mutex::new(CString::default()),
+            canceller,
         };
         let handle = CONTEXTS.insert(Arc::new(context));
         // SAFETY: as above.
@@ -134,4 +158,13 @@ pub extern "C" fn unmask_context_free(ctx: *mut unmask_context) {
             Ok(())
         },
     )
+}
+
+/// `unmask_context_cancel`: the one call allowed on a context from any thread at any time.
+#[no_mangle]
+pub extern "C" fn unmask_context_cancel(ctx: *mut unmask_context) -> Status {
+    status_entry(|| {
+        CONTEXTS.get(ctx)?.cancel();
+        Ok(status::OK)
+    })
 }

@@ -81,6 +81,9 @@ fn kernels_status(e: &unmask_kernels::Error) -> Status {
         | K::Init(_)
         | K::Bind { .. }
         | K::Compute { .. }
+        // The denoising loop turns an aborted graph into a cancelled result; anywhere else it
+        // would be a backend that stopped.
+        | K::Aborted
         | K::Llama(_) => status::ERR_BACKEND,
         K::Device(_) => status::ERR_DEVICE,
         _ => status::ERR_MODEL,

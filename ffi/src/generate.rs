@@ -9,6 +9,7 @@ use crate::params::{unmask_generate_params, Chat, Checked};
 use crate::status::{self, Status};
 use std::ffi::{c_char, c_void};
 use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 use unmask_dream::chat;
 use unmask_runtime::{Control, StepEvent};
 
@@ -25,6 +26,10 @@ pub struct unmask_step {
     pub n_committed: i32,
     pub n_canvas: i32,
     pub n_prompt: i32,
+    /// Appended in ABI 2's second release: a caller built against the earlier header reads
+    /// the fields above and never these.
+    pub n_masked: i32,
+    pub seconds: f64,
 }
 
 /// `unmask_step_callback` (nullable).
@@ -87,6 +92,8 @@ fn run(
     let mut state = ctx.lock()?;
     let generator = state.generator(&ctx.model, checked.threads)?;
     let (mut positions, mut tokens) = (Vec::<i32>::new(), Vec::<i32>::new());
+    let mask = ctx.model.model.special.mask;
+    let start = Instant::now();
     let mut on_step = |event: &StepEvent| -> Control {
         let Some(callback) = callback else {
             return Control::Continue;
@@ -106,6 +113,13 @@ fn run(
             n_committed: saturate(positions.len()),
             n_canvas: saturate(event.canvas.len()),
             n_prompt: saturate(event.prompt_len),
+            n_masked: saturate(
+                event.canvas[event.prompt_len.min(event.canvas.len())..]
+                    .iter()
+                    .filter(|&&t| t == mask)
+                    .count(),
+            ),
+            seconds: start.elapsed().as_secs_f64(),
         };
         // SAFETY: the caller passed a valid function pointer (or NULL, handled above) and
         // vouches for user_data; `step` and the arrays it points to (u32 ids below 2^31 read as
@@ -117,6 +131,8 @@ fn run(
             Control::Cancel
         }
     };
+    // The generator may just have been rebuilt (another thread count): cancels go to it now.
+    ctx.set_canceller(generator.canceller());
     let generation = generator.generate(prompt, &checked.params, &mut on_step)?;
     drop(state); // decoding the answer does not need the context
     let model = &ctx.model.model;

@@ -15,6 +15,7 @@ pub mod context;
 pub mod error;
 pub mod generate;
 pub mod handles;
+pub mod log;
 pub mod model;
 pub mod params;
 pub mod status;

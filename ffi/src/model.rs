@@ -98,6 +98,11 @@ fn load(path: &CStr, device: &DeviceRequest) -> FfiResult<ModelEntry> {
             model.n_vocab
         ))));
     }
+    // The settings a file stores out of range are skipped by unmask_model_default_params; say
+    // so once, here, as `unmask generate` does on every run.
+    for ignored in &unmask_runtime::settings::FileSettings::of(&model).ignored {
+        unmask_kernels::log::warn(&ignored.to_string());
+    }
     let n_params = model
         .weights
         .file()

@@ -351,7 +351,9 @@ fn header_structs_have_the_rust_layout() {
             n_steps,
             n_committed,
             n_canvas,
-            n_prompt
+            n_prompt,
+            n_masked,
+            seconds
         ]
     );
     check!(
@@ -438,6 +440,60 @@ fn cancel_at_step_k_stops_after_k_plus_one_steps_and_the_context_is_reusable() {
     let run = parse_example(&out.stdout);
     assert_eq!(run.status, 1, "UNMASK_CANCELLED");
     assert_eq!(run.commits.len(), 3, "steps 0, 1, 2 ran");
+}
+
+#[test]
+fn unmask_context_cancel_stops_a_generation_from_another_thread() {
+    let setup = Setup::new();
+    let exe = setup.compile(&[&api_test()], "api_test", false);
+    let out = run_ok(Command::new(&exe).arg("interrupt").arg(&setup.model));
+    assert!(out.contains("after a cancel while idle: steps 16"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("interrupted: status 1 after "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let steps: usize = line["interrupted: status 1 after ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(steps < 256, "{line}");
+    assert_eq!(out.lines().last(), Some("ok"), "{out}");
+}
+
+#[test]
+fn the_log_callback_receives_the_librarys_warnings_and_null_restores_stderr() {
+    use unmask_kernels::gguf::GgufValue;
+    let setup = Setup::new();
+    let bad = common::with_generation(
+        &setup.model,
+        "bad-top-p.gguf",
+        &[("top_p", Some(GgufValue::F32(1.5)))],
+    );
+    let exe = setup.compile(&[&api_test()], "api_test", false);
+    let out = Command::new(&exe)
+        .arg("log")
+        .arg(&setup.model)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}", common::describe(&out));
+    assert_eq!(stdout.lines().last(), Some("ok"), "{stdout}");
+    assert!(
+        stdout.contains("log 3: the model file's unmask.generation.top_p = 1.5 is ignored"),
+        "{stdout}"
+    );
+    // Only the load after unmask_log_set(NULL, NULL) wrote to standard error, once.
+    assert_eq!(
+        stderr
+            .matches("warning: the model file's unmask.generation.top_p")
+            .count(),
+        1,
+        "{stderr}"
+    );
 }
 
 /// The runtime library's own result for the prompt and seed `api_test.c` uses.

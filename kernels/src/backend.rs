@@ -5,7 +5,10 @@
 use crate::device::Device;
 use crate::{Error, Result};
 use llama_cpp_sys_2 as sys;
+use std::ffi::{c_void, CStr};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// A GGML backend graphs are computed on: the built-in CPU backend with a persistent pool of
 /// worker threads (ggml would otherwise start and join its threads for every graph computation,
@@ -15,6 +18,8 @@ pub struct Backend {
     pool: Option<NonNull<sys::ggml_threadpool>>,
     /// Name of the device (`CPU`, `CUDA0`, ...).
     name: String,
+    /// The flag ggml's abort callback reads (kept alive here while ggml holds its address).
+    abort: Option<Arc<AtomicBool>>,
 }
 
 // SAFETY: a ggml backend and its thread pool may move between threads; they are used by one
@@ -31,6 +36,7 @@ impl Backend {
             raw,
             pool: None,
             name: "CPU".into(),
+            abort: None,
         };
         backend.set_threads(n_threads)?;
         Ok(backend)
@@ -50,6 +56,7 @@ impl Backend {
             raw,
             pool: None,
             name: device.name().to_string(),
+            abort: None,
         };
         // A CPU device from a loaded library takes a thread count too.
         // SAFETY: `raw` is live; the check only reads its identity.
@@ -62,27 +69,63 @@ impl Backend {
         Ok(backend)
     }
 
-    /// Device backends from loaded libraries may expose a thread-count setter (ggml's
-    /// `ggml_backend_set_n_threads` procedure); it is used when present.
-    fn set_device_threads(&mut self, n_threads: usize) {
-        // SAFETY: live backend; the registry lookups return NULL when the procedure is absent,
-        // and a present procedure has ggml's documented signature `void(backend, int)`.
+    /// A procedure of this backend's registry by name (ggml's optional, per-backend extensions),
+    /// or NULL when the backend does not offer it.
+    fn proc_address(&self, name: &CStr) -> *mut c_void {
+        // SAFETY: live backend; the registry lookups return NULL when a step is missing.
         unsafe {
             let dev = sys::ggml_backend_get_device(self.raw.as_ptr());
             if dev.is_null() {
-                return;
+                return std::ptr::null_mut();
             }
             let reg = sys::ggml_backend_dev_backend_reg(dev);
             if reg.is_null() {
-                return;
+                return std::ptr::null_mut();
             }
-            let name = c"ggml_backend_set_n_threads";
-            let f = sys::ggml_backend_reg_get_proc_address(reg, name.as_ptr());
-            if !f.is_null() {
+            sys::ggml_backend_reg_get_proc_address(reg, name.as_ptr())
+        }
+    }
+
+    /// Device backends from loaded libraries may expose a thread-count setter (ggml's
+    /// `ggml_backend_set_n_threads` procedure); it is used when present.
+    fn set_device_threads(&mut self, n_threads: usize) {
+        let f = self.proc_address(c"ggml_backend_set_n_threads");
+        if !f.is_null() {
+            // SAFETY: a present procedure of that name has ggml's documented signature
+            // `void(ggml_backend_t, int)`; the backend is live.
+            unsafe {
                 let f: unsafe extern "C" fn(sys::ggml_backend_t, i32) = std::mem::transmute(f);
                 f(self.raw.as_ptr(), n_threads as i32);
             }
         }
+    }
+
+    /// Makes every later graph computation on this backend stop at the next node once `flag`
+    /// is set: [`crate::graph::Graph::compute`] then returns [`Error::Aborted`]. Returns whether
+    /// the backend honours it (ggml's CPU backend does; a device backend without the
+    /// `ggml_backend_set_abort_callback` procedure finishes each graph, and the caller checks
+    /// the flag between graphs).
+    pub fn set_abort_flag(&mut self, flag: Arc<AtomicBool>) -> bool {
+        let f = self.proc_address(c"ggml_backend_set_abort_callback");
+        if f.is_null() {
+            self.abort = Some(flag);
+            return false;
+        }
+        let data = Arc::as_ptr(&flag).cast::<c_void>().cast_mut();
+        // SAFETY: a present procedure of that name has ggml's signature
+        // `void(ggml_backend_t, ggml_abort_callback, void *)`. `data` points to the AtomicBool
+        // that `self.abort` keeps alive for as long as the backend lives (it is replaced only
+        // after ggml has been handed the new pointer, and the backend is freed before the flag).
+        unsafe {
+            let f: unsafe extern "C" fn(
+                sys::ggml_backend_t,
+                sys::ggml_abort_callback,
+                *mut c_void,
+            ) = std::mem::transmute(f);
+            f(self.raw.as_ptr(), Some(abort_requested), data);
+        }
+        self.abort = Some(flag);
+        true
     }
 
     /// Changes the number of worker threads (the built-in CPU backend; others ignore it).
@@ -147,6 +190,15 @@ impl Drop for Backend {
     }
 }
 
+/// ggml's abort callback: whether the flag [`Backend::set_abort_flag`] registered is set.
+/// Called by ggml's worker threads between nodes.
+unsafe extern "C" fn abort_requested(data: *mut c_void) -> bool {
+    // SAFETY: `data` is the address of the AtomicBool kept alive by the backend that registered
+    // this callback (see `set_abort_flag`); it is only read, atomically.
+    let flag = unsafe { &*data.cast::<AtomicBool>() };
+    flag.load(Ordering::Relaxed)
+}
+
 /// Which SIMD paths the linked ggml was compiled with (they are fixed at build time).
 /// The thread count of every unmask program when none is given: the physical cores this process
 /// may run on. ggml's workers wait for each other at every operation, so more threads than cores
@@ -160,12 +212,13 @@ pub fn logical_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// A warning to print when `threads` exceeds the logical CPUs (`None` otherwise).
+/// The warning (without a `warning:` label) to give when `threads` exceeds the logical CPUs
+/// (`None` otherwise).
 pub fn oversubscription_warning(threads: usize) -> Option<String> {
     let cpus = logical_cpus();
     (threads > cpus).then(|| {
         format!(
-            "warning: {threads} threads on {cpus} CPUs: ggml's threads wait on each other when \
+            "{threads} threads on {cpus} CPUs: ggml's threads wait on each other when \
              they outnumber the cores, which makes every pass much slower; use -t {} or fewer",
             default_threads()
         )
@@ -190,4 +243,35 @@ pub fn cpu_features() -> Vec<&'static str> {
         .filter(|(_, on)| *on != 0)
         .map(|(name, _)| name)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backend;
+    use crate::graph::Graph;
+    use crate::{Error, GgmlType};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_set_abort_flag_stops_the_graph_and_a_cleared_one_lets_it_run() {
+        let mut backend = Backend::new(2).unwrap();
+        let flag = Arc::new(AtomicBool::new(false));
+        assert!(
+            backend.set_abort_flag(flag.clone()),
+            "the CPU backend honours the flag"
+        );
+        let mut g = Graph::new(8).unwrap();
+        let a = g.input(GgmlType::F32, &[4, 4]).unwrap();
+        let b = g.add(a, a).unwrap();
+        let c = g.add(b, a).unwrap();
+        g.allocate(&[c], &backend).unwrap();
+        g.set_f32(a, &[1.0; 16]).unwrap();
+
+        flag.store(true, Ordering::Relaxed);
+        assert!(matches!(g.compute(&mut backend), Err(Error::Aborted)));
+        flag.store(false, Ordering::Relaxed);
+        g.compute(&mut backend).unwrap();
+        assert_eq!(g.read_f32(c).unwrap(), &[3.0; 16]);
+    }
 }

@@ -84,6 +84,10 @@ pub enum Error {
     /// A computation the backend ran and reported failed (ggml's `ggml_status`).
     #[error("{what} failed with ggml status {status} ({})", status_name(*.status))]
     Compute { what: &'static str, status: i32 },
+    /// A computation stopped early because its backend's abort flag was set
+    /// ([`crate::backend::Backend::set_abort_flag`]): a cancellation, not a failure.
+    #[error("the computation was cancelled")]
+    Aborted,
     /// The requested device or backend library is not available.
     #[error("{0}")]
     Device(String),

@@ -14,6 +14,7 @@
 //! | [`gguf`], [`mapping`], [`temp_files`] | GGUF reading and writing, mapped byte ranges, temporary output files |
 //! | [`GgmlType`], [`quant`], [`finite`] | tensor types and their block layout, quantization with ggml's routines, finiteness checks |
 //! | [`llama`], [`heap`] | a probe of libllama, returning freed heap memory to the system |
+//! | [`log`] | where ggml's messages and the libraries' warnings go (a host's sink, or standard error) |
 //!
 //! Errors are one [`Error`] type with a variant per kind of failure a caller can act on.
 
@@ -27,6 +28,7 @@ pub mod gguf;
 pub mod graph;
 pub mod heap;
 pub mod llama;
+pub mod log;
 pub mod mapping;
 pub mod quant;
 pub mod simd;

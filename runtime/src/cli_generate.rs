@@ -131,7 +131,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         model.tokenizer_spec.clone(),
     );
     if let Some(warning) = unmask_kernels::backend::oversubscription_warning(args.threads) {
-        eprintln!("{warning}");
+        eprintln!("warning: {warning}");
     }
     let mut generator = Generator::new(model, args.threads)?;
     // A step progress bar with tokens/s and the time left, on a terminal only.

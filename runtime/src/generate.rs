@@ -13,6 +13,7 @@ use crate::rng::Rng;
 use crate::sampler::Scored;
 use crate::schedule::{reveal_probability, timesteps, transfer_count};
 use crate::{Error, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use unmask_kernels::backend::Backend;
@@ -129,6 +130,24 @@ pub struct Generator<W = Arc<Weights>> {
     /// Cached passes over the current refresh graph, one per run length (they read its keys
     /// and values in place, so they are dropped whenever it is rebuilt).
     pub(crate) cached: Vec<CachedPass>,
+    /// Set by a [`Canceller`] to stop the running generation.
+    cancel: Arc<AtomicBool>,
+}
+
+/// Stops the generation running on a [`Generator`] from any thread: the CPU backend stops the
+/// graph being computed at its next node, a device backend at the end of the graph, and the
+/// loop returns the canvas of the steps completed, with `cancelled` set.
+#[derive(Clone, Debug)]
+pub struct Canceller(Arc<AtomicBool>);
+
+impl Canceller {
+    /// Stops the running generation. Every generation starts uncancelled, so a cancel while
+    /// none runs has no effect: a "stop" that comes just after a generation ended never stops
+    /// the next one (and one that comes just before a generation begins its first step may be
+    /// missed: cancel again while it runs).
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl<W: TensorSource> Generator<W> {
@@ -138,17 +157,26 @@ impl<W: TensorSource> Generator<W> {
             .num_threads(threads)
             .build()
             .map_err(|e| Error::Model(format!("cannot start {threads} worker threads: {e}")))?;
-        let backend = match &model.placement {
+        let mut backend = match &model.placement {
             Placement::Cpu => Backend::new(threads)?,
             Placement::Device(device) => Backend::on_device(device, threads)?,
         };
+        let cancel = Arc::new(AtomicBool::new(false));
+        // Without the backend's abort callback, the flag is still read after every step.
+        backend.set_abort_flag(cancel.clone());
         Ok(Generator {
             model,
             backend,
             pool,
             forward: None,
             cached: Vec::new(),
+            cancel,
         })
+    }
+
+    /// A handle that cancels this generator's running generation from another thread.
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.cancel.clone())
     }
 
     /// Name of the device the graphs run on (`CPU`, `CUDA0`, ...).
@@ -253,10 +281,25 @@ impl<W: TensorSource> Generator<W> {
             forced: Vec::new(),
             cache_bytes: 0,
         };
-        if params.is_fast() {
-            crate::fast::generate(self, &mut canvas, params, on_step, &mut out)?;
+        self.cancel.store(false, Ordering::Relaxed);
+        let cancel = self.cancel.clone();
+        let on_step = &mut |event: &StepEvent| {
+            let answer = on_step(event);
+            if cancel.load(Ordering::Relaxed) {
+                Control::Cancel
+            } else {
+                answer
+            }
+        };
+        let run = if params.is_fast() {
+            crate::fast::generate(self, &mut canvas, params, on_step, &mut out)
         } else {
-            self.generate_exact(&mut canvas, params, on_step, &mut out)?;
+            self.generate_exact(&mut canvas, params, on_step, &mut out)
+        };
+        match run {
+            // A step stopped inside a graph: the canvas holds the steps completed before it.
+            Err(Error::Kernels(unmask_kernels::Error::Aborted)) => out.cancelled = true,
+            other => other?,
         }
         out.tokens = canvas[prompt.len()..].to_vec();
         out.canvas = canvas;

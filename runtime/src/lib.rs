@@ -31,6 +31,7 @@ pub mod settings;
 
 pub use error::{Error, Result};
 pub use generate::{
-    Algorithm, CacheMode, Control, GenerateParams, Generation, Generator, StepEvent, Timings,
+    Algorithm, CacheMode, Canceller, Control, GenerateParams, Generation, Generator, StepEvent,
+    Timings,
 };
 pub use model::{Model, ModelSpec};

@@ -8,17 +8,23 @@
  *   api_test abuse MODEL CORRUPT TRUNC    NULLs, bad sizes, bad parameters, freed handles...
  *   api_test defaults MODEL N             the model's default parameters, and a generation with
  *                                         them (N new tokens when N > 0, else the model's)
+ *   api_test interrupt MODEL              unmask_context_cancel while idle and from a second thread
+ *   api_test log MODEL BAD_SETTINGS       unmask_log_set receives the library's warnings
  *
  * Every mode prints "ok" as its last line when all its checks passed (and exits 0); a failed
  * check prints "FAIL <line>: <what>" and exits 1.
  */
+#define _POSIX_C_SOURCE 200809L /* nanosleep, sysconf under -std=c11 */
 #include "unmask.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 static int failures = 0;
 #define CHECK(cond)                                                                        \
@@ -71,6 +77,8 @@ static int layout(void) {
     FIELD(unmask_step_t, n_committed);
     FIELD(unmask_step_t, n_canvas);
     FIELD(unmask_step_t, n_prompt);
+    FIELD(unmask_step_t, n_masked);
+    FIELD(unmask_step_t, seconds);
     printf("unmask_result_t %zu\n", sizeof(unmask_result_t));
     FIELD(unmask_result_t, tokens);
     FIELD(unmask_result_t, canvas);
@@ -99,12 +107,20 @@ struct counter {
     int32_t cancel_at;
     int32_t calls;
     int32_t last_step;
+    int32_t mask_id;
+    int32_t bad_progress; /* steps whose n_masked or seconds were wrong */
+    double last_seconds;
 };
 
 static bool count_and_cancel(const unmask_step_t *step, void *user_data) {
     struct counter *c = user_data;
     c->calls++;
     c->last_step = step->step;
+    /* The progress fields, against the canvas itself and the previous step. */
+    int32_t masked = 0;
+    for (int32_t i = step->n_prompt; i < step->n_canvas; i++) masked += step->canvas[i] == c->mask_id;
+    if (step->n_masked != masked || !(step->seconds >= c->last_seconds)) c->bad_progress++;
+    c->last_seconds = step->seconds;
     return step->step != c->cancel_at;
 }
 
@@ -129,13 +145,14 @@ static int cancel(const char *path, int32_t k) {
     CHECK(unmask_generate(fresh, PROMPT, N_PROMPT, p, NULL, NULL, &expected) == UNMASK_OK);
     unmask_context_free(fresh);
 
-    struct counter c = {.cancel_at = k, .calls = 0, .last_step = -1};
+    struct counter c = {.cancel_at = k, .calls = 0, .last_step = -1, .mask_id = unmask_model_mask_id(model)};
     unmask_result_t *cancelled = NULL;
     unmask_status_t s = unmask_generate(ctx, PROMPT, N_PROMPT, p, count_and_cancel, &c, &cancelled);
     CHECK(s == UNMASK_CANCELLED);
     CHECK(cancelled != NULL);
     CHECK(c.calls == k + 1);
     CHECK(c.last_step == k);
+    CHECK(c.bad_progress == 0);
     if (cancelled != NULL) {
         printf("cancelled: status %d, steps %d, callbacks %d, flag %d\n", s, cancelled->steps, c.calls,
                cancelled->cancelled);
@@ -151,10 +168,11 @@ static int cancel(const char *path, int32_t k) {
     }
 
     /* The same context, reused: the normal result. */
-    struct counter all = {.cancel_at = -1, .calls = 0, .last_step = -1};
+    struct counter all = {.cancel_at = -1, .calls = 0, .last_step = -1, .mask_id = unmask_model_mask_id(model)};
     unmask_result_t *again = NULL;
     CHECK(unmask_generate(ctx, PROMPT, N_PROMPT, p, count_and_cancel, &all, &again) == UNMASK_OK);
     CHECK(all.calls == p.steps);
+    CHECK(all.bad_progress == 0);
     CHECK(again != NULL && expected != NULL && same_tokens(again, expected));
     CHECK(again != NULL && again->cancelled == 0 && again->steps == p.steps);
 
@@ -541,6 +559,154 @@ static int defaults(const char *path, int32_t n) {
     return failures != 0;
 }
 
+/* ---- interrupt --------------------------------------------------------------------------- */
+
+static void sleep_ms(long ms) {
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&t, NULL);
+}
+
+struct long_run {
+    unmask_context_t *ctx;
+    unmask_generate_params params;
+    atomic_int started; /* a step has completed */
+    atomic_int done;
+    int32_t callbacks;
+    unmask_status_t status;
+    unmask_result_t *result;
+};
+
+static bool note_step(const unmask_step_t *step, void *user_data) {
+    (void)step;
+    struct long_run *run = user_data;
+    run->callbacks++;
+    atomic_store(&run->started, 1);
+    return true; /* never cancels itself: only the other thread does */
+}
+
+static void *run_long(void *arg) {
+    struct long_run *run = arg;
+    run->status = unmask_generate(run->ctx, PROMPT, N_PROMPT, run->params, note_step, run, &run->result);
+    atomic_store(&run->done, 1);
+    return NULL;
+}
+
+static int interrupt(const char *path) {
+    unmask_model_t *model = NULL;
+    CHECK(unmask_model_load(path, &model) == UNMASK_OK);
+    unmask_context_params cp = unmask_context_default_params();
+    cp.n_threads = 1;
+    unmask_context_t *ctx = NULL, *fresh = NULL;
+    CHECK(unmask_context_new(model, cp, &ctx) == UNMASK_OK);
+    unmask_generate_params p = small_params(3);
+    unmask_result_t *expected = NULL, *r = NULL;
+    CHECK(unmask_context_new(model, cp, &fresh) == UNMASK_OK);
+    CHECK(unmask_generate(fresh, PROMPT, N_PROMPT, p, NULL, NULL, &expected) == UNMASK_OK);
+    unmask_context_free(fresh);
+
+    /* A cancel while idle does not stop the next generation. */
+    CHECK(unmask_context_cancel(ctx) == UNMASK_OK);
+    CHECK(unmask_generate(ctx, PROMPT, N_PROMPT, p, NULL, NULL, &r) == UNMASK_OK);
+    printf("after a cancel while idle: steps %d\n", r ? r->steps : -1);
+    CHECK(r != NULL && expected != NULL && same_tokens(r, expected) && r->steps == p.steps);
+    unmask_result_free(r);
+    r = NULL;
+
+    /* From a second thread, while a long generation runs on the first: cancel every millisecond
+     * from the first completed step until it returns. */
+    struct long_run run = {.ctx = ctx, .params = p};
+    run.params.max_new_tokens = 256;
+    run.params.steps = 256;
+    atomic_init(&run.started, 0);
+    atomic_init(&run.done, 0);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, run_long, &run) == 0);
+    for (int waited = 0; !atomic_load(&run.started) && !atomic_load(&run.done) && waited < 60000; waited++) sleep_ms(1);
+    int cancels = 0;
+    for (; !atomic_load(&run.done) && cancels < 60000; cancels++) {
+        CHECK(unmask_context_cancel(ctx) == UNMASK_OK);
+        sleep_ms(1);
+    }
+    pthread_join(t, NULL);
+    CHECK(run.status == UNMASK_CANCELLED);
+    CHECK(run.result != NULL && run.result->cancelled == 1);
+    CHECK(run.result != NULL && run.result->steps < run.params.steps);
+    /* The step being computed when the cancel came was abandoned: every completed step, and
+     * only those, reached the callback. */
+    CHECK(run.result != NULL && run.result->steps == run.callbacks);
+    printf("interrupted: status %d after %d of %d steps (%d cancel calls)\n", run.status,
+           run.result ? run.result->steps : -1, run.params.steps, cancels);
+    unmask_result_free(run.result);
+
+    /* The context is reusable, and uncancelled. */
+    CHECK(unmask_generate(ctx, PROMPT, N_PROMPT, p, NULL, NULL, &r) == UNMASK_OK);
+    CHECK(r != NULL && expected != NULL && same_tokens(r, expected));
+    unmask_result_free(r);
+
+    CHECK(unmask_context_cancel(NULL) == UNMASK_ERR_NULL_ARGUMENT);
+    unmask_context_free(ctx);
+    CHECK(unmask_context_cancel(ctx) == UNMASK_ERR_INVALID_HANDLE);
+    unmask_result_free(expected);
+    unmask_model_free(model);
+    if (failures == 0) printf("ok\n");
+    return failures != 0;
+}
+
+/* ---- log --------------------------------------------------------------------------------- */
+
+struct log_lines {
+    int calls;
+    int warnings;
+    int ignored_top_p; /* warnings naming the out-of-range stored setting */
+    int threads;       /* warnings about more threads than CPUs */
+};
+
+static void collect(int32_t level, const char *text, void *user_data) {
+    struct log_lines *lines = user_data;
+    lines->calls++;
+    if (level != UNMASK_LOG_WARN) return;
+    lines->warnings++;
+    lines->ignored_top_p += strstr(text, "unmask.generation.top_p") != NULL;
+    lines->threads += strstr(text, "threads on") != NULL;
+    printf("log %d: %s", level, text);
+}
+
+static int log_mode(const char *path, const char *bad_settings) {
+    struct log_lines lines = {0};
+    unmask_log_set(collect, &lines);
+    unmask_model_t *model = NULL, *plain = NULL;
+    CHECK(unmask_model_load(bad_settings, &model) == UNMASK_OK);
+    CHECK(lines.ignored_top_p == 1);
+    CHECK(unmask_model_load(path, &plain) == UNMASK_OK);
+    CHECK(lines.ignored_top_p == 1); /* a file without bad settings warns of nothing */
+
+    /* More threads than the machine has CPUs. */
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    unmask_context_params cp = unmask_context_default_params();
+    cp.n_threads = (int32_t)(cpus > 0 && cpus < 512 ? cpus + 1 : 512);
+    unmask_context_t *ctx = NULL;
+    CHECK(unmask_context_new(plain, cp, &ctx) == UNMASK_OK);
+    unmask_context_free(ctx);
+    if (cpus > 0 && cpus < 512) CHECK(lines.threads == 1);
+    cp.n_threads = 1;
+    CHECK(unmask_context_new(plain, cp, &ctx) == UNMASK_OK);
+    unmask_context_free(ctx);
+    CHECK(lines.threads <= 1);
+
+    /* Back to the default (standard error): the callback hears nothing more. */
+    unmask_log_set(NULL, NULL);
+    int before = lines.calls;
+    unmask_model_t *again = NULL;
+    CHECK(unmask_model_load(bad_settings, &again) == UNMASK_OK);
+    CHECK(lines.calls == before);
+    printf("warnings %d (ignored top_p %d, threads %d)\n", lines.warnings, lines.ignored_top_p, lines.threads);
+    unmask_model_free(again);
+    unmask_model_free(plain);
+    unmask_model_free(model);
+    if (failures == 0) printf("ok\n");
+    return failures != 0;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     if (strcmp(mode, "layout") == 0) return layout();
@@ -548,9 +714,11 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "threads") == 0 && argc >= 3) return threads(argv[2], argc > 3 ? atoi(argv[3]) : 3);
     if (strcmp(mode, "abuse") == 0 && argc == 5) return abuse(argv[2], argv[3], argv[4]);
     if (strcmp(mode, "defaults") == 0 && argc == 4) return defaults(argv[2], atoi(argv[3]));
+    if (strcmp(mode, "interrupt") == 0 && argc == 3) return interrupt(argv[2]);
+    if (strcmp(mode, "log") == 0 && argc == 4) return log_mode(argv[2], argv[3]);
     fprintf(stderr,
             "usage: %s layout | cancel MODEL K | threads MODEL [ROUNDS] | abuse MODEL CORRUPT TRUNCATED | "
-            "defaults MODEL N\n",
+            "defaults MODEL N | interrupt MODEL | log MODEL BAD_SETTINGS\n",
             argv[0]);
     return 2;
 }

@@ -327,6 +327,9 @@ impl Graph {
         // weights in buffers the backend can read).
         let status =
             unsafe { sys::ggml_backend_graph_compute(backend.raw.as_ptr(), graph.as_ptr()) };
+        if status == sys::GGML_STATUS_ABORTED {
+            return Err(Error::Aborted);
+        }
         if status != sys::GGML_STATUS_SUCCESS {
             return Err(Error::Compute {
                 what: "graph computation",
