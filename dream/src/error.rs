@@ -24,6 +24,10 @@ pub enum Error {
     UnsupportedDtype { name: String, dtype: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A conversation that the chat format cannot express (an unknown role, a system message
+    /// after the first, no messages).
+    #[error("chat: {0}")]
+    Chat(String),
     /// The tokenizer and the metadata name no mask token, without which nothing can be generated.
     #[error("the model has no mask token (tokenizer.ggml.mask_token_id)")]
     NoMaskToken,

@@ -246,6 +246,25 @@ UNMASK_API int32_t unmask_detokenize(const unmask_model_t *model, const int32_t 
 UNMASK_API int32_t unmask_apply_chat(const unmask_model_t *model, const char *user_text, int32_t text_len,
                                      char *buf, int32_t buf_len);
 
+/* One turn of a conversation (llama.h's llama_chat_message): role is "system", "user" or
+ * "assistant"; both strings are NUL-terminated UTF-8. */
+typedef struct unmask_chat_message {
+    const char *role;
+    const char *content;
+} unmask_chat_message_t;
+
+/* The chat prompt of a conversation, as llama_chat_apply_template makes it: ChatML, Dream's
+ * default system prompt ("You are a helpful assistant.") when the first message is not a system
+ * message, each user turn with the newline before <|im_end|> that DiffuCoder's published prompt
+ * has, and, when add_assistant, an opened assistant turn for the model to answer. One user
+ * message with add_assistant gives exactly unmask_apply_chat's prompt. Same buffer rules as
+ * unmask_detokenize. Errors (UNMASK_SIZE_ERROR, then unmask_last_status()): NULL_ARGUMENT
+ * (messages, a role or a content NULL), INVALID_UTF8, INVALID_ARGUMENT (no messages, an unknown
+ * role, a system message after the first, a model without chat markers), INVALID_HANDLE.
+ * Thread-safe. */
+UNMASK_API int32_t unmask_apply_chat_messages(const unmask_model_t *model, const unmask_chat_message_t *messages,
+                                              size_t n_messages, bool add_assistant, char *buf, int32_t buf_len);
+
 /* ---------------------------------------------------------------------------------------------
  * Context
  * ------------------------------------------------------------------------------------------- */

@@ -53,6 +53,7 @@ impl FfiError {
                 R::Format(q) => match q {
                     unmask_dream::Error::Io { .. } => status::ERR_IO,
                     unmask_dream::Error::Tokenizer(_) => status::ERR_TOKENIZER,
+                    unmask_dream::Error::Chat(_) => status::ERR_INVALID_ARGUMENT,
                     unmask_dream::Error::Kernels(k) => kernels_status(k),
                     _ => status::ERR_MODEL,
                 },

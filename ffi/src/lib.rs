@@ -25,6 +25,7 @@ pub use context::unmask_context;
 pub use generate::{unmask_result, unmask_step};
 pub use model::unmask_model;
 pub use params::{unmask_context_params, unmask_generate_params};
+pub use tokenize::unmask_chat_message;
 
 use std::ffi::c_char;
 

@@ -1,10 +1,11 @@
-//! Text <-> ids with the model's tokenizer, and the Instruct chat prompt, into caller buffers.
+//! Text <-> ids with the model's tokenizer, and the Instruct chat prompt of one message or of a
+//! conversation, into caller buffers.
 
 use crate::args;
 use crate::error::{size_entry, FfiError};
 use crate::model::{unmask_model, MODELS};
 use std::ffi::c_char;
-use unmask_dream::chat;
+use unmask_dream::chat::{self, Message, Role};
 
 /// `unmask_tokenize`.
 ///
@@ -78,6 +79,64 @@ pub unsafe extern "C" fn unmask_apply_chat(
             ));
         }
         let prompt = chat::instruct_prompt(text);
+        // SAFETY: forwarded caller contract.
+        unsafe { args::write_text(prompt.as_bytes(), buf, buf_len) }
+    })
+}
+
+/// `unmask_chat_message_t`: one turn of a conversation, both strings NUL-terminated UTF-8.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct unmask_chat_message {
+    pub role: *const c_char,
+    pub content: *const c_char,
+}
+
+/// `unmask_apply_chat_messages`.
+///
+/// # Safety
+/// `messages` NULL or valid for `n_messages` reads, each string NULL or NUL-terminated; `buf`
+/// NULL or valid for `buf_len` writes.
+#[no_mangle]
+pub unsafe extern "C" fn unmask_apply_chat_messages(
+    model: *const unmask_model,
+    messages: *const unmask_chat_message,
+    n_messages: usize,
+    add_assistant: bool,
+    buf: *mut c_char,
+    buf_len: i32,
+) -> i32 {
+    size_entry(|| {
+        let model = MODELS.get(model)?;
+        if messages.is_null() {
+            return Err(FfiError::Null("messages"));
+        }
+        if n_messages > 1 << 20 {
+            return Err(FfiError::InvalidArgument(format!(
+                "n_messages {n_messages} is more than a conversation can hold"
+            )));
+        }
+        // SAFETY: non-NULL and valid for n_messages reads by the caller's contract.
+        let raw = unsafe { std::slice::from_raw_parts(messages, n_messages) };
+        let mut conversation = Vec::with_capacity(raw.len());
+        for m in raw {
+            // SAFETY: forwarded caller contract (NUL-terminated or NULL).
+            let role = unsafe { args::text(m.role, -1, "messages[].role") }?;
+            // SAFETY: as above.
+            let content = unsafe { args::text(m.content, -1, "messages[].content") }?;
+            let role: Role = role
+                .parse()
+                .map_err(|e: unmask_dream::Error| FfiError::InvalidArgument(e.to_string()))?;
+            conversation.push(Message::new(role, content));
+        }
+        if !model.model.supports_chat() {
+            return Err(FfiError::InvalidArgument(
+                "the model's tokenizer has no chat markers (<|im_start|>, <|im_end|>)".into(),
+            ));
+        }
+        let prompt = chat::conversation_prompt(&conversation, add_assistant)
+            .map_err(|e| FfiError::InvalidArgument(e.to_string()))?;
         // SAFETY: forwarded caller contract.
         unsafe { args::write_text(prompt.as_bytes(), buf, buf_len) }
     })

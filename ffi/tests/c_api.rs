@@ -18,7 +18,9 @@ use std::mem::{offset_of, size_of};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use unmask::{unmask_context_params, unmask_generate_params, unmask_result, unmask_step};
+use unmask::{
+    unmask_chat_message, unmask_context_params, unmask_generate_params, unmask_result, unmask_step,
+};
 
 fn example() -> std::path::PathBuf {
     common::repo_root().join("ffi/examples/generate.c")
@@ -357,6 +359,11 @@ fn header_structs_have_the_rust_layout() {
         ]
     );
     check!(
+        "unmask_chat_message_t",
+        unmask_chat_message,
+        [role, content]
+    );
+    check!(
         "unmask_result_t",
         unmask_result,
         [
@@ -494,6 +501,14 @@ fn the_log_callback_receives_the_librarys_warnings_and_null_restores_stderr() {
         1,
         "{stderr}"
     );
+}
+
+#[test]
+fn apply_chat_messages_builds_conversations_and_refuses_what_chatml_cannot_say() {
+    let setup = Setup::new();
+    let exe = setup.compile(&[&api_test()], "api_test", false);
+    let out = run_ok(Command::new(&exe).arg("chat").arg(&setup.model));
+    assert_eq!(out.lines().last(), Some("ok"), "{out}");
 }
 
 /// The runtime library's own result for the prompt and seed `api_test.c` uses.

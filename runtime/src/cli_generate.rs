@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use unmask_dream::chat::{answer_text, instruct_prompt};
+use unmask_dream::chat::{answer_text, conversation_prompt, instruct_prompt, Message, Role};
 use unmask_kernels::device::{self, DeviceRequest, Placement};
 use unmask_runtime::order::{global_ar_ness, local_ar_ness};
 use unmask_runtime::settings::{Layer, Setting, Settings, Source, Steps};
@@ -28,30 +28,12 @@ pub struct GenerateArgs {
     /// The prompt as comma-separated token ids, used as is (no chat template).
     #[arg(long, value_delimiter = ',')]
     prompt_ids: Option<Vec<u32>>,
-    #[arg(long, value_name = "N", help = Setting::MaxNewTokens.help(None))]
-    max_new_tokens: Option<usize>,
-    #[arg(long, value_name = "N", help = Setting::Steps.help(None))]
-    steps: Option<usize>,
-    #[arg(long, help = Setting::Temperature.help(None))]
-    temperature: Option<f32>,
-    #[arg(long, help = Setting::TopP.help(None))]
-    top_p: Option<f32>,
-    #[arg(long, value_name = "K", help = Setting::TopK.help(None))]
-    top_k: Option<usize>,
+    /// The system prompt of the chat template. Default: "You are a helpful assistant."
+    /// (Dream's). For a conversation of several turns, use `unmask chat`.
+    #[arg(long, conflicts_with_all = ["no_chat", "prompt_ids"])]
+    system: Option<String>,
     #[command(flatten)]
-    sampling: SamplingArgs,
-    #[command(flatten)]
-    decoding: DecodingArgs,
-    /// Threads for the forward pass and the scoring. Default: the physical cores (more threads
-    /// than free cores make every pass much slower).
-    #[arg(short, long, default_value_t = default_threads())]
-    threads: usize,
-    /// Where to run: cpu, cuda (cuda:N for the N-th GPU), or auto (CUDA when a CUDA backend
-    /// library and a GPU are present, else the CPU). ggml-cpu runs the GPU code path on the CPU.
-    /// The CUDA backend (libggml-cuda.so) is looked for in $UNMASK_BACKEND_DIR, next to this
-    /// program and in ../lib/unmask.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceRequest,
+    pub flags: GenerationFlags,
     /// Use the prompt as is, without the Instruct chat template (on by default when the model's
     /// tokenizer has <|im_start|>).
     #[arg(long)]
@@ -71,12 +53,41 @@ pub struct GenerateArgs {
     quiet: bool,
 }
 
+/// The flags of a generation's settings, device and threads: shared by `generate` and `chat`.
+#[derive(clap::Args)]
+pub struct GenerationFlags {
+    #[arg(long, value_name = "N", help = Setting::MaxNewTokens.help(None))]
+    max_new_tokens: Option<usize>,
+    #[arg(long, value_name = "N", help = Setting::Steps.help(None))]
+    steps: Option<usize>,
+    #[arg(long, help = Setting::Temperature.help(None))]
+    temperature: Option<f32>,
+    #[arg(long, help = Setting::TopP.help(None))]
+    top_p: Option<f32>,
+    #[arg(long, value_name = "K", help = Setting::TopK.help(None))]
+    top_k: Option<usize>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    decoding: DecodingArgs,
+    /// Threads for the forward pass and the scoring. Default: the physical cores (more threads
+    /// than free cores make every pass much slower).
+    #[arg(short, long, default_value_t = default_threads())]
+    pub threads: usize,
+    /// Where to run: cpu, cuda (cuda:N for the N-th GPU), or auto (CUDA when a CUDA backend
+    /// library and a GPU are present, else the CPU). ggml-cpu runs the GPU code path on the CPU.
+    /// The CUDA backend (libggml-cuda.so) is looked for in $UNMASK_BACKEND_DIR, next to this
+    /// program and in ../lib/unmask.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceRequest,
+}
+
 pub use unmask_kernels::backend::default_threads;
 
-impl GenerateArgs {
+impl GenerationFlags {
     /// The settings given on the command line (the flags not given are left to the layers
     /// below: the model file, then the built-in defaults).
-    fn flags(&self) -> Layer {
+    pub fn layer(&self) -> Layer {
         Layer {
             max_new_tokens: self.max_new_tokens,
             steps: self.steps.map(Steps::Exactly),
@@ -84,6 +95,13 @@ impl GenerateArgs {
             top_p: self.top_p.map(Layer::top_p_value),
             top_k: self.top_k.map(Layer::top_k_value),
             ..self.sampling.layer(&self.decoding)
+        }
+    }
+
+    /// Warns on stderr when `--threads` exceeds the machine's CPUs.
+    pub fn warn_oversubscription(&self) {
+        if let Some(warning) = unmask_kernels::backend::oversubscription_warning(self.threads) {
+            eprintln!("warning: {warning}");
         }
     }
 }
@@ -97,22 +115,22 @@ pub fn load_model(path: &std::path::Path, request: &DeviceRequest) -> Result<(Mo
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let (model, placement) = load_model(&args.model, &args.device)?;
+    let (model, placement) = load_model(&args.model, &args.flags.device)?;
     let model = Arc::new(model);
     let prompt_ids = match (&args.prompt_ids, &args.prompt, &args.file) {
         (Some(ids), _, _) => ids.clone(),
-        (None, Some(text), _) => prompt_tokens(&model, text, args.no_chat)?,
+        (None, Some(text), _) => prompt_tokens(&model, text, &args)?,
         (None, None, Some(path)) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            prompt_tokens(&model, &text, args.no_chat)?
+            prompt_tokens(&model, &text, &args)?
         }
         (None, None, None) => bail!("give a prompt with -p TEXT, -f FILE or --prompt-ids"),
     };
     let file = model_file_settings(&model);
     let settings = Settings::builtin()
         .with(Source::ModelFile, &file.layer)
-        .with(Source::Flag, &args.flags());
+        .with(Source::Flag, &args.flags.layer());
     let params = settings.params();
     params
         .validate()
@@ -130,10 +148,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         model.special.clone(),
         model.tokenizer_spec.clone(),
     );
-    if let Some(warning) = unmask_kernels::backend::oversubscription_warning(args.threads) {
-        eprintln!("warning: {warning}");
-    }
-    let mut generator = Generator::new(model, args.threads)?;
+    args.flags.warn_oversubscription();
+    let mut generator = Generator::new(model, args.flags.threads)?;
     // A step progress bar with tokens/s and the time left, on a terminal only.
     let progress = (visual_tokenizer.is_none() && !args.quiet && std::io::stderr().is_terminal())
         .then(|| step_progress(params.max_new_tokens));
@@ -217,7 +233,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 }
 
 /// The bar of committed tokens (out of `tokens`), with the step, tokens/s and time left.
-fn step_progress(tokens: usize) -> indicatif::ProgressBar {
+pub fn step_progress(tokens: usize) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(tokens as u64);
     let style =
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} tokens, {msg}, {eta} left")
@@ -235,11 +251,24 @@ fn ar_ness_json(order: &[usize]) -> serde_json::Value {
     })
 }
 
-fn prompt_tokens(model: &Model, text: &str, no_chat: bool) -> Result<Vec<u32>> {
-    let text = if !no_chat && model.supports_chat() {
-        instruct_prompt(text)
-    } else {
-        text.to_string()
+/// The prompt's ids: `text` in the Instruct chat template (with `--system`'s prompt) unless
+/// `--no-chat` or the model has no chat markers.
+fn prompt_tokens(model: &Model, text: &str, args: &GenerateArgs) -> Result<Vec<u32>> {
+    let text = match &args.system {
+        _ if args.no_chat => text.to_string(),
+        Some(_) if !model.supports_chat() => bail!(
+            "--system needs the chat template, and the model's tokenizer has no chat markers \
+             (<|im_start|>, <|im_end|>)"
+        ),
+        Some(system) => conversation_prompt(
+            &[
+                Message::new(Role::System, system),
+                Message::new(Role::User, text),
+            ],
+            true,
+        )?,
+        None if model.supports_chat() => instruct_prompt(text),
+        None => text.to_string(),
     };
     Ok(model.encode(&text)?)
 }

@@ -1,6 +1,7 @@
 //! The `unmask` command line: offline generation with a DiffuCoder/Dream GGUF, and a benchmark.
 
 mod cli_bench;
+mod cli_chat;
 mod cli_check;
 mod cli_decoding;
 mod cli_errors;
@@ -28,6 +29,9 @@ struct Cli {
 enum Command {
     /// Generate text for a prompt.
     Generate(cli_generate::GenerateArgs),
+    /// A conversation of several turns on the terminal (or from piped lines, one message per
+    /// line): each answer is generated over the whole conversation so far.
+    Chat(cli_chat::ChatArgs),
     /// Measure seconds per step, tokens per second and peak memory, and libllama's forward pass
     /// over the same canvas.
     Bench(cli_bench::BenchArgs),
@@ -45,6 +49,7 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Generate(args) => cli_generate::run(args),
+        Command::Chat(args) => cli_chat::run(args),
         Command::Bench(args) => cli_bench::run(args),
         Command::Devices => list_devices(),
         Command::CheckDevice(args) => cli_check::run(args),

@@ -10,6 +10,7 @@
  *                                         them (N new tokens when N > 0, else the model's)
  *   api_test interrupt MODEL              unmask_context_cancel while idle and from a second thread
  *   api_test log MODEL BAD_SETTINGS       unmask_log_set receives the library's warnings
+ *   api_test chat MODEL                   unmask_apply_chat_messages: conversations and errors
  *
  * Every mode prints "ok" as its last line when all its checks passed (and exits 0); a failed
  * check prints "FAIL <line>: <what>" and exits 1.
@@ -79,6 +80,9 @@ static int layout(void) {
     FIELD(unmask_step_t, n_prompt);
     FIELD(unmask_step_t, n_masked);
     FIELD(unmask_step_t, seconds);
+    printf("unmask_chat_message_t %zu\n", sizeof(unmask_chat_message_t));
+    FIELD(unmask_chat_message_t, role);
+    FIELD(unmask_chat_message_t, content);
     printf("unmask_result_t %zu\n", sizeof(unmask_result_t));
     FIELD(unmask_result_t, tokens);
     FIELD(unmask_result_t, canvas);
@@ -707,6 +711,58 @@ static int log_mode(const char *path, const char *bad_settings) {
     return failures != 0;
 }
 
+/* ---- chat -------------------------------------------------------------------------------- */
+
+static int chat(const char *path) {
+    unmask_model_t *model = NULL;
+    CHECK(unmask_model_load(path, &model) == UNMASK_OK);
+    char one[512], many[1024];
+    /* One user message: exactly unmask_apply_chat's prompt. */
+    unmask_chat_message_t hi[] = {{"user", "hi"}};
+    int32_t n = unmask_apply_chat_messages(model, hi, 1, true, one, sizeof one);
+    char single[512];
+    CHECK(n > 0 && unmask_apply_chat(model, "hi", -1, single, sizeof single) == n);
+    CHECK(n > 0 && strcmp(one, single) == 0);
+    /* A conversation with a system prompt and an earlier exchange (docs/model.md §5). */
+    unmask_chat_message_t talk[] = {
+        {"system", "Be brief."}, {"user", "hi"}, {"assistant", "hello"}, {"user", "more"}};
+    const char *want = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi\n<|im_end|>\n"
+                       "<|im_start|>assistant\nhello<|im_end|>\n<|im_start|>user\nmore\n<|im_end|>\n"
+                       "<|im_start|>assistant\n";
+    n = unmask_apply_chat_messages(model, talk, 4, true, many, sizeof many);
+    CHECK(n == (int32_t)strlen(want) && strcmp(many, want) == 0);
+    /* Without the opened assistant turn, it ends with the last message. */
+    n = unmask_apply_chat_messages(model, talk, 3, false, many, sizeof many);
+    CHECK(n > 0 && strcmp(many + n - strlen("hello<|im_end|>\n"), "hello<|im_end|>\n") == 0);
+    /* The buffer rules of unmask_detokenize. */
+    int32_t need = unmask_apply_chat_messages(model, talk, 4, true, NULL, 0);
+    CHECK(need == -(int32_t)strlen(want) - 1);
+    CHECK(unmask_apply_chat_messages(model, talk, 4, true, many, -need) == -need - 1);
+    /* Errors. */
+    unmask_chat_message_t tool[] = {{"tool", "x"}};
+    CHECK(unmask_apply_chat_messages(model, tool, 1, true, many, sizeof many) == UNMASK_SIZE_ERROR);
+    CHECK(unmask_last_status() == UNMASK_ERR_INVALID_ARGUMENT);
+    unmask_chat_message_t late[] = {{"user", "hi"}, {"system", "x"}};
+    CHECK(unmask_apply_chat_messages(model, late, 2, true, many, sizeof many) == UNMASK_SIZE_ERROR);
+    CHECK(unmask_last_status() == UNMASK_ERR_INVALID_ARGUMENT);
+    CHECK(unmask_apply_chat_messages(model, talk, 0, true, many, sizeof many) == UNMASK_SIZE_ERROR);
+    CHECK(unmask_last_status() == UNMASK_ERR_INVALID_ARGUMENT);
+    unmask_chat_message_t null_content[] = {{"user", NULL}};
+    CHECK(unmask_apply_chat_messages(model, null_content, 1, true, many, sizeof many) == UNMASK_SIZE_ERROR);
+    CHECK(unmask_last_status() == UNMASK_ERR_NULL_ARGUMENT);
+    unmask_chat_message_t bad_utf8[] = {{"user", "\x80"}};
+    CHECK(unmask_apply_chat_messages(model, bad_utf8, 1, true, many, sizeof many) == UNMASK_SIZE_ERROR);
+    CHECK(unmask_last_status() == UNMASK_ERR_INVALID_UTF8);
+    CHECK(unmask_apply_chat_messages(model, NULL, 1, true, many, sizeof many) == UNMASK_SIZE_ERROR);
+    CHECK(unmask_last_status() == UNMASK_ERR_NULL_ARGUMENT);
+    CHECK(unmask_apply_chat_messages(NULL, talk, 4, true, many, sizeof many) == UNMASK_SIZE_ERROR);
+    CHECK(unmask_last_status() == UNMASK_ERR_NULL_ARGUMENT);
+    printf("conversation prompt %d bytes\n", (int)strlen(want));
+    unmask_model_free(model);
+    if (failures == 0) printf("ok\n");
+    return failures != 0;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     if (strcmp(mode, "layout") == 0) return layout();
@@ -716,9 +772,10 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "defaults") == 0 && argc == 4) return defaults(argv[2], atoi(argv[3]));
     if (strcmp(mode, "interrupt") == 0 && argc == 3) return interrupt(argv[2]);
     if (strcmp(mode, "log") == 0 && argc == 4) return log_mode(argv[2], argv[3]);
+    if (strcmp(mode, "chat") == 0 && argc == 3) return chat(argv[2]);
     fprintf(stderr,
             "usage: %s layout | cancel MODEL K | threads MODEL [ROUNDS] | abuse MODEL CORRUPT TRUNCATED | "
-            "defaults MODEL N | interrupt MODEL | log MODEL BAD_SETTINGS\n",
+            "defaults MODEL N | interrupt MODEL | log MODEL BAD_SETTINGS | chat MODEL\n",
             argv[0]);
     return 2;
 }
