@@ -143,7 +143,7 @@ impl Backend {
             // polling ggml worker would spin through that time on a core the scoring needs.
             // Without polling the workers sleep until the next graph (a wake-up costs tens of
             // microseconds, twice per denoising step).
-            params.poll = 0;
+            params.poll = poll_level();
             let pool = NonNull::new(sys::ggml_threadpool_new(&mut params))
                 .ok_or_else(|| Error::Init(format!("a pool of {n} ggml threads")))?;
             sys::ggml_backend_cpu_set_n_threads(self.raw.as_ptr(), n);
@@ -188,6 +188,16 @@ impl Drop for Backend {
             }
         }
     }
+}
+
+/// The polling level of ggml's workers between graphs: 0 (they sleep), unless the environment
+/// variable `UNMASK_GGML_POLL` sets another (0-100; ggml's own default is 50), which
+/// `scripts/bench-threads.sh` uses to measure what sleeping saves.
+fn poll_level() -> u32 {
+    std::env::var("UNMASK_GGML_POLL")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(0, |v| v.min(100))
 }
 
 /// ggml's abort callback: whether the flag [`Backend::set_abort_flag`] registered is set.

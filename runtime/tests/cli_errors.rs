@@ -397,3 +397,52 @@ fn steps_follow_the_length_and_too_many_threads_are_named() {
     // Piped stderr: no progress bar drawn.
     assert!(!stderr.contains("tokens, step"), "{stderr}");
 }
+
+/// `unmask ARGS` with its standard streams on a pseudo-terminal (util-linux's `script`, part of
+/// every Debian and Ubuntu system): what a user at a terminal sees.
+fn on_a_terminal(args: &[&str]) -> String {
+    let command = std::iter::once(env!("CARGO_BIN_EXE_unmask"))
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("util-linux `script` runs the command on a pseudo-terminal");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_terminal_shows_a_step_progress_bar_unless_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let args = [
+        "generate",
+        "-m",
+        m,
+        "-p",
+        "hello",
+        "--max-new-tokens",
+        "16",
+        "-t",
+        "1",
+    ];
+    let shown = on_a_terminal(&args);
+    assert!(shown.contains("/16 tokens, step "), "{shown}");
+    assert!(shown.contains("tokens/s"), "{shown}");
+    assert!(shown.contains(" left"), "the time left: {shown}");
+    let quiet = on_a_terminal(&[&args[..], &["--quiet"]].concat());
+    assert!(!quiet.contains("/16 tokens, step "), "{quiet}");
+    assert!(
+        quiet.contains("16 tokens, 16 steps"),
+        "the summary stays: {quiet}"
+    );
+}
