@@ -105,12 +105,7 @@ impl SafetensorsFile {
                 "file of {file_len} bytes is too short for a header"
             ))
         })?;
-        let header_len = u64::from_le_bytes(len_bytes);
-        if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
-            return Err(bad(format!(
-                "header length {header_len} exceeds the file ({file_len} bytes) or the 100 MB limit"
-            )));
-        }
+        let header_len = checked_header_len(len_bytes, file_len).map_err(bad)?;
         let mut header = vec![0u8; header_len as usize];
         file.read_exact(&mut header)
             .map_err(|e| bad(format!("reading header: {e}")))?;
@@ -135,6 +130,31 @@ impl SafetensorsFile {
     pub fn map(&self, entry: &Entry) -> Result<MappedBytes> {
         Ok(map_range(&self.file, entry.offset, entry.len)?)
     }
+}
+
+/// The header length `len_bytes` announce, checked against a file of `file_len` bytes (at
+/// least 8) and the size limit.
+fn checked_header_len(len_bytes: [u8; 8], file_len: u64) -> Result<u64, String> {
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
+        return Err(format!(
+            "header length {header_len} exceeds the file ({file_len} bytes) or the 100 MB limit"
+        ));
+    }
+    Ok(header_len)
+}
+
+/// Parses and validates the header of a whole safetensors image held in memory, with the checks
+/// of [`SafetensorsFile::open`] (for fuzzing and in-memory tests).
+pub fn parse_image(bytes: &[u8]) -> Result<BTreeMap<String, Entry>, String> {
+    let file_len = bytes.len() as u64;
+    let len_bytes: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("file of {file_len} bytes is too short for a header"))?;
+    let header_len = checked_header_len(len_bytes, file_len)?;
+    let header = &bytes[8..8 + header_len as usize];
+    parse_header(header, 8 + header_len, file_len)
 }
 
 fn parse_header(
@@ -291,4 +311,36 @@ pub fn encode_header<'a>(
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
     out.extend_from_slice(text.as_bytes());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hand-made image: the JSON header spelled out, then the data bytes.
+    fn image(header: &str, data_len: usize) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(bytes.len() + data_len, 0);
+        bytes
+    }
+
+    #[test]
+    fn an_image_in_memory_gets_the_checks_of_a_file() {
+        let header = r#"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"BF16","shape":[3],"data_offsets":[16,22]}}"#;
+        let entries = parse_image(&image(header, 22)).unwrap();
+        assert_eq!(entries.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(entries["b"].len, 6);
+        // The same image opened as a file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.safetensors");
+        std::fs::write(&path, image(header, 22)).unwrap();
+        assert_eq!(SafetensorsFile::open(&path).unwrap().entries().len(), 2);
+
+        assert!(parse_image(&image(header, 21)).is_err(), "data cut short");
+        assert!(parse_image(&[1, 2, 3]).unwrap_err().contains("too short"));
+        let mut huge = image(header, 22);
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(parse_image(&huge).unwrap_err().contains("exceeds the file"));
+    }
 }
