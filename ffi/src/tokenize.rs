@@ -2,8 +2,8 @@
 //! conversation, into caller buffers.
 
 use crate::args;
-use crate::error::{size_entry, FfiError};
-use crate::model::{unmask_model, MODELS};
+use crate::error::{size_entry, FfiError, FfiResult};
+use crate::model::{unmask_model, ModelEntry, MODELS};
 use std::ffi::c_char;
 use unmask_dream::chat::{self, Message, Role};
 
@@ -57,6 +57,16 @@ pub unsafe extern "C" fn unmask_detokenize(
     })
 }
 
+/// Refuses a model whose tokenizer cannot express the chat format.
+fn require_chat(model: &ModelEntry) -> FfiResult<()> {
+    if model.model.supports_chat() {
+        return Ok(());
+    }
+    Err(FfiError::InvalidArgument(
+        "the model's tokenizer has no chat markers (<|im_start|>, <|im_end|>)".into(),
+    ))
+}
+
 /// `unmask_apply_chat`.
 ///
 /// # Safety
@@ -73,11 +83,7 @@ pub unsafe extern "C" fn unmask_apply_chat(
         let model = MODELS.get(model)?;
         // SAFETY: forwarded caller contract.
         let text = unsafe { args::text(user_text, text_len, "user_text") }?;
-        if !model.model.supports_chat() {
-            return Err(FfiError::InvalidArgument(
-                "the model's tokenizer has no chat markers (<|im_start|>, <|im_end|>)".into(),
-            ));
-        }
+        require_chat(&model)?;
         let prompt = chat::instruct_prompt(text);
         // SAFETY: forwarded caller contract.
         unsafe { args::write_text(prompt.as_bytes(), buf, buf_len) }
@@ -130,11 +136,7 @@ pub unsafe extern "C" fn unmask_apply_chat_messages(
                 .map_err(|e: unmask_dream::Error| FfiError::InvalidArgument(e.to_string()))?;
             conversation.push(Message::new(role, content));
         }
-        if !model.model.supports_chat() {
-            return Err(FfiError::InvalidArgument(
-                "the model's tokenizer has no chat markers (<|im_start|>, <|im_end|>)".into(),
-            ));
-        }
+        require_chat(&model)?;
         let prompt = chat::conversation_prompt(&conversation, add_assistant)
             .map_err(|e| FfiError::InvalidArgument(e.to_string()))?;
         // SAFETY: forwarded caller contract.

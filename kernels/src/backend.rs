@@ -108,7 +108,6 @@ impl Backend {
     pub fn set_abort_flag(&mut self, flag: Arc<AtomicBool>) -> bool {
         let f = self.proc_address(c"ggml_backend_set_abort_callback");
         if f.is_null() {
-            self.abort = Some(flag);
             return false;
         }
         let data = Arc::as_ptr(&flag).cast::<c_void>().cast_mut();

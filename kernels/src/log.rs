@@ -8,7 +8,7 @@
 
 use llama_cpp_sys_2 as sys;
 use std::ffi::{c_char, c_void, CStr};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// How much a log line matters (ggml's levels, without its "continued" pseudo-level).
@@ -27,7 +27,7 @@ pub type LogSink = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
 
 static SINK: RwLock<Option<LogSink>> = RwLock::new(None);
 /// The level of ggml's last message, for the parts of a line ggml sends as "continued".
-static LAST_GGML_LEVEL: AtomicI32 = AtomicI32::new(LogLevel::Info as i32);
+static LAST_GGML_LEVEL: AtomicU32 = AtomicU32::new(sys::GGML_LOG_LEVEL_INFO);
 
 /// Sends every later log line to `sink`, or, with `None`, back to the defaults.
 pub fn set_sink(sink: Option<LogSink>) {
@@ -51,25 +51,26 @@ fn sink() -> Option<LogSink> {
     SINK.read().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
-/// Logs a warning of unmask's libraries: to the sink, else to standard error as
-/// `warning: <text>`.
+/// Logs a warning of unmask's libraries (one message, without a trailing newline): to the sink,
+/// else to standard error as `warning: <text>`.
 pub fn warn(text: &str) {
-    emit(LogLevel::Warn, text);
+    match sink() {
+        Some(sink) => sink(LogLevel::Warn, &format!("{text}\n")),
+        None => eprintln!("warning: {text}"),
+    }
 }
 
-/// Logs `text` (one message, without a trailing newline) at `level`.
-pub fn emit(level: LogLevel, text: &str) {
-    match sink() {
-        Some(sink) => sink(level, &format!("{text}\n")),
-        None if level >= LogLevel::Warn => {
-            let label = if level == LogLevel::Error {
-                "error"
-            } else {
-                "warning"
-            };
-            eprintln!("{label}: {text}");
+impl LogLevel {
+    /// The level of a ggml message; ggml's "continued" pseudo-level (and any unknown one) is
+    /// `None`, to take the level of the line's first part.
+    fn from_ggml(level: sys::ggml_log_level) -> Option<Self> {
+        match level {
+            sys::GGML_LOG_LEVEL_DEBUG => Some(LogLevel::Debug),
+            sys::GGML_LOG_LEVEL_INFO => Some(LogLevel::Info),
+            sys::GGML_LOG_LEVEL_WARN => Some(LogLevel::Warn),
+            sys::GGML_LOG_LEVEL_ERROR => Some(LogLevel::Error),
+            _ => None,
         }
-        None => {}
     }
 }
 
@@ -80,19 +81,14 @@ unsafe extern "C" fn from_ggml(level: sys::ggml_log_level, text: *const c_char, 
     }
     // SAFETY: ggml passes a NUL-terminated message that lives for the duration of the call.
     let text = unsafe { CStr::from_ptr(text) }.to_string_lossy();
-    let level = match level {
-        sys::GGML_LOG_LEVEL_CONT => LAST_GGML_LEVEL.load(Ordering::Relaxed),
-        other => {
-            let level = (other as i32).clamp(LogLevel::Debug as i32, LogLevel::Error as i32);
+    let level = match LogLevel::from_ggml(level) {
+        Some(known) => {
             LAST_GGML_LEVEL.store(level, Ordering::Relaxed);
-            level
+            known
         }
-    };
-    let level = match level {
-        1 => LogLevel::Debug,
-        2 => LogLevel::Info,
-        3 => LogLevel::Warn,
-        _ => LogLevel::Error,
+        None => {
+            LogLevel::from_ggml(LAST_GGML_LEVEL.load(Ordering::Relaxed)).unwrap_or(LogLevel::Info)
+        }
     };
     if let Some(sink) = sink() {
         // A panicking sink must not unwind into ggml's C code.

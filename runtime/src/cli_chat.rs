@@ -1,16 +1,15 @@
 //! `unmask chat`: a multi-turn conversation on the terminal (or from piped lines). Each turn is
 //! generated over the whole conversation so far, in the Instruct chat format
 //! (`unmask_dream::chat::conversation_prompt`); the oldest turns are left out when the
-//! conversation no longer fits the model's context.
+//! conversation does not fit the model's context.
 
-use crate::cli_decoding::{model_file_settings, settings_error, PRECEDENCE};
-use crate::cli_generate::{load_model, step_progress, GenerationFlags};
+use crate::cli_decoding::{settings_error, PRECEDENCE};
+use crate::cli_generate::{load_model, GenerationFlags, Resolved, StepProgress};
 use anyhow::{bail, Result};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use unmask_dream::chat::{answer_text, conversation_prompt, encode, Message, Role};
-use unmask_runtime::settings::{Settings, Source};
 use unmask_runtime::{Control, Generator, StepEvent};
 
 const COMMANDS: &str = "Each line you type is one message (end a line with \\ to continue it on \
@@ -82,14 +81,9 @@ pub fn run(args: ChatArgs) -> Result<()> {
         );
     }
     let model = Arc::new(model);
-    let file = model_file_settings(&model);
-    let settings = Settings::builtin()
-        .with(Source::ModelFile, &file.layer)
-        .with(Source::Flag, &args.flags.layer());
-    let params = settings.params();
-    params
-        .validate()
-        .map_err(|e| settings_error(e, &settings))?;
+    let Resolved {
+        settings, params, ..
+    } = args.flags.resolve(&model)?;
     let tokenizer = model.tokenizer()?;
     let special = model.special.clone();
     let context = model.context_length();
@@ -155,20 +149,16 @@ pub fn run(args: ChatArgs) -> Result<()> {
         if dropped > 0 && !args.json {
             eprintln!("(left out the {dropped} oldest exchange(s) to fit the context)");
         }
-        let progress = (!args.quiet && std::io::stderr().is_terminal())
-            .then(|| step_progress(params.max_new_tokens));
-        let mut committed = 0usize;
+        let mut progress = StepProgress::on_terminal(params.max_new_tokens, args.quiet);
         let mut on_step = |event: &StepEvent| {
-            if let Some(bar) = &progress {
-                committed += event.committed.len();
-                bar.set_position(committed as u64);
-                bar.set_message(format!("step {}/{}", event.step + 1, event.total_steps));
+            if let Some(progress) = &mut progress {
+                progress.update(event);
             }
             Control::Continue
         };
         let result = generator.generate(&ids, &params, &mut on_step);
-        if let Some(bar) = &progress {
-            bar.finish_and_clear();
+        if let Some(progress) = &progress {
+            progress.finish();
         }
         let result = result.map_err(|e| settings_error(e, &settings))?;
         let answer = answer_text(&tokenizer, &special, &result.tokens)?;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use unmask_dream::chat::{answer_text, conversation_prompt, instruct_prompt, Message, Role};
 use unmask_kernels::device::{self, DeviceRequest, Placement};
 use unmask_runtime::order::{global_ar_ness, local_ar_ness};
-use unmask_runtime::settings::{Layer, Setting, Settings, Source, Steps};
-use unmask_runtime::{Control, Generator, Model, StepEvent};
+use unmask_runtime::settings::{FileSettings, Layer, Setting, Settings, Source, Steps};
+use unmask_runtime::{Control, GenerateParams, Generator, Model, StepEvent};
 
 #[derive(clap::Args)]
 #[command(after_help = PRECEDENCE)]
@@ -84,6 +84,13 @@ pub struct GenerationFlags {
 
 pub use unmask_kernels::backend::default_threads;
 
+/// The settings of a run: where each came from, what the file stored, and the parameters.
+pub struct Resolved {
+    pub file: FileSettings,
+    pub settings: Settings,
+    pub params: GenerateParams,
+}
+
 impl GenerationFlags {
     /// The settings given on the command line (the flags not given are left to the layers
     /// below: the model file, then the built-in defaults).
@@ -96,6 +103,24 @@ impl GenerationFlags {
             top_k: self.top_k.map(Layer::top_k_value),
             ..self.sampling.layer(&self.decoding)
         }
+    }
+
+    /// The settings in effect on `model`: built-in < the model file's (each ignored stored value
+    /// announced as a warning) < these flags, checked.
+    pub fn resolve(&self, model: &Model) -> Result<Resolved> {
+        let file = model_file_settings(model);
+        let settings = Settings::builtin()
+            .with(Source::ModelFile, &file.layer)
+            .with(Source::Flag, &self.layer());
+        let params = settings.params();
+        params
+            .validate()
+            .map_err(|e| settings_error(e, &settings))?;
+        Ok(Resolved {
+            file,
+            settings,
+            params,
+        })
     }
 
     /// Warns on stderr when `--threads` exceeds the machine's CPUs.
@@ -127,14 +152,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         (None, None, None) => bail!("give a prompt with -p TEXT, -f FILE or --prompt-ids"),
     };
-    let file = model_file_settings(&model);
-    let settings = Settings::builtin()
-        .with(Source::ModelFile, &file.layer)
-        .with(Source::Flag, &args.flags.layer());
-    let params = settings.params();
-    params
-        .validate()
-        .map_err(|e| settings_error(e, &settings))?;
+    let Resolved {
+        file,
+        settings,
+        params,
+    } = args.flags.resolve(&model)?;
     // The tokenizer is not kept while the model computes (it is as large as a small model's
     // compute buffers); the live view needs it, so only then it stays.
     unmask_kernels::heap::release_free_memory();
@@ -151,28 +173,22 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     args.flags.warn_oversubscription();
     let mut generator = Generator::new(model, args.flags.threads)?;
     // A step progress bar with tokens/s and the time left, on a terminal only.
-    let progress = (visual_tokenizer.is_none() && !args.quiet && std::io::stderr().is_terminal())
-        .then(|| step_progress(params.max_new_tokens));
-    let mut committed = 0usize;
+    let mut progress = StepProgress::on_terminal(
+        params.max_new_tokens,
+        args.quiet || visual_tokenizer.is_some(),
+    );
     let mut on_step = |event: &StepEvent| {
         if let Some(tokenizer) = &visual_tokenizer {
             draw_canvas(tokenizer, mask, event);
         }
-        if let Some(bar) = &progress {
-            committed += event.committed.len();
-            bar.set_position(committed as u64);
-            let rate = committed as f64 / bar.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!(
-                "step {}/{}, {rate:.1} tokens/s",
-                event.step + 1,
-                event.total_steps
-            ));
+        if let Some(progress) = &mut progress {
+            progress.update(event);
         }
         Control::Continue
     };
     let result = generator.generate(&prompt_ids, &params, &mut on_step);
-    if let Some(bar) = &progress {
-        bar.finish_and_clear();
+    if let Some(progress) = &progress {
+        progress.finish();
     }
     let result = result.map_err(|e| settings_error(e, &settings))?;
     // Release the weights' mapping before building the tokenizer again to decode.
@@ -232,14 +248,44 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The bar of committed tokens (out of `tokens`), with the step, tokens/s and time left.
-pub fn step_progress(tokens: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(tokens as u64);
-    let style =
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} tokens, {msg}, {eta} left")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar
+/// The step progress bar of a generation: committed tokens out of the canvas, the step,
+/// tokens/s and the time left. Drawn on a terminal only, never when stderr is piped.
+pub struct StepProgress {
+    bar: indicatif::ProgressBar,
+    committed: usize,
+}
+
+impl StepProgress {
+    /// A bar for `tokens` new tokens, unless `quiet` or stderr is not a terminal.
+    pub fn on_terminal(tokens: usize, quiet: bool) -> Option<Self> {
+        if quiet || !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let bar = indicatif::ProgressBar::new(tokens as u64);
+        let style = indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} tokens, {msg}, {eta} left",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        Some(StepProgress { bar, committed: 0 })
+    }
+
+    /// Shows the step just completed.
+    pub fn update(&mut self, event: &StepEvent) {
+        self.committed += event.committed.len();
+        self.bar.set_position(self.committed as u64);
+        let rate = self.committed as f64 / self.bar.elapsed().as_secs_f64().max(1e-9);
+        self.bar.set_message(format!(
+            "step {}/{}, {rate:.1} tokens/s",
+            event.step + 1,
+            event.total_steps
+        ));
+    }
+
+    /// Removes the bar (the summary line follows).
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 fn ar_ness_json(order: &[usize]) -> serde_json::Value {

@@ -3,44 +3,11 @@
 //! `unmask generate` gives for that prompt, `/reset` forgets the conversation, and the oldest
 //! exchanges are left out when the conversation outgrows the context.
 
+mod common;
+
+use common::{tiny_model, unmask, unmask_with_input};
 use serde_json::Value;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use unmask_quantize::convert::{convert_synth, ConvertOptions};
-use unmask_quantize::synth::{Preset, SynthModel};
-
-fn tiny_model(dir: &Path) -> PathBuf {
-    let path = dir.join("tiny.gguf");
-    let options = ConvertOptions {
-        target: "q8_0".parse().unwrap(),
-        overwrite: true,
-        progress: false,
-        allow_requantize: false,
-        throttle: Default::default(),
-    };
-    convert_synth(&SynthModel::new(Preset::Tiny, 4).unwrap(), &path, &options).unwrap();
-    path
-}
-
-/// `unmask ARGS` with `stdin` piped in.
-fn unmask(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_unmask"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run unmask");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use std::path::Path;
 
 const SETTINGS: [&str; 6] = ["--max-new-tokens", "8", "--steps", "8", "-t", "1"];
 
@@ -49,7 +16,7 @@ fn chat(model: &Path, extra: &[&str], input: &str) -> Vec<Value> {
     let mut args = vec!["chat", "-m", model.to_str().unwrap(), "--json"];
     args.extend_from_slice(&SETTINGS);
     args.extend_from_slice(extra);
-    let out = unmask(&args, input);
+    let out = unmask_with_input(&args, input);
     assert!(
         out.status.success(),
         "{}",
@@ -67,7 +34,7 @@ fn generate(model: &Path, args: &[&str]) -> Value {
     let mut all = vec!["generate", "-m", model.to_str().unwrap(), "--json"];
     all.extend_from_slice(&SETTINGS);
     all.extend_from_slice(args);
-    let out = unmask(&all, "");
+    let out = unmask(&all);
     assert!(
         out.status.success(),
         "{}",
@@ -91,7 +58,7 @@ const OPEN: &str = "<|im_start|>assistant\n";
 #[test]
 fn each_turn_sees_the_conversation_so_far_and_answers_as_generate_would() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
+    let model = tiny_model(dir.path(), 4);
     let turns = chat(&model, &[], "hello\n\nwrite more\n");
     assert_eq!(turns.len(), 2, "the empty line is no turn: {turns:?}");
     let first = turns[0]["answer"].as_str().unwrap();
@@ -122,7 +89,7 @@ fn each_turn_sees_the_conversation_so_far_and_answers_as_generate_would() {
 #[test]
 fn reset_forgets_the_conversation_and_a_backslash_continues_a_line() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
+    let model = tiny_model(dir.path(), 4);
     let turns = chat(
         &model,
         &[],
@@ -142,7 +109,7 @@ fn reset_forgets_the_conversation_and_a_backslash_continues_a_line() {
 #[test]
 fn system_replaces_the_default_system_prompt_in_chat_and_generate() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
+    let model = tiny_model(dir.path(), 4);
     let system = "<|im_start|>system\nAnswer in Python.<|im_end|>\n";
     let turns = chat(&model, &["--system", "Answer in Python."], "hi\n");
     assert_eq!(turns[0]["prompt"], format!("{system}{}{OPEN}", user("hi")));
@@ -162,7 +129,7 @@ fn system_replaces_the_default_system_prompt_in_chat_and_generate() {
 #[test]
 fn the_oldest_exchanges_are_left_out_when_the_conversation_outgrows_the_context() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
+    let model = tiny_model(dir.path(), 4);
     // About 1240 tokens per message: the tiny model's context of 4096 holds three.
     let long = "word ".repeat(600);
     let input = format!("{long}\n").repeat(5);
@@ -185,20 +152,17 @@ fn the_oldest_exchanges_are_left_out_when_the_conversation_outgrows_the_context(
 #[test]
 fn system_with_no_chat_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
-    let out = unmask(
-        &[
-            "generate",
-            "-m",
-            model.to_str().unwrap(),
-            "-p",
-            "hi",
-            "--no-chat",
-            "--system",
-            "x",
-        ],
-        "",
-    );
+    let model = tiny_model(dir.path(), 4);
+    let out = unmask(&[
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "hi",
+        "--no-chat",
+        "--system",
+        "x",
+    ]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),

@@ -1,30 +1,10 @@
 //! `unmask generate` refuses bad input with a clear message and exit code 1, never a panic.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{tiny_model, unmask};
 use std::process::{Command, Output};
-use unmask_quantize::convert::{convert_synth, ConvertOptions};
 use unmask_quantize::synth::{Preset, SynthModel};
-
-fn unmask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_unmask"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run unmask")
-}
-
-fn tiny_model(dir: &Path) -> PathBuf {
-    let path = dir.join("tiny.gguf");
-    let options = ConvertOptions {
-        target: "q8_0".parse().unwrap(),
-        overwrite: true,
-        progress: false,
-        allow_requantize: false,
-        throttle: Default::default(),
-    };
-    convert_synth(&SynthModel::new(Preset::Tiny, 9).unwrap(), &path, &options).unwrap();
-    path
-}
 
 fn assert_error(out: &Output, fragment: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -43,7 +23,7 @@ fn assert_error(out: &Output, fragment: &str) {
 #[test]
 fn generation_parameters_are_checked() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
+    let model = tiny_model(dir.path(), 9);
     let m = model.to_str().unwrap();
     let cases: [(&[&str], &str); 7] = [
         (&["--steps", "0"], "steps must be at least 1"),
@@ -83,7 +63,7 @@ fn generation_parameters_are_checked() {
 #[test]
 fn bad_fast_decoding_settings_are_refused_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
+    let model = tiny_model(dir.path(), 9);
     let m = model.to_str().unwrap();
     let cases: [(&[&str], &str); 9] = [
         // The default block length (32) must divide the tokens.
@@ -200,7 +180,7 @@ fn bad_fast_decoding_settings_are_refused_with_the_fix() {
 #[test]
 fn a_prompt_longer_than_the_context_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
+    let model = tiny_model(dir.path(), 9);
     let long = "word ".repeat(5000);
     let out = unmask(&[
         "generate",
@@ -219,7 +199,7 @@ fn a_prompt_longer_than_the_context_is_refused() {
 #[test]
 fn token_ids_outside_the_vocabulary_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
+    let model = tiny_model(dir.path(), 9);
     let out = unmask(&[
         "generate",
         "-m",
@@ -250,7 +230,7 @@ fn files_that_are_not_dream_models_are_refused() {
         "is not a GGUF file: it is a text file",
     );
 
-    let model = tiny_model(dir.path());
+    let model = tiny_model(dir.path(), 9);
     let bytes = std::fs::read(&model).unwrap();
     let truncated = dir.path().join("truncated.gguf");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
@@ -274,7 +254,7 @@ fn files_that_are_not_dream_models_are_refused() {
 #[test]
 fn json_output_has_the_documented_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
+    let model = tiny_model(dir.path(), 9);
     let out = unmask(&[
         "generate",
         "-m",
@@ -332,7 +312,7 @@ fn a_folder_as_the_model_says_what_to_do() {
     std::fs::create_dir(&models).unwrap();
     let empty = unmask(&["generate", "-m", models.to_str().unwrap(), "-p", "x"]);
     assert_error(&empty, "is a folder, not a model file");
-    std::fs::rename(tiny_model(dir.path()), models.join("tiny.gguf")).unwrap();
+    std::fs::rename(tiny_model(dir.path(), 9), models.join("tiny.gguf")).unwrap();
     let holding = unmask(&["generate", "-m", models.to_str().unwrap(), "-p", "x"]);
     assert_error(&holding, "it holds tiny.gguf: pass -m");
 
@@ -353,7 +333,7 @@ fn a_folder_as_the_model_says_what_to_do() {
 #[test]
 fn steps_follow_the_length_and_too_many_threads_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
+    let model = tiny_model(dir.path(), 9);
     let m = model.to_str().unwrap();
     // Without --steps: one step per new token, whatever --max-new-tokens is (it used to fail:
     // "steps (256) cannot exceed the number of new tokens (32)").
@@ -422,7 +402,7 @@ fn on_a_terminal(args: &[&str]) -> String {
 #[test]
 fn a_terminal_shows_a_step_progress_bar_unless_quiet() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
+    let model = tiny_model(dir.path(), 9);
     let m = model.to_str().unwrap();
     let args = [
         "generate",

@@ -2,37 +2,15 @@
 //! `unmask.generation.*` values apply unless a flag is given, a stored value out of range is
 //! ignored with a warning naming its key, and `--json` says where every value comes from.
 
+mod common;
+
+use common::{tiny_model, unmask};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use unmask_kernels::gguf::{GgufFile, GgufValue};
-use unmask_quantize::convert::{convert_synth, ConvertOptions};
 use unmask_quantize::restamp::with_generation_settings;
-use unmask_quantize::synth::{Preset, SynthModel};
 use unmask_runtime::settings::{FileSettings, Settings, Source};
 use unmask_runtime::{GenerateParams, ModelSpec};
-
-fn unmask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_unmask"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run unmask")
-}
-
-/// The tiny synthetic model (its file stores DiffuCoder-Instruct's settings, the built-in ones).
-fn tiny_model(dir: &Path) -> PathBuf {
-    let path = dir.join("tiny.gguf");
-    let options = ConvertOptions {
-        target: "q8_0".parse().unwrap(),
-        overwrite: true,
-        progress: false,
-        allow_requantize: false,
-        throttle: Default::default(),
-    };
-    convert_synth(&SynthModel::new(Preset::Tiny, 4).unwrap(), &path, &options).unwrap();
-    path
-}
 
 /// A copy of `src` whose `unmask.generation.<key>` entries are replaced (`Some`) or removed
 /// (`None`), every other entry and tensor as they were.
@@ -73,7 +51,7 @@ fn setting(report: &Value, name: &str) -> (Value, String) {
 /// A file with its own settings: 16 steps per 32 tokens, temperature 0.2, maskgit_plus, top-k 7.
 fn own_settings(dir: &Path) -> PathBuf {
     with_generation(
-        &tiny_model(dir),
+        &tiny_model(dir, 4),
         "own.gguf",
         &[
             ("max_new_tokens", Some(GgufValue::U32(32))),
@@ -180,7 +158,7 @@ fn the_model_files_settings_apply_and_flags_override_them() {
 fn invalid_stored_values_are_ignored_with_a_warning_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let model = with_generation(
-        &tiny_model(dir.path()),
+        &tiny_model(dir.path(), 4),
         "bad.gguf",
         &[
             ("top_p", Some(GgufValue::F32(1.5))),
@@ -249,7 +227,7 @@ fn synthetic_models_store_the_builtin_settings() {
     // Every test model stores DiffuCoder-Instruct's settings, so applying the file changes none
     // of their generations; only the reported source says "model file".
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
+    let model = tiny_model(dir.path(), 4);
     let spec = ModelSpec::from_gguf(&GgufFile::open(&model).unwrap()).unwrap();
     let file = FileSettings::of(&spec);
     assert!(file.ignored.is_empty(), "{:?}", file.ignored);
