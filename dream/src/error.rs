@@ -34,6 +34,9 @@ pub enum Error {
     /// A cached pass was built over a key/value cache with fewer layers than the model.
     #[error("the key/value cache has no layer {0}")]
     MissingCacheLayer(usize),
+    /// A training batch of no sequences.
+    #[error("a batch needs at least one sequence")]
+    EmptyBatch,
     #[error(transparent)]
     Kernels(#[from] unmask_kernels::Error),
 }

@@ -29,9 +29,9 @@ pub enum AttentionKind {
 }
 
 /// Tensor descriptions a graph needs per layer of the body, with room to spare (the training
-/// graph adds the output projection and the loss).
+/// graph adds the output projection and the loss; a batch adds the K/V head repeats).
 pub fn graph_capacity(n_layers: usize) -> usize {
-    72 * n_layers + 64
+    84 * n_layers + 64
 }
 
 /// Name of the output projection in `w` (the token embedding when tied).
@@ -53,6 +53,9 @@ pub struct Body {
     pub positions: TensorId,
     /// Hidden states after the final RMSNorm, `[hidden, L]`.
     pub hidden: TensorId,
+    /// With [`build_body_batch`]: the f32 attention mask `[L, L, 1, B]` (0, or `-inf` to hide
+    /// a key from a query: padding), an input set before each computation; else `None`.
+    pub key_mask: Option<TensorId>,
     /// With [`KvUse::Export`]: each layer's keys and values (see [`LayerKv`]); else empty.
     pub kv: Vec<LayerKv>,
 }
@@ -104,6 +107,55 @@ pub fn build_body_kv(
     attention: AttentionKind,
     kv_use: KvUse,
 ) -> Result<Body> {
+    let rows = Rows {
+        seq: len,
+        batch: 1,
+        key_mask: false,
+    };
+    build_layers(g, c, w, rows, attention, kv_use)
+}
+
+/// The rows a body graph runs: `batch` sequences of `seq` rows, with or without an attention
+/// mask input.
+#[derive(Clone, Copy)]
+struct Rows {
+    seq: usize,
+    batch: usize,
+    key_mask: bool,
+}
+
+/// The layer stack over `batch` independent sequences of `len` rows each, for training
+/// (explicit attention): the rows of sequence `b` are `b * len .. (b + 1) * len` of the
+/// token, position and hidden tensors (`[len * batch]`, `[hidden, len * batch]`), and
+/// attention stays within a sequence. [`Body::key_mask`] hides padding keys, so a sequence
+/// shorter than `len` computes what it would alone (its padding rows compute garbage that no
+/// loss may read).
+pub fn build_body_batch(
+    g: &mut Graph,
+    c: &DreamConfig,
+    w: &dyn TensorSource,
+    len: usize,
+    batch: usize,
+) -> Result<Body> {
+    if batch == 0 {
+        return Err(Error::EmptyBatch);
+    }
+    let rows = Rows {
+        seq: len,
+        batch,
+        key_mask: true,
+    };
+    build_layers(g, c, w, rows, AttentionKind::Explicit, KvUse::Discard)
+}
+
+fn build_layers(
+    g: &mut Graph,
+    c: &DreamConfig,
+    w: &dyn TensorSource,
+    rows: Rows,
+    attention: AttentionKind,
+    kv_use: KvUse,
+) -> Result<Body> {
     let (h, n_head, n_kv) = (
         c.hidden_size as i64,
         c.num_attention_heads as i64,
@@ -111,9 +163,17 @@ pub fn build_body_kv(
     );
     let d = h / n_head;
     let eps = c.rms_norm_eps as f32;
-    let l = len as i64;
+    // `L` rows in all: `batch` sequences of `seq` rows (batch 1 for inference).
+    let (seq, nb) = (rows.seq as i64, rows.batch as i64);
+    let l = seq * nb;
     let tokens = g.input(GgmlType::I32, &[l])?; // [L]
     let positions = g.input(GgmlType::I32, &[l])?; // [L]
+    let batched = rows.batch > 1;
+    let key_mask = if rows.key_mask {
+        Some(g.input(GgmlType::F32, &[seq, seq, 1, nb])?)
+    } else {
+        None
+    };
     let embd = w.attach(g, layout::TOKEN_EMBD)?; // [hidden, vocab]
     let mut kv = Vec::new();
     let mut x = g.get_rows(embd, tokens)?; // [hidden, L]
@@ -171,14 +231,25 @@ pub fn build_body_kv(
                 (gather(g, layer.k, k)?, gather(g, layer.v, v)?)
             }
         };
-        // Heads outermost; K/V heads are shared by groups of query heads.
-        let q = g.permute(q, [0, 2, 1, 3])?; // [d, L, H]
-        let k = g.permute(k, [0, 2, 1, 3])?; // [d, K, Hkv]
-        let v = g.permute(v, [0, 2, 1, 3])?; // [d, K, Hkv]
+        // Heads outermost; K/V heads are shared by groups of query heads. A batch puts its
+        // sequences in dimension 3: [d, seq, H, B].
+        let (q, k, v) = if batched {
+            let split = |g: &mut Graph, t: TensorId, heads: i64| -> Result<TensorId> {
+                let t = g.reshape(t, &[d, heads, seq, nb])?;
+                Ok(g.permute(t, [0, 2, 1, 3])?)
+            };
+            (split(g, q, n_head)?, split(g, k, n_kv)?, split(g, v, n_kv)?)
+        } else {
+            (
+                g.permute(q, [0, 2, 1, 3])?, // [d, L, H]
+                g.permute(k, [0, 2, 1, 3])?, // [d, K, Hkv]
+                g.permute(v, [0, 2, 1, 3])?, // [d, K, Hkv]
+            )
+        };
         let attended = match attention {
             AttentionKind::Fused => g.attention(q, k, v, scale)?,
-            AttentionKind::Explicit => g.attention_explicit(q, k, v, scale)?,
-        }; // [d, H, L]
+            AttentionKind::Explicit => g.attention_explicit(q, k, v, scale, key_mask)?,
+        }; // [d, H, L] ([d, H, seq, B] in a batch)
         let attended = g.reshape(attended, &[h, l])?; // [hidden, L]
         let attended_q8 = quantized_input(g, fast, &[t.attn_output], attended)?;
         let out = linear(g, t.attn_output, attended, attended_q8)?; // [hidden, L]
@@ -203,6 +274,7 @@ pub fn build_body_kv(
         positions,
         hidden,
         kv,
+        key_mask,
     })
 }
 

@@ -9,9 +9,10 @@
 //! elsewhere) and the gradient graph accumulates their parameter gradients over all sequences.
 
 use crate::objective::{add_log_prob_grad, grpo, log_prob, GrpoTerms};
-use crate::policy::{Gradients, Policy, SequenceGraphs};
+use crate::policy::{BatchGraphs, Gradients, Policy};
 use crate::tensor_file::{read_arrays, write_f32, Array};
 use crate::{Error, Result};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use unmask_kernels::backend::Backend;
@@ -99,47 +100,158 @@ fn mask_id(inputs: &BTreeMap<String, Array>, policy: &Policy) -> Result<u32> {
     }
 }
 
-/// Runs the forward pass of `tokens`, returning `log_softmax(logits[k-1])[target[k]]` for each
-/// position `k` in `positions` (each >= 1).
-fn logprobs(
-    graphs: &mut SequenceGraphs,
-    backend: &mut Backend,
-    tokens: &[u32],
-    targets: &[u32],
-    positions: impl Iterator<Item = usize>,
-    n_vocab: usize,
-) -> Result<Vec<f64>> {
-    let logits = graphs.logits(tokens, backend)?;
-    Ok(positions
-        .map(|k| log_prob(&logits[(k - 1) * n_vocab..k * n_vocab], targets[k] as usize))
-        .collect())
+/// The graphs of the batch shapes a computation meets, reused between its batches. Each holds
+/// its compute memory, so only the two most recently used shapes are kept.
+pub struct GraphCache {
+    batch: usize,
+    max_len: usize,
+    entries: Vec<(usize, bool, BatchGraphs)>,
+    dlogits: Vec<f32>,
 }
 
-/// Accumulates the gradient of `sum_k w_k * lp(k)` for the sequence `tokens` (targets `targets`).
-fn backward(
-    graphs: &mut SequenceGraphs,
+/// Batch shapes a [`GraphCache`] keeps.
+const KEEP: usize = 2;
+
+impl GraphCache {
+    /// Graphs of `batch` sequences at a time, none longer than `max_len` tokens.
+    pub fn new(batch: usize, max_len: usize) -> Self {
+        GraphCache {
+            batch: batch.max(1),
+            max_len: max_len.max(2),
+            entries: Vec::new(),
+            dlogits: Vec::new(),
+        }
+    }
+
+    /// The padded length of a batch whose longest sequence has `n` tokens: `n` rounded up to
+    /// the next of 16, 24, 32, 48, 64, 96, ... (a third of padding at most), capped at the
+    /// longest sequence the cache was made for, so a run meets few shapes.
+    pub fn bucket(&self, n: usize) -> usize {
+        let mut b = 16;
+        let padded = loop {
+            if n <= b {
+                break b;
+            }
+            if n <= b + b / 2 {
+                break b + b / 2;
+            }
+            b *= 2;
+        };
+        padded.min(self.max_len.max(n))
+    }
+
+    /// The graphs for sequences of up to `len` tokens and the gradient buffer.
+    fn graphs(
+        &mut self,
+        policy: &Policy,
+        len: usize,
+        grads: bool,
+        backend: &Backend,
+    ) -> Result<(&mut BatchGraphs, &mut Vec<f32>)> {
+        let found = self
+            .entries
+            .iter()
+            .position(|(l, g, _)| *l == len && *g == grads);
+        let entry = match found {
+            Some(i) => self.entries.remove(i),
+            None => {
+                if self.entries.len() >= KEEP {
+                    self.entries.remove(0);
+                }
+                let graphs = BatchGraphs::new(policy, self.batch, len, grads, backend)?;
+                (len, grads, graphs)
+            }
+        };
+        self.entries.push(entry);
+        let graphs = match self.entries.last_mut() {
+            Some((_, _, g)) => g,
+            None => unreachable!("an entry was just pushed"),
+        };
+        Ok((graphs, &mut self.dlogits))
+    }
+}
+
+/// One sequence's part in a computation: its input tokens, the tokens its logits predict
+/// (`targets[k]` from logits row `k - 1`, `targets.len() == input.len()`), the positions `k >= 1`
+/// whose log-probability is wanted, and, for gradients, the weights of `sum_k w_k * lp(k)`.
+pub struct RowJob<'a> {
+    pub input: &'a [u32],
+    pub targets: &'a [u32],
+    pub lp_at: Vec<usize>,
+    pub weights: Vec<(usize, f64)>,
+}
+
+/// Runs `jobs` in batches: returns each job's `lp(k)` for its `lp_at` positions, and with `acc`
+/// adds the parameter gradient of `sum_jobs sum_k w_k * lp(k)` to it (one forward and one
+/// backward pass per batch).
+pub fn run_jobs(
+    policy: &Policy,
+    cache: &mut GraphCache,
+    jobs: &[RowJob<'_>],
+    mut acc: Option<&mut Gradients>,
     backend: &mut Backend,
-    tokens: &[u32],
-    targets: &[u32],
-    weights: &[(usize, f64)],
-    n_vocab: usize,
-    acc: &mut Gradients,
-) -> Result<()> {
-    if weights.iter().all(|&(_, w)| w == 0.0) {
-        return Ok(());
+) -> Result<Vec<Vec<f64>>> {
+    let n_vocab = policy.n_vocab();
+    for (i, job) in jobs.iter().enumerate() {
+        let len = job.input.len();
+        let bad = len < 2
+            || job.targets.len() != len
+            || job.lp_at.iter().any(|&k| k == 0 || k >= len)
+            || job.weights.iter().any(|&(k, _)| k == 0 || k >= len);
+        if bad {
+            return Err(Error::InvalidArgument(format!(
+                "sequence {i}: positions must be in 1..{len} and targets match the input"
+            )));
+        }
+        if let Some(&t) = job.targets.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(Error::InvalidArgument(format!(
+                "token id {t} is outside the vocabulary of {n_vocab}"
+            )));
+        }
     }
-    let logits = graphs.logits(tokens, backend)?;
-    let mut dlogits = vec![0.0f32; logits.len()];
-    for &(k, w) in weights {
-        let rows = (k - 1) * n_vocab..k * n_vocab;
-        add_log_prob_grad(
-            &logits[rows.clone()],
-            targets[k] as usize,
-            w,
-            &mut dlogits[rows],
-        );
+    let mut out = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(cache.batch) {
+        let longest = chunk.iter().map(|j| j.input.len()).max().unwrap_or(2);
+        let len = cache.bucket(longest);
+        let grads = acc.is_some();
+        let (graphs, dlogits) = cache.graphs(policy, len, grads, backend)?;
+        let (batch, _) = graphs.shape();
+        let inputs: Vec<&[u32]> = chunk.iter().map(|j| j.input).collect();
+        let logits = graphs.forward(&inputs, backend)?;
+        let seq_logits = |b: usize| &logits[b * len * n_vocab..(b + 1) * len * n_vocab];
+        let lps: Vec<Vec<f64>> = chunk
+            .par_iter()
+            .enumerate()
+            .map(|(b, job)| {
+                let l = seq_logits(b);
+                job.lp_at
+                    .iter()
+                    .map(|&k| {
+                        let row = &l[(k - 1) * n_vocab..k * n_vocab];
+                        log_prob(row, job.targets[k] as usize)
+                    })
+                    .collect()
+            })
+            .collect();
+        out.extend(lps);
+        let Some(acc) = acc.as_deref_mut() else {
+            continue;
+        };
+        dlogits.clear();
+        dlogits.resize(batch * len * n_vocab, 0.0);
+        dlogits
+            .par_chunks_mut(len * n_vocab)
+            .zip(chunk.par_iter().enumerate())
+            .for_each(|(d, (b, job))| {
+                let l = seq_logits(b);
+                for &(k, w) in &job.weights {
+                    let rows = (k - 1) * n_vocab..k * n_vocab;
+                    add_log_prob_grad(&l[rows.clone()], job.targets[k] as usize, w, &mut d[rows]);
+                }
+            });
+        graphs.backward(dlogits, backend, acc)?;
     }
-    graphs.accumulate_grad(tokens, &dlogits, backend, acc)
+    Ok(out)
 }
 
 /// The coupled per-token log-probability estimate (docs/training.md §4) of `seqs` (all of length
@@ -173,42 +285,69 @@ pub fn coupled_logp(
             "coupled_logp: mask_a must be [N, K] and t hold N values".into(),
         ));
     }
-    let n_vocab = policy.n_vocab();
-    let mut graphs = SequenceGraphs::new(policy, len, backend)?;
+    let inputs: Vec<Vec<u32>> = (0..n)
+        .flat_map(|row| (0..3).map(move |pass| (row, pass)))
+        .map(|(row, pass)| {
+            pass_input(
+                &seqs[row],
+                prompt_len,
+                &mask_a[row * k..(row + 1) * k],
+                pass,
+                mask_token,
+            )
+        })
+        .collect();
+    let jobs: Vec<RowJob<'_>> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| RowJob {
+            input: x,
+            targets: &seqs[i / 3],
+            lp_at: (prompt_len..len).collect(),
+            weights: Vec::new(),
+        })
+        .collect();
+    let mut cache = GraphCache::new(coupled_batch(n, len), len);
+    let lp = run_jobs(policy, &mut cache, &jobs, None, backend)?;
     let mut out = vec![0.0; n * k];
     for row in 0..n {
-        let mut lp = [Vec::new(), Vec::new(), Vec::new()];
-        for (pass, slot) in lp.iter_mut().enumerate() {
-            let mut x = seqs[row].clone();
-            for j in 0..k {
-                let masked = match pass {
-                    0 => true,
-                    1 => mask_a[row * k + j],
-                    _ => !mask_a[row * k + j],
-                };
-                if masked {
-                    x[prompt_len + j] = mask_token;
-                }
-            }
-            *slot = logprobs(
-                &mut graphs,
-                backend,
-                &x,
-                &seqs[row],
-                prompt_len..len,
-                n_vocab,
-            )?;
-        }
+        let (full, a, b) = (&lp[row * 3], &lp[row * 3 + 1], &lp[row * 3 + 2]);
         for j in 0..k {
             let partner = if mask_a[row * k + j] {
-                lp[1][j] / t[row]
+                a[j] / t[row]
             } else {
-                lp[2][j] / (1.0 - t[row])
+                b[j] / (1.0 - t[row])
             };
-            out[row * k + j] = 0.5 * (lp[0][j] + partner);
+            out[row * k + j] = 0.5 * (full[j] + partner);
         }
     }
     Ok(out)
+}
+
+/// Tokens a coupled-GRPO batch holds at most (its graph's memory grows with them).
+const COUPLED_BATCH_TOKENS: usize = 2048;
+
+/// Sequences per batch for the `3 * n` passes of `n` rows of `len` tokens: a function of the
+/// shape only, so that [`coupled_logp`] and [`coupled_grpo`] batch (and round) alike.
+fn coupled_batch(n: usize, len: usize) -> usize {
+    (COUPLED_BATCH_TOKENS / len.max(1)).clamp(1, (3 * n).max(1))
+}
+
+/// Pass `pass` of the coupled estimate for one row (docs/training.md §4): 0 masks the whole
+/// completion, 1 the positions `mask_a` marks, 2 the others; the prompt is never masked.
+fn pass_input(seq: &[u32], prompt_len: usize, mask_a: &[bool], pass: usize, mask: u32) -> Vec<u32> {
+    let mut x = seq.to_vec();
+    for (j, &a) in mask_a.iter().enumerate() {
+        let masked = match pass {
+            0 => true,
+            1 => a,
+            _ => !a,
+        };
+        if masked {
+            x[prompt_len + j] = mask;
+        }
+    }
+    x
 }
 
 /// The coupled-GRPO loss of one mask seed (docs/training.md §1, §4) and its gradients.
@@ -263,30 +402,25 @@ pub fn coupled_grpo(
     }
     let mask = mask_id(inputs, policy)?;
 
-    // The three passes' inputs (docs/training.md §4): full masks the completion, a masks mask_a,
-    // b its complement over the completion; the prompt is never masked.
-    let pass_input = |row: usize, pass: usize| -> Vec<u32> {
-        let mut x = seqs[row].clone();
-        for j in 0..k {
-            let masked = match pass {
-                0 => true,
-                1 => mask_a[row * k + j],
-                _ => !mask_a[row * k + j],
-            };
-            if masked {
-                x[p + j] = mask;
-            }
-        }
-        x
-    };
-    let mut graphs = SequenceGraphs::new(policy, len, backend)?;
+    let inputs: Vec<Vec<u32>> = (0..n)
+        .flat_map(|row| (0..3).map(move |pass| (row, pass)))
+        .map(|(row, pass)| pass_input(&seqs[row], p, &mask_a[row * k..(row + 1) * k], pass, mask))
+        .collect();
+    let mut jobs: Vec<RowJob<'_>> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| RowJob {
+            input: x,
+            targets: &seqs[i / 3],
+            lp_at: (p..len).collect(),
+            weights: Vec::new(),
+        })
+        .collect();
+    let mut cache = GraphCache::new(coupled_batch(n, len), len);
+    let lps = run_jobs(policy, &mut cache, &jobs, None, backend)?;
     let mut lp = [vec![0.0; n * k], vec![0.0; n * k], vec![0.0; n * k]];
-    for row in 0..n {
-        for (pass, out) in lp.iter_mut().enumerate() {
-            let x = pass_input(row, pass);
-            let v = logprobs(&mut graphs, backend, &x, &seqs[row], p..len, n_vocab)?;
-            out[row * k..(row + 1) * k].copy_from_slice(&v);
-        }
+    for (i, v) in lps.iter().enumerate() {
+        lp[i % 3][(i / 3) * k..(i / 3 + 1) * k].copy_from_slice(v);
     }
     let logp: Vec<f64> = (0..n * k)
         .map(|j| {
@@ -323,21 +457,12 @@ pub fn coupled_grpo(
         }
     }
     let mut grads = policy.zero_grads()?;
-    for row in 0..n {
-        for (pass, wp) in w.iter().enumerate() {
-            let weights: Vec<(usize, f64)> = (0..k).map(|j| (p + j, wp[row * k + j])).collect();
-            let x = pass_input(row, pass);
-            backward(
-                &mut graphs,
-                backend,
-                &x,
-                &seqs[row],
-                &weights,
-                n_vocab,
-                &mut grads,
-            )?;
-        }
+    for (i, job) in jobs.iter_mut().enumerate() {
+        let (row, pass) = (i / 3, i % 3);
+        job.lp_at.clear();
+        job.weights = (0..k).map(|j| (p + j, w[pass][row * k + j])).collect();
     }
+    run_jobs(policy, &mut cache, &jobs, Some(&mut grads), backend)?;
     let shape = vec![n, k];
     let [lp_full, lp_a, lp_b] = lp;
     let [w_full, w_a, w_b] = w;
@@ -373,29 +498,38 @@ pub struct SftRow<'a> {
     pub mask: &'a [bool],
 }
 
-/// Loss, per-row `lp` (position `k` at index `k - 1`, k in 1..len), masked-token count and the
-/// parameter gradients (zero when not requested) of [`sft_rows`].
+/// Loss, per-row `lp` (position `k` at index `k - 1`, k in 1..len; only with
+/// [`SftOptions::all_lp`]), masked-token count and the parameter gradients (zero when not
+/// requested) of [`sft_rows`].
 pub struct SftOutput {
     pub loss: f64,
-    pub lp: Vec<Vec<f64>>,
+    pub lp: Option<Vec<Vec<f64>>>,
     pub masked: usize,
     pub grads: Gradients,
+}
+
+/// How [`sft_rows`] computes.
+#[derive(Clone, Copy, Debug)]
+pub struct SftOptions {
+    /// The `rows` normalisation (LLaDA) instead of `tokens`.
+    pub per_row_norm: bool,
+    pub mask_token: u32,
+    pub with_grads: bool,
+    /// Also return the log-probability of every position, masked or not.
+    pub all_lp: bool,
 }
 
 /// The masked-diffusion SFT loss (docs/training.md §6) of rows of any lengths:
 /// `sum_rows sum_masked CE / t / divisor` with divisor the batch's response-token count
 /// (`tokens`) or `rows * response tokens of the row` (`per_row_norm`), and, when `with_grads`,
-/// its parameter gradients. One forward (and one forward+backward) per row; graphs are built per
-/// distinct length.
+/// its parameter gradients: one forward and one backward pass per batch of the cache's size.
 pub fn sft_rows(
     policy: &Policy,
     rows: &[SftRow<'_>],
-    per_row_norm: bool,
-    mask_token: u32,
-    with_grads: bool,
+    opts: SftOptions,
+    cache: &mut GraphCache,
     backend: &mut Backend,
 ) -> Result<SftOutput> {
-    let n_vocab = policy.n_vocab();
     let n = rows.len();
     for (i, r) in rows.iter().enumerate() {
         let len = r.tokens.len();
@@ -428,45 +562,69 @@ pub fn sft_rows(
         .map(|r| (r.tokens.len() - r.prompt_len) as f64)
         .sum::<f64>()
         .max(1.0);
-    let mut graphs: BTreeMap<usize, SequenceGraphs> = BTreeMap::new();
-    let mut grads = policy.zero_grads()?;
-    let mut lps = Vec::with_capacity(n);
-    let mut loss = 0.0;
-    let mut masked = 0;
-    for r in rows {
-        let len = r.tokens.len();
-        let g = match graphs.entry(len) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(SequenceGraphs::new(policy, len, backend)?)
-            }
-        };
-        let x: Vec<u32> = (0..len)
-            .map(|j| if r.mask[j] { mask_token } else { r.tokens[j] })
-            .collect();
-        let lp = logprobs(g, backend, &x, r.tokens, 1..len, n_vocab)?;
-        // d loss / d lp(k) for masked k: -1/(t * divisor).
-        let divisor = if per_row_norm {
-            ((len - r.prompt_len) as f64).max(1.0) * n as f64
+    let inputs: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|r| {
+            (0..r.tokens.len())
+                .map(|j| {
+                    if r.mask[j] {
+                        opts.mask_token
+                    } else {
+                        r.tokens[j]
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    // d loss / d lp(k) for masked k: -1/(t * divisor).
+    let divisor = |r: &SftRow<'_>| {
+        if opts.per_row_norm {
+            ((r.tokens.len() - r.prompt_len) as f64).max(1.0) * n as f64
         } else {
             total_resp
-        };
-        let mut weights = Vec::new();
-        for kpos in 1..len {
-            if r.mask[kpos] {
-                loss += -lp[kpos - 1] / r.t / divisor;
+        }
+    };
+    let masked_at =
+        |r: &SftRow<'_>| -> Vec<usize> { (1..r.tokens.len()).filter(|&k| r.mask[k]).collect() };
+    let jobs: Vec<RowJob<'_>> = rows
+        .iter()
+        .zip(&inputs)
+        .map(|(r, x)| RowJob {
+            input: x,
+            targets: r.tokens,
+            lp_at: if opts.all_lp {
+                (1..r.tokens.len()).collect()
+            } else {
+                masked_at(r)
+            },
+            weights: if opts.with_grads {
+                let w = -1.0 / (r.t * divisor(r));
+                masked_at(r).into_iter().map(|k| (k, w)).collect()
+            } else {
+                Vec::new()
+            },
+        })
+        .collect();
+    let mut grads = policy.zero_grads()?;
+    let acc = if opts.with_grads {
+        Some(&mut grads)
+    } else {
+        None
+    };
+    let lps = run_jobs(policy, cache, &jobs, acc, backend)?;
+    let (mut loss, mut masked) = (0.0, 0);
+    for ((r, job), lp) in rows.iter().zip(&jobs).zip(&lps) {
+        let d = divisor(r);
+        for (&k, &v) in job.lp_at.iter().zip(lp) {
+            if r.mask[k] {
+                loss += -v / r.t / d;
                 masked += 1;
-                weights.push((kpos, -1.0 / (r.t * divisor)));
             }
         }
-        if with_grads {
-            backward(g, backend, &x, r.tokens, &weights, n_vocab, &mut grads)?;
-        }
-        lps.push(lp);
     }
     Ok(SftOutput {
         loss,
-        lp: lps,
+        lp: opts.all_lp.then_some(lps),
         masked,
         grads,
     })
@@ -511,10 +669,17 @@ pub fn sft(
             mask: &mask[row * len..(row + 1) * len],
         })
         .collect();
-    let out = sft_rows(policy, &rows, per_row_norm, mask_token, true, backend)?;
+    let opts = SftOptions {
+        per_row_norm,
+        mask_token,
+        with_grads: true,
+        all_lp: true,
+    };
+    let mut cache = GraphCache::new(n, len);
+    let out = sft_rows(policy, &rows, opts, &mut cache, backend)?;
     let mut lp_out = vec![0.0; n * len];
     let mut ce_out = vec![0.0; n * len];
-    for (row, lp) in out.lp.iter().enumerate() {
+    for (row, lp) in out.lp.iter().flatten().enumerate() {
         lp_out[row * len + 1..(row + 1) * len].copy_from_slice(lp);
         for kpos in 1..len {
             if mask[row * len + kpos] {

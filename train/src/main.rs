@@ -139,6 +139,9 @@ fn load_completions(path: &Path, tasks: &[Task]) -> Result<Vec<(usize, String)>>
 /// for a wrong path or setting.
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Every update frees and allocates the same graph memory again: keep it instead of having
+    // the kernel map and zero fresh pages each time (unmask_kernels::heap).
+    unmask_kernels::heap::keep_freed_memory();
     // Ctrl-C, SIGTERM or SIGHUP while a checkpoint is written remove its partial folder.
     if let Err(e) = unmask_kernels::temp_files::remove_on_signal() {
         eprintln!("warning: cannot watch for Ctrl-C ({e}); an interrupted checkpoint write may leave a .tmp-ckpt folder");

@@ -30,7 +30,7 @@
 //! (same thread count; ggml's CPU kernels split work deterministically).
 
 use crate::checkpoint::{self, SaveDtype, TrainerState};
-use crate::grad::{sft_rows, SftRow};
+use crate::grad::{sft_rows, GraphCache, SftOptions, SftRow};
 use crate::lr_schedule::CosineSchedule;
 use crate::metrics::{MetricsLog, StepMetrics};
 use crate::optim::{accumulate, clip_grad_norm, AdamW, AdamWConfig};
@@ -418,6 +418,9 @@ fn mask_token(policy: &Policy) -> Result<u32> {
         .ok_or_else(|| Error::InvalidArgument("the model has no mask token".into()))
 }
 
+/// Sequences per batch of [`eval_loss`].
+const EVAL_BATCH: usize = 8;
+
 /// The SFT loss of `examples` averaged over `draws` fixed mask draws (seeded by `seed`), without
 /// gradients: a fixed evaluation set for comparing parameters.
 pub fn eval_loss(
@@ -430,6 +433,14 @@ pub fn eval_loss(
 ) -> Result<f64> {
     let mask = mask_token(policy)?;
     let refs: Vec<&Example> = examples.iter().collect();
+    let longest = examples.iter().map(|e| e.tokens.len()).max().unwrap_or(2);
+    let mut cache = GraphCache::new(EVAL_BATCH, longest);
+    let opts = SftOptions {
+        per_row_norm: false,
+        mask_token: mask,
+        with_grads: false,
+        all_lp: false,
+    };
     let mut total = 0.0;
     for d in 0..draws {
         let mut rng = derived_rng(seed, TAG_EVAL, d, 0);
@@ -444,7 +455,7 @@ pub fn eval_loss(
                 mask: m,
             })
             .collect();
-        total += sft_rows(policy, &rows, false, mask, false, backend)?.loss;
+        total += sft_rows(policy, &rows, opts, &mut cache, backend)?.loss;
     }
     Ok(total / draws.max(1) as f64)
 }
@@ -551,6 +562,14 @@ pub fn train(cfg: &SftConfig, resume: bool, throttle: Duration) -> Result<Summar
         let mut loss = 0.0;
         let (mut tokens, mut masked) = (0u64, 0u64);
         let scale = 1.0 / cfg.grad_accum as f64;
+        // The graphs of this update (they hold the parameters, so they go before AdamW does).
+        let mut cache = GraphCache::new(cfg.micro_batch, cfg.max_len);
+        let opts = SftOptions {
+            per_row_norm: cfg.norm == Norm::Rows,
+            mask_token: mask,
+            with_grads: true,
+            all_lp: false,
+        };
         for micro in 0..cfg.grad_accum {
             let batch: Vec<&Example> = (0..cfg.micro_batch)
                 .map(|_| {
@@ -571,13 +590,13 @@ pub fn train(cfg: &SftConfig, resume: bool, throttle: Duration) -> Result<Summar
                     mask: m,
                 })
                 .collect();
-            let per_row = cfg.norm == Norm::Rows;
-            let result = sft_rows(&policy, &rows, per_row, mask, true, &mut backend)?;
+            let result = sft_rows(&policy, &rows, opts, &mut cache, &mut backend)?;
             loss += result.loss * scale;
             masked += result.masked as u64;
             tokens += batch.iter().map(|e| e.tokens.len() as u64).sum::<u64>();
             accumulate(&mut grads, &result.grads, scale as f32)?;
         }
+        drop(cache);
         let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
         let lr = schedule.lr_at(step);
         opt.step(&mut policy, &grads, lr, &mut backend)?;

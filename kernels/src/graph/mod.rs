@@ -19,6 +19,7 @@
 //! | `transfer.rs` | data in and out: inputs, results, imports from other graphs, backend checks |
 //! | `scoring.rs` | operations that summarise logits rows on a device ([`scoring::RowSummary`]) |
 //! | `qgemm_op.rs` | the int8 GEMM of [`crate::simd::qgemm`] as ggml custom operations |
+//! | `gemm_op.rs` | the f32 products of a graph with gradients as one blocked GEMM |
 //!
 //! This file imports neither the weights nor the parameter store: both implement [`TensorSource`]
 //! (and attach their tensors as leaves, `Graph::attach_leaf`) in their own files.
@@ -33,6 +34,7 @@ use std::sync::Arc;
 
 pub mod adamw;
 mod autodiff;
+mod gemm_op;
 mod ops;
 pub mod param_store;
 mod qgemm_op;
@@ -89,6 +91,11 @@ pub struct Graph {
     grads: bool,
     /// Whether the backward pass was appended ([`Graph::allocate_with_gradients`]).
     has_backward: bool,
+    /// Whether (and where) the gradient graph is computed in two parts.
+    split: autodiff::SplitState,
+    /// Whether f32 products use the blocked GEMM of `gemm_op.rs` (always in graphs with
+    /// gradients; forward graphs ask with [`Graph::use_gemm_products`]).
+    gemm_products: bool,
     /// Allocated dimension 1 of tensors resized by `set_active_rows`.
     full_rows: std::collections::HashMap<usize, i64>,
     /// The tensor descriptions and the graph's nodes. Fields drop in declaration order, so the
@@ -138,6 +145,8 @@ impl Graph {
             param_ids: Vec::new(),
             grads,
             has_backward: false,
+            split: Default::default(),
+            gemm_products: grads,
             full_rows: std::collections::HashMap::new(),
             ctx,
         })
@@ -257,11 +266,26 @@ impl Graph {
         Ok(())
     }
 
+    /// Computes this graph's f32 matrix products with the blocked GEMM that graphs with gradients
+    /// use (`gemm_op.rs`) instead of ggml's, on the CPU backend; call before
+    /// [`allocate`](Self::allocate). A trainer's forward passes then round as its gradient passes
+    /// do. Inference keeps ggml's products.
+    pub fn use_gemm_products(&mut self) -> Result<()> {
+        self.check_building("choosing its products")?;
+        self.gemm_products = true;
+        Ok(())
+    }
+
     fn allocate_graph(
         &mut self,
         graph: NonNull<sys::ggml_cgraph>,
         backend: &Backend,
     ) -> Result<()> {
+        if self.gemm_products && backend.is_builtin_cpu() {
+            // SAFETY: the graph's own context and graph, not yet allocated, computed on the
+            // CPU backend; for a graph with gradients the backward pass is already built.
+            unsafe { gemm_op::replace_products(self.ctx.as_ptr(), graph.as_ptr()) };
+        }
         // SAFETY: backend is live; the allocator is freed in Drop.
         let galloc = NonNull::new(unsafe { sys::ggml_gallocr_new(backend.buffer_type()) })
             .ok_or_else(|| Error::Init("the graph allocator".into()))?;

@@ -85,7 +85,7 @@ impl Graph {
         let count: i64 = sa.iter().product();
         if !self.is_contiguous(a)?
             || shape.iter().product::<i64>() != count
-            || !(2..=3).contains(&shape.len())
+            || !(2..=4).contains(&shape.len())
         {
             return Err(Error::Shape {
                 op: "reshape",
@@ -95,10 +95,10 @@ impl Graph {
         let raw = self.raw(a)?;
         // SAFETY: contiguous source with the same element count.
         let out = unsafe {
-            if shape.len() == 2 {
-                sys::ggml_reshape_2d(ctx, raw, shape[0], shape[1])
-            } else {
-                sys::ggml_reshape_3d(ctx, raw, shape[0], shape[1], shape[2])
+            match shape.len() {
+                2 => sys::ggml_reshape_2d(ctx, raw, shape[0], shape[1]),
+                3 => sys::ggml_reshape_3d(ctx, raw, shape[0], shape[1], shape[2]),
+                _ => sys::ggml_reshape_4d(ctx, raw, shape[0], shape[1], shape[2], shape[3]),
             }
         };
         self.push(out)
@@ -209,6 +209,66 @@ impl Graph {
         self.push(raw)
     }
 
+    /// Row-wise softmax of `a * scale + mask`: `mask` (f32, `[a0, a1]` or `[a0, a1, 1, a3]`,
+    /// broadcast over dimension 2 and, when 1, dimension 3) is added to the scaled scores,
+    /// `-inf` to exclude an entry. The mask is a constant: it takes no gradient.
+    pub fn soft_max_masked(&mut self, a: TensorId, mask: TensorId, scale: f32) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        let (sa, sm) = (self.shape(a)?, self.shape(mask)?);
+        if self.type_of(mask)? != sys::GGML_TYPE_F32
+            || sm[0] != sa[0]
+            || sm[1] < sa[1]
+            || sa[2] % sm[2] != 0
+            || sa[3] % sm[3] != 0
+        {
+            return Err(Error::Shape {
+                op: "soft_max_masked",
+                detail: format!("mask {sm:?} does not fit scores {sa:?}"),
+            });
+        }
+        // SAFETY: an f32 mask of the shape ggml_soft_max_ext asserts; no ALiBi (max_bias 0).
+        let raw = unsafe { sys::ggml_soft_max_ext(ctx, self.raw(a)?, self.raw(mask)?, scale, 0.0) };
+        self.push(raw)
+    }
+
+    /// `a` tiled to `shape` (each dimension of `a` divides the target's): element `i` of the
+    /// result is `a[i mod a.shape]` in every dimension. Its gradient sums the tiles.
+    pub fn repeat(&mut self, a: TensorId, shape: [i64; 4]) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        let sa = self.shape(a)?;
+        if shape.iter().zip(&sa).any(|(&n, &m)| n <= 0 || n % m != 0) {
+            return Err(Error::Shape {
+                op: "repeat",
+                detail: format!("{sa:?} does not tile {shape:?}"),
+            });
+        }
+        // SAFETY: every target dimension is a positive multiple of the source's.
+        let raw = unsafe {
+            sys::ggml_repeat_4d(ctx, self.raw(a)?, shape[0], shape[1], shape[2], shape[3])
+        };
+        self.push(raw)
+    }
+
+    /// ggml's cross-entropy loss: `-sum(b ⊙ log_softmax(a)) / rows(a)` over the rows of `a`
+    /// (log-sum-exp with the row maximum subtracted, no underflow), a one-element f32 tensor.
+    /// `b` has `a`'s shape; rows of `b` need not sum to 1 (a weighted negative log-likelihood).
+    pub fn cross_entropy_loss(&mut self, a: TensorId, b: TensorId) -> Result<TensorId> {
+        let ctx = self.ctx_for_new()?;
+        let (sa, sb) = (self.shape(a)?, self.shape(b)?);
+        if sa != sb
+            || self.type_of(a)? != sys::GGML_TYPE_F32
+            || self.type_of(b)? != sys::GGML_TYPE_F32
+        {
+            return Err(Error::Shape {
+                op: "cross_entropy_loss",
+                detail: format!("needs two f32 tensors of one shape, got {sa:?} and {sb:?}"),
+            });
+        }
+        // SAFETY: same-shape f32 tensors, as ggml_cross_entropy_loss asserts.
+        let raw = unsafe { sys::ggml_cross_entropy_loss(ctx, self.raw(a)?, self.raw(b)?) };
+        self.push(raw)
+    }
+
     /// Attention without mask, fused (ggml's flash attention: online softmax, no score matrix):
     /// q [d, tokens, heads], k and v [d, keys, kv_heads] (heads a multiple of kv_heads, which are
     /// shared by consecutive groups of query heads) -> [d, heads, tokens].
@@ -238,8 +298,7 @@ impl Graph {
         self.push(raw)
     }
 
-    /// The shape rules of [`attention`](Self::attention) (ggml_flash_attn_ext's asserts), shared
-    /// by [`attention_explicit`](Self::attention_explicit).
+    /// The shape rules of [`attention`](Self::attention) (ggml_flash_attn_ext's asserts).
     fn check_attention(
         &self,
         op: &'static str,
@@ -273,24 +332,52 @@ impl Graph {
         self.unary(a, sys::ggml_transpose)
     }
 
-    /// Attention without mask written out with differentiable operations (ggml's flash attention
-    /// has no backward pass): `softmax(scale * K^T Q)` per head, then `V` times it. Same contract
-    /// as [`attention`](Self::attention): q `[d, tokens, heads]`, k and v `[d, keys, kv_heads]`
-    /// (consecutive groups of query heads share a K/V head) -> `[d, heads, tokens]`, contiguous.
+    /// Attention written out with differentiable operations (ggml's flash attention has no
+    /// backward pass): `softmax(scale * K^T Q + mask)` per head, then `V` times it. q
+    /// `[d, tokens, heads, B]`, k and v `[d, keys, kv_heads, B]` (consecutive groups of query
+    /// heads share a K/V head; `B` independent sequences, 1 for the shapes of
+    /// [`attention`](Self::attention)) -> `[d, heads, tokens, B]`, contiguous. `mask` (f32
+    /// `[keys, tokens, 1, B]`, or `None` for none) is added to the scaled scores: `-inf` hides a
+    /// key from a query.
     pub fn attention_explicit(
         &mut self,
         q: TensorId,
         k: TensorId,
         v: TensorId,
         scale: f32,
+        mask: Option<TensorId>,
     ) -> Result<TensorId> {
-        self.check_attention("attention_explicit", q, k, v)?;
-        let scores = self.mul_mat(k, q)?; // [keys, tokens, heads]
-        let probs = self.soft_max(scores, scale)?;
-        let vt = self.transpose(v)?; // [keys, d, kv_heads]
+        let (sq, sk, sv) = (self.shape(q)?, self.shape(k)?, self.shape(v)?);
+        if sq[0] != sk[0] || sk != sv || sk[2] == 0 || sq[2] % sk[2] != 0 || sq[3] != sk[3] {
+            return Err(Error::Shape {
+                op: "attention_explicit",
+                detail: format!("q {sq:?}, k {sk:?}, v {sv:?} do not fit"),
+            });
+        }
+        let (k, v) = if sq[3] > 1 && sq[2] != sk[2] {
+            // ggml's backward pass of a product broadcast over heads needs dimension 3 to be 1:
+            // with a batch, each K/V head is repeated for its group of query heads instead.
+            let group = sq[2] / sk[2];
+            let spread = |g: &mut Graph, t: TensorId| -> Result<TensorId> {
+                let t = g.cont(t)?; // [d, keys, kv_heads, B]
+                let t = g.reshape(t, &[sk[0] * sk[1], 1, sk[2], sk[3]])?;
+                let t = g.repeat(t, [sk[0] * sk[1], group, sk[2], sk[3]])?;
+                // Head j + group * h reads K/V head h: consecutive query heads share one.
+                g.reshape(t, &[sk[0], sk[1], sq[2], sk[3]])
+            };
+            (spread(self, k)?, spread(self, v)?)
+        } else {
+            (k, v)
+        };
+        let scores = self.mul_mat(k, q)?; // [keys, tokens, heads, B]
+        let probs = match mask {
+            Some(m) => self.soft_max_masked(scores, m, scale)?,
+            None => self.soft_max(scores, scale)?,
+        };
+        let vt = self.transpose(v)?; // [keys, d, kv_heads, B]
         let vt = self.cont(vt)?;
-        let out = self.mul_mat(vt, probs)?; // [d, tokens, heads]
-        let out = self.permute(out, [0, 2, 1, 3])?; // [d, heads, tokens]
+        let out = self.mul_mat(vt, probs)?; // [d, tokens, heads, B]
+        let out = self.permute(out, [0, 2, 1, 3])?; // [d, heads, tokens, B]
         self.cont(out)
     }
 
@@ -353,7 +440,7 @@ mod tests {
             let kp = g.permute(k, [0, 2, 1, 3]).unwrap();
             let vp = g.permute(v, [0, 2, 1, 3]).unwrap();
             let out = if explicit {
-                g.attention_explicit(qp, kp, vp, 0.3).unwrap()
+                g.attention_explicit(qp, kp, vp, 0.3, None).unwrap()
             } else {
                 g.attention(qp, kp, vp, 0.3).unwrap()
             };
@@ -370,6 +457,70 @@ mod tests {
         for (a, b) in outs[0].iter().zip(&outs[1]) {
             // Flash attention rounds its V accumulation through f16.
             assert!((a - b).abs() < 2e-3, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn batched_masked_attention_equals_each_sequence_alone() {
+        // Two sequences in one batch, the second with its last two keys hidden (padding):
+        // each must get what attention over its own visible keys gives.
+        let (d, t, heads, kv, batch) = (8i64, 5i64, 4i64, 2i64, 2i64);
+        let visible = [5usize, 3];
+        let fill = |n: i64, s: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * s).sin()).collect() };
+        let (qv, kvv, vv) = (
+            fill(d * heads * t * batch, 0.31),
+            fill(d * kv * t * batch, 0.17),
+            fill(d * kv * t * batch, 0.23),
+        );
+        let mut backend = Backend::new(2).unwrap();
+        let mut g = Graph::new(64).unwrap();
+        let q = g.input(GgmlType::F32, &[d, heads, t, batch]).unwrap();
+        let k = g.input(GgmlType::F32, &[d, kv, t, batch]).unwrap();
+        let v = g.input(GgmlType::F32, &[d, kv, t, batch]).unwrap();
+        let mask = g.input(GgmlType::F32, &[t, t, 1, batch]).unwrap();
+        let qp = g.permute(q, [0, 2, 1, 3]).unwrap();
+        let kp = g.permute(k, [0, 2, 1, 3]).unwrap();
+        let vp = g.permute(v, [0, 2, 1, 3]).unwrap();
+        let out = g.attention_explicit(qp, kp, vp, 0.3, Some(mask)).unwrap();
+        g.allocate(&[out], &backend).unwrap();
+        let mut m = vec![0.0f32; (t * t * batch) as usize];
+        for (b, &n) in visible.iter().enumerate() {
+            for row in m[b * 25..(b + 1) * 25].chunks_mut(t as usize) {
+                row[n..].fill(f32::NEG_INFINITY);
+            }
+        }
+        g.set_f32(q, &qv).unwrap();
+        g.set_f32(k, &kvv).unwrap();
+        g.set_f32(v, &vv).unwrap();
+        g.set_f32(mask, &m).unwrap();
+        g.compute(&mut backend).unwrap();
+        assert_eq!(g.shape(out).unwrap(), [d, heads, t, batch]);
+        let batched = g.read_f32(out).unwrap().to_vec();
+        // Naive attention per sequence, query head h reading K/V head h / (heads / kv).
+        let (du, hu, tu, ku) = (d as usize, heads as usize, t as usize, kv as usize);
+        for (b, &n) in visible.iter().enumerate() {
+            for h in 0..hu {
+                let kh = h / (hu / ku);
+                for qi in 0..tu {
+                    let qrow = &qv[((b * tu + qi) * hu + h) * du..][..du];
+                    let key = |j: usize| &kvv[((b * tu + j) * ku + kh) * du..][..du];
+                    let val = |j: usize| &vv[((b * tu + j) * ku + kh) * du..][..du];
+                    let s: Vec<f32> = (0..n)
+                        .map(|j| 0.3 * qrow.iter().zip(key(j)).map(|(a, c)| a * c).sum::<f32>())
+                        .collect();
+                    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let e: Vec<f32> = s.iter().map(|x| (x - max).exp()).collect();
+                    let z: f32 = e.iter().sum();
+                    for c in 0..du {
+                        let want: f32 = (0..n).map(|j| e[j] / z * val(j)[c]).sum();
+                        let got = batched[((b * tu + qi) * hu + h) * du + c];
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "b{b} h{h} q{qi} c{c}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 
