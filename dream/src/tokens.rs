@@ -5,6 +5,19 @@ use crate::config::DreamConfig;
 use crate::{Error, Result};
 use tokenizers::Tokenizer;
 
+/// Dream's special tokens, in the id order the tokenizers unmask makes give them (after their
+/// BPE entries): the end of text, the chat markers, the beginning of text, the mask a canvas
+/// starts from and the padding a finished answer is filled with. The names are the real
+/// Qwen2.5/Dream ones, so code that looks them up by text works on every model.
+pub const SPECIAL_TOKENS: [&str; 6] = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|beginoftext|>",
+    "<|mask|>",
+    "<|dlm_pad|>",
+];
+
 /// Token ids with a role in generation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpecialTokens {

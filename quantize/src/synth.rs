@@ -181,23 +181,12 @@ impl SynthModel {
     /// bf16 weights in safetensors shards of at most `shard_bytes` (always at least two shards for
     /// the tiny model, so the index path is exercised).
     pub fn write_hf(&self, dir: &Path, shard_bytes: u64) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        write_hf_metadata(dir, &self.config, &self.tokenizer_json)?;
         let write_text = |name: &str, text: &str| -> Result<()> {
             let path = dir.join(name);
             std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
         };
         let c = &self.config;
-        write_text("config.json", &pretty(&c.to_hf_json()))?;
-        write_text("generation_config.json", &pretty(&generation_json(c)))?;
-        write_text("tokenizer.json", &self.tokenizer_json)?;
-        write_text(
-            "tokenizer_config.json",
-            &pretty(&serde_json::json!({
-                "add_bos_token": false, "model_max_length": c.max_position_embeddings,
-                "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "mask_token": "<|mask|>",
-                "chat_template": CHAT_TEMPLATE,
-            })),
-        )?;
         let specs = layout::tensor_specs(c);
         let shards = split_into_shards(&specs, shard_bytes);
         let n = shards.len();
@@ -256,6 +245,28 @@ impl SynthModel {
 }
 
 /// DiffuCoder-Instruct's recommended sampling settings (docs/model.md §4).
+/// Writes the files of a Hugging Face Dream folder other than the weights into `dir` (created if
+/// needed): `config.json`, `generation_config.json` (Dream's generation defaults),
+/// `tokenizer.json` and `tokenizer_config.json` (with the chat template).
+pub fn write_hf_metadata(dir: &Path, c: &DreamConfig, tokenizer_json: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let write_text = |name: &str, text: &str| -> Result<()> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+    };
+    write_text("config.json", &pretty(&c.to_hf_json()))?;
+    write_text("generation_config.json", &pretty(&generation_json(c)))?;
+    write_text("tokenizer.json", tokenizer_json)?;
+    write_text(
+        "tokenizer_config.json",
+        &pretty(&serde_json::json!({
+            "add_bos_token": false, "model_max_length": c.max_position_embeddings,
+            "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "mask_token": "<|mask|>",
+            "chat_template": CHAT_TEMPLATE,
+        })),
+    )
+}
+
 pub fn generation_json(c: &DreamConfig) -> serde_json::Value {
     serde_json::json!({
         "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id,

@@ -6,16 +6,8 @@ use serde_json::{json, Map};
 use std::collections::{BTreeMap, HashMap};
 use unmask_dream::tokenizer_meta::{bytes_to_unicode, qwen2_tokenizer_doc};
 
-/// The special tokens of [`synth_tokenizer_json`], in id order right after its BPE entries. The
-/// names are the real Qwen2.5/Dream ones so code that looks them up by text works on both.
-pub const SYNTH_SPECIAL_TOKENS: [&str; 6] = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|beginoftext|>",
-    "<|mask|>",
-    "<|dlm_pad|>",
-];
+/// The special tokens of [`synth_tokenizer_json`], in id order right after its BPE entries.
+pub use unmask_dream::tokens::SPECIAL_TOKENS as SYNTH_SPECIAL_TOKENS;
 
 /// How many merges the synthetic tokenizer learns: enough that common words become one or two
 /// tokens, few enough that 256 bytes + merges + specials stay under a 512-entry embedding.

@@ -183,3 +183,53 @@ fn sft_gradients_match_pytorch() {
         );
     }
 }
+
+/// The pretraining form of the loss (`unmask-train sft --pack true`): windows whose only
+/// "prompt" is token 0, every later token maskable, `tokens` normalisation.
+#[test]
+fn pretraining_loss_gradients_match_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = write_tiny_hf(&dir.path().join("hf"), 73);
+    let inputs = dir.path().join("in.safetensors");
+    reference(&[
+        "make-inputs",
+        "--hf",
+        s(&hf),
+        "--out",
+        s(&inputs),
+        "--kind",
+        "sft",
+        "--seed",
+        "8",
+        "--n",
+        "4",
+        "--prompt-len",
+        "1",
+        "--completion-len",
+        "23",
+    ]);
+    let arrays = read_arrays(&inputs).unwrap();
+    assert!(
+        arrays["prompt_len"].data.iter().all(|&p| p == 1.0),
+        "every window's prompt is its first token"
+    );
+    let theirs = dir.path().join("ref.safetensors");
+    let ours = dir.path().join("ours.safetensors");
+    reference(&[
+        "sft",
+        "--hf",
+        s(&hf),
+        "--inputs",
+        s(&inputs),
+        "--out",
+        s(&theirs),
+        "--norm",
+        "tokens",
+    ]);
+    run_files(&hf, &inputs, &ours, LossKind::Sft { per_row: false }, 2).expect("grad");
+    compare(
+        "pretraining (prompt 1)",
+        &read_arrays(&ours).unwrap(),
+        &read_arrays(&theirs).unwrap(),
+    );
+}

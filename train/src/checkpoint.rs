@@ -76,7 +76,10 @@ fn is_copied(name: &str) -> bool {
 }
 
 /// Writes a safetensors file tensor by tensor and fsyncs it.
-fn write_safetensors(path: &Path, tensors: &[(String, Dtype, Vec<u64>, &[f32])]) -> Result<()> {
+pub(crate) fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Dtype, Vec<u64>, &[f32])],
+) -> Result<()> {
     let size = |d: Dtype, v: &[f32]| v.len() as u64 * if d == Dtype::BF16 { 2 } else { 4 };
     let header = encode_header(
         tensors

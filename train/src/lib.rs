@@ -22,7 +22,11 @@
 //! - [`sft`]: masked-diffusion SFT (`unmask-train sft`), configured by [`run_config`], logged by
 //!   [`metrics`];
 //! - [`grpo`]: coupled-GRPO (`unmask-train grpo`): rollouts on the current policy, rewards,
-//!   advantages, coupled masks, `mu` updates per round, reference policy with periodic sync.
+//!   advantages, coupled masks, `mu` updates per round, reference policy with periodic sync;
+//! - [`tokenizer_train`]: a byte-level BPE tokenizer trained on a corpus (`unmask-train
+//!   tokenizer`);
+//! - [`init`]: a fresh model folder of a chosen shape, initialised as Qwen2 (`unmask-train
+//!   init`).
 //!
 //! The crate forbids `unsafe` (the project keeps `unsafe` in `kernels/` and `ffi/`). Everything the
 //! sandbox needs before `exec` (namespaces, rlimits, a different uid) is therefore done by exec'ing
@@ -35,6 +39,7 @@ pub mod checkpoint;
 pub mod format;
 pub mod grad;
 pub mod grpo;
+pub mod init;
 pub mod lr_schedule;
 pub mod masks;
 pub mod metrics;
@@ -49,6 +54,7 @@ pub mod seccomp;
 pub mod sft;
 pub mod tasks;
 pub mod tensor_file;
+pub mod tokenizer_train;
 
 use std::path::PathBuf;
 

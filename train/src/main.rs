@@ -1,5 +1,5 @@
-//! `unmask-train`: the coupled-GRPO training companion of unmask: `grpo`, `sft`, `reward` and
-//! `grad`.
+//! `unmask-train`: the coupled-GRPO training companion of unmask: `grpo`, `sft`, `reward`,
+//! `grad` and `tokenizer`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,8 @@ use unmask_train::tasks::{load_tasks, Task};
     about = "Coupled-GRPO training companion of unmask (DiffuCoder/Dream).",
     after_help = "`sft` trains with the masked-diffusion SFT objective; `reward` scores completions \
                   with the spec's code reward; `grad` computes a loss and its parameter gradients \
-                  for fixed inputs; `grpo` trains with coupled-GRPO."
+                  for fixed inputs; `grpo` trains with coupled-GRPO; `tokenizer` trains a \
+                  byte-level BPE tokenizer on a corpus; `init` makes a fresh model to train."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -84,6 +85,77 @@ enum Cmd {
         #[command(flatten)]
         threads: ThreadsArg,
     },
+    /// Train a byte-level BPE tokenizer on a corpus and write its tokenizer.json: Qwen2.5's
+    /// normalizer, pre-tokenizer and decoder, the learned vocabulary and merges, then Dream's
+    /// special tokens (<|endoftext|>, <|im_start|>, <|im_end|>, <|beginoftext|>, <|mask|>,
+    /// <|dlm_pad|>) at the ids right after them. Prints a JSON report.
+    Tokenizer {
+        /// Files or folders of training text; folders are searched recursively for files with
+        /// an --ext extension [required].
+        #[arg(long, value_name = "PATH", required = true)]
+        data: Vec<PathBuf>,
+        /// File extensions taken from folders (repeat the flag for several).
+        #[arg(long, value_name = "EXT", default_values_t = [String::from("py")])]
+        ext: Vec<String>,
+        /// Vocabulary size, special tokens included (512 to 262144); fewer when the corpus
+        /// has fewer pairs worth merging.
+        #[arg(long, value_name = "N", default_value_t = 6144)]
+        vocab_size: usize,
+        /// Pairs seen fewer times than this are not merged.
+        #[arg(long, value_name = "N", default_value_t = 2)]
+        min_frequency: u64,
+        /// Where to write tokenizer.json (written to a temporary file, then renamed) [required].
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Make a fresh model folder of a chosen shape (Hugging Face layout, weights initialised as
+    /// transformers initialises Qwen2), for `sft` to train from scratch. Prints a JSON report.
+    Init(Box<InitArgs>),
+}
+
+/// The flags of `unmask-train init`.
+#[derive(clap::Args)]
+struct InitArgs {
+    /// tokenizer.json of the model (e.g. from `unmask-train tokenizer`); it must have <|mask|>
+    /// [required].
+    #[arg(long, value_name = "FILE")]
+    tokenizer: PathBuf,
+    /// The folder to create (it must not exist, or be empty) [required].
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Hidden size (a multiple of --heads, with an even head size).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    hidden: usize,
+    /// MLP (SwiGLU) inner size.
+    #[arg(long, value_name = "N", default_value_t = 768)]
+    intermediate: usize,
+    /// Transformer layers.
+    #[arg(long, value_name = "N", default_value_t = 6)]
+    layers: usize,
+    /// Attention (query) heads.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    heads: usize,
+    /// Key/value heads (grouped-query attention; --heads must be a multiple).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    kv_heads: usize,
+    /// Embedding rows [default: the tokenizer's size rounded up to a multiple of 64].
+    #[arg(long, value_name = "N")]
+    vocab: Option<usize>,
+    /// Longest context (RoPE's original length).
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    max_position: usize,
+    /// RoPE base.
+    #[arg(long, value_name = "X", default_value_t = 1_000_000.0)]
+    rope_theta: f64,
+    /// Share the token embedding with the output projection.
+    #[arg(long)]
+    tie_embeddings: bool,
+    /// Seed of the weight draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// dtype of model.safetensors: f32 or bf16.
+    #[arg(long, value_parser = unmask_train::run_config::parse_dtype, default_value = "f32")]
+    save_dtype: unmask_train::checkpoint::SaveDtype,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -202,6 +274,68 @@ fn run(cli: Cli) -> Result<()> {
             let result = run_files(&hf, &inputs, &out, kind, threads)
                 .with_context(|| format!("grad on {}", inputs.display()))?;
             println!("{}", serde_json::json!({ "loss": result.loss }));
+        }
+        Cmd::Tokenizer {
+            data,
+            ext,
+            vocab_size,
+            min_frequency,
+            out,
+        } => {
+            use unmask_train::tokenizer_train::{collect_files, train_tokenizer, write_atomic};
+            let files = collect_files(&data, &ext)?;
+            if files.is_empty() {
+                bail!("no files with extension {ext:?} under {data:?}");
+            }
+            eprintln!("tokenizer: training on {} files", files.len());
+            let (json, report) = train_tokenizer(&files, vocab_size, min_frequency)?;
+            for path in &report.skipped {
+                eprintln!("warning: {} is not UTF-8 text; skipped", path.display());
+            }
+            write_atomic(&out, &json)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "out": out,
+                    "files": report.files,
+                    "bytes": report.bytes,
+                    "skipped": report.skipped.len(),
+                    "vocab_size": report.vocab,
+                    "merges": report.merges,
+                    "first_special_id": report.first_special,
+                })
+            );
+        }
+        Cmd::Init(a) => {
+            let tokenizer_json = std::fs::read_to_string(&a.tokenizer)
+                .with_context(|| format!("{}", a.tokenizer.display()))?;
+            let shape = unmask_train::init::ModelShape {
+                hidden: a.hidden,
+                intermediate: a.intermediate,
+                layers: a.layers,
+                heads: a.heads,
+                kv_heads: a.kv_heads,
+                vocab: a.vocab,
+                max_position: a.max_position,
+                rope_theta: a.rope_theta,
+                tie_embeddings: a.tie_embeddings,
+            };
+            let report = unmask_train::init::init_model(
+                &a.out,
+                &shape,
+                &tokenizer_json,
+                a.seed,
+                a.save_dtype,
+            )?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "out": report.out,
+                    "parameters": report.parameters,
+                    "vocab_size": report.config.vocab_size,
+                    "mask_token_id": report.config.mask_token_id,
+                })
+            );
         }
         Cmd::Reward {
             tasks,

@@ -41,6 +41,9 @@ pub struct SftConfig {
     /// plain text when false or when the tokenizer has no chat markers. Text files are never
     /// templated.
     pub chat: bool,
+    /// Pack the text files into one stream cut into full `max_len` windows, documents separated
+    /// by EOS (pretraining); else each text file is windowed on its own.
+    pub pack: bool,
     /// Peak learning rate.
     pub lr: f64,
     /// Cosine floor as a fraction of `lr`.
@@ -91,6 +94,7 @@ impl Default for SftConfig {
             max_len: 512,
             append_eos: true,
             chat: true,
+            pack: false,
             lr: 1e-5,
             min_lr_ratio: 0.1,
             warmup_steps: None,
@@ -240,6 +244,11 @@ pub struct SftArgs {
     /// by default: true or false [default: true].
     #[arg(long)]
     pub chat: Option<bool>,
+    /// Pretraining data: pack the text files into one stream (each file then EOS) cut into
+    /// windows of exactly --max-len tokens, instead of windowing each file alone: true or
+    /// false [default: false].
+    #[arg(long)]
+    pub pack: Option<bool>,
     /// Mask ratio t ~ U(t_eps, 1), t_eps in (0, 1) [default: 0.001].
     #[arg(long)]
     pub t_eps: Option<f64>,
@@ -261,7 +270,8 @@ fn rollout_help(about: &str, value: impl Fn(&unmask_runtime::GenerateParams) -> 
     )
 }
 
-fn parse_dtype(s: &str) -> std::result::Result<SaveDtype, String> {
+/// `--save-dtype`: bf16 or f32 (any case).
+pub fn parse_dtype(s: &str) -> std::result::Result<SaveDtype, String> {
     match s.to_ascii_lowercase().as_str() {
         "bf16" => Ok(SaveDtype::Bf16),
         "f32" => Ok(SaveDtype::F32),
@@ -290,7 +300,7 @@ impl SftConfig {
         macro_rules! take_opt {
             ($src:expr; $($f:ident),*) => { $( if $src.$f.is_some() { c.$f = $src.$f.clone(); } )* };
         }
-        take!(args; steps, micro_batch, grad_accum, max_len, append_eos, chat, t_eps, norm);
+        take!(args; steps, micro_batch, grad_accum, max_len, append_eos, chat, pack, t_eps, norm);
         take!(args.optim; lr, min_lr_ratio, beta1, beta2, adam_eps, weight_decay, max_grad_norm);
         take!(args.run; seed, keep);
         take_opt!(args.optim; warmup_steps);

@@ -12,6 +12,10 @@
 //!   as the prompt.
 //! - A text file is split into consecutive windows of `max_len` tokens; in each, the first token
 //!   is the "prompt" and the rest the response.
+//! - With `pack` (pretraining), the text files are instead one stream: each file's tokens, then
+//!   EOS (with `append_eos`), file after file, cut into windows of exactly `max_len` tokens (a
+//!   shorter tail is dropped unless it is the only window), token 0 of each the "prompt". Every
+//!   sequence then has one length, and the loss is Dream's masked-diffusion loss on plain text.
 //!
 //! The graph needs a prompt of at least one token: logits are shifted (position `k - 1` predicts
 //! token `k`), so position 0 is never predicted and cannot be a training target.
@@ -128,6 +132,8 @@ pub struct DataReport {
     /// The chat template was asked for, but the tokenizer has no chat markers.
     pub chat_unavailable: bool,
     pub max_len: usize,
+    /// With `pack`: the windows the text files were packed into.
+    pub packed_windows: Option<usize>,
 }
 
 impl DataReport {
@@ -160,6 +166,12 @@ impl DataReport {
                 ));
             }
         }
+        if let Some(n) = self.packed_windows {
+            out.push(format!(
+                "data: the text files are packed into {n} windows of {} tokens",
+                self.max_len
+            ));
+        }
         let has_pairs = self.files.iter().any(|f| f.format != DataFormat::Text);
         if has_pairs {
             out.push(if self.chat {
@@ -187,6 +199,8 @@ pub struct DataOptions<'a> {
     pub eos: Option<u32>,
     /// Wrap pairs in the chat template when the tokenizer has the markers.
     pub chat: bool,
+    /// Pack the text files into one stream of full windows (see the module documentation).
+    pub pack: bool,
 }
 
 /// Reads and tokenizes the training data as plain pairs (no chat template).
@@ -201,6 +215,7 @@ pub fn load_examples(
         max_len,
         eos,
         chat: false,
+        pack: false,
     };
     Ok(load_data(files, &options)?.0)
 }
@@ -274,7 +289,9 @@ pub fn load_data(files: &[PathBuf], o: &DataOptions<'_>) -> Result<(Vec<Example>
         chat,
         chat_unavailable: o.chat && !has_markers,
         max_len: o.max_len,
+        packed_windows: None,
     };
+    let mut stream: Vec<u32> = Vec::new();
     for path in files {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.clone(),
@@ -341,7 +358,10 @@ pub fn load_data(files: &[PathBuf], o: &DataOptions<'_>) -> Result<(Vec<Example>
             file.examples += 1;
             out.push(ex);
         }
-        if format == DataFormat::Text {
+        if format == DataFormat::Text && o.pack {
+            stream.extend(encode(&text, path)?);
+            stream.extend(o.eos);
+        } else if format == DataFormat::Text {
             let ids = encode(&text, path)?;
             for window in ids.chunks(o.max_len) {
                 if window.len() >= 2 {
@@ -354,6 +374,18 @@ pub fn load_data(files: &[PathBuf], o: &DataOptions<'_>) -> Result<(Vec<Example>
             }
         }
         report.files.push(file);
+    }
+    if o.pack && !stream.is_empty() {
+        let windows: Vec<&[u32]> = stream.chunks(o.max_len).collect();
+        let full = windows.iter().filter(|w| w.len() == o.max_len).count();
+        let keep = if full == 0 { windows.len() } else { full };
+        for w in windows.into_iter().take(keep).filter(|w| w.len() >= 2) {
+            out.push(Example {
+                tokens: w.to_vec(),
+                prompt_len: 1,
+            });
+        }
+        report.packed_windows = Some(keep);
     }
     if out.is_empty() {
         return Err(Error::InvalidArgument("the training data is empty".into()));
@@ -509,6 +541,7 @@ pub fn train(cfg: &SftConfig, resume: bool, throttle: Duration) -> Result<Summar
             max_len: cfg.max_len,
             eos,
             chat: cfg.chat,
+            pack: cfg.pack,
         },
     )?;
     let adam_cfg = AdamWConfig {

@@ -107,6 +107,7 @@ fn a_json_array_is_read_as_pairs_and_reported_with_truncations_and_the_template(
         max_len: 8,
         eos: None,
         chat: true,
+        pack: false,
     };
     let (examples, report) = load_data(std::slice::from_ref(&array), &options).unwrap();
     assert_eq!(examples.len(), 3);
