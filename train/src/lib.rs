@@ -23,6 +23,7 @@
 //!   [`metrics`];
 //! - [`grpo`]: coupled-GRPO (`unmask-train grpo`): rollouts on the current policy, rewards,
 //!   advantages, coupled masks, `mu` updates per round, reference policy with periodic sync;
+//! - [`corpus`]: a reproducible, deduplicated code corpus split by file (`unmask-train corpus`);
 //! - [`tokenizer_train`]: a byte-level BPE tokenizer trained on a corpus (`unmask-train
 //!   tokenizer`);
 //! - [`init`]: a fresh model folder of a chosen shape, initialised as Qwen2 (`unmask-train
@@ -36,6 +37,7 @@
 pub mod advantage;
 pub mod cgroup;
 pub mod checkpoint;
+pub mod corpus;
 pub mod format;
 pub mod grad;
 pub mod grpo;

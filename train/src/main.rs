@@ -108,6 +108,30 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Make a code corpus in a new folder: the source files under --data (default: the Python
+    /// standard library of --python), without test suites and caches, deduplicated, split by
+    /// file into train/ and held-out/ by content hash, with manifest.json (paths, SHA-256,
+    /// sizes, parts, token counts with --tokenizer). Prints a JSON report.
+    Corpus {
+        /// Folders to take files from [default: the standard library of --python].
+        #[arg(long, value_name = "DIR")]
+        data: Vec<PathBuf>,
+        /// The interpreter whose standard library is the default corpus.
+        #[arg(long, value_name = "PYTHON", default_value = "python3")]
+        python: PathBuf,
+        /// File extensions to take (repeat the flag for several).
+        #[arg(long, value_name = "EXT", default_values_t = [String::from("py")])]
+        ext: Vec<String>,
+        /// Percentage of files held out for evaluation (0 to 50).
+        #[arg(long, value_name = "P", default_value_t = 5)]
+        held_out_percent: u32,
+        /// tokenizer.json to count each file's tokens with (recorded in the manifest).
+        #[arg(long, value_name = "FILE")]
+        tokenizer: Option<PathBuf>,
+        /// The folder to create (it must not exist) [required].
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Make a fresh model folder of a chosen shape (Hugging Face layout, weights initialised as
     /// transformers initialises Qwen2), for `sft` to train from scratch. Prints a JSON report.
     Init(Box<InitArgs>),
@@ -303,6 +327,64 @@ fn run(cli: Cli) -> Result<()> {
                     "vocab_size": report.vocab,
                     "merges": report.merges,
                     "first_special_id": report.first_special,
+                })
+            );
+        }
+        Cmd::Corpus {
+            data,
+            python,
+            ext,
+            held_out_percent,
+            tokenizer,
+            out,
+        } => {
+            use unmask_train::corpus::{build_corpus, python_stdlib, Part};
+            let sources = if data.is_empty() {
+                vec![python_stdlib(&python)?]
+            } else {
+                data
+            };
+            let tok = match &tokenizer {
+                Some(path) => Some(
+                    tokenizers::Tokenizer::from_file(path)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                ),
+                None => None,
+            };
+            let count = |text: &str| -> unmask_train::Result<u64> {
+                let tok = tok
+                    .as_ref()
+                    .ok_or_else(|| unmask_train::Error::InvalidArgument("no tokenizer".into()))?;
+                let enc = tok
+                    .encode(text, false)
+                    .map_err(|e| unmask_train::Error::InvalidArgument(format!("tokenizer: {e}")))?;
+                Ok(enc.get_ids().len() as u64)
+            };
+            let counter: Option<unmask_train::corpus::TokenCounter<'_>> =
+                tok.as_ref().map(|_| &count as _);
+            let manifest = build_corpus(&sources, &ext, held_out_percent, counter, &out)?;
+            let (train_files, train_bytes) = manifest.totals(Part::Train);
+            let (held_files, held_bytes) = manifest.totals(Part::HeldOut);
+            let tokens = |part| -> Option<u64> {
+                tok.as_ref()?;
+                Some(
+                    manifest
+                        .files
+                        .iter()
+                        .filter(|f| f.part == part)
+                        .filter_map(|f| f.tokens)
+                        .sum(),
+                )
+            };
+            println!(
+                "{}",
+                serde_json::json!({
+                    "out": out,
+                    "sources": sources,
+                    "train": {"files": train_files, "bytes": train_bytes, "tokens": tokens(Part::Train)},
+                    "held_out": {"files": held_files, "bytes": held_bytes, "tokens": tokens(Part::HeldOut)},
+                    "duplicates": manifest.duplicates,
+                    "not_utf8": manifest.not_utf8,
                 })
             );
         }
