@@ -22,7 +22,8 @@ pub enum Norm {
 pub struct SftConfig {
     /// Hugging Face folder of the initial model (and its tokenizer).
     pub model: Option<PathBuf>,
-    /// Training data: `.jsonl` files of {"prompt", "response"}, or plain text files.
+    /// Training data: `.jsonl` files of {"prompt", "response"}, or plain text files; a folder
+    /// stands for every file under it, in name order.
     pub data: Vec<PathBuf>,
     /// Output folder (checkpoints, `metrics.jsonl`).
     pub out: Option<PathBuf>,
@@ -221,8 +222,9 @@ pub struct SftArgs {
     #[command(flatten)]
     pub optim: OptimArgs,
     /// Training data (repeatable): .jsonl lines or a .json array of {"prompt", "response"}, or
-    /// plain text files [required, unless --resume].
-    #[arg(long, value_name = "FILE")]
+    /// plain text files; a folder stands for every file under it, in name order [required,
+    /// unless --resume].
+    #[arg(long, value_name = "PATH")]
     pub data: Vec<PathBuf>,
     /// Optimizer updates [default: 100].
     #[arg(long)]

@@ -142,6 +142,9 @@ impl DataReport {
     pub fn lines(&self) -> Vec<String> {
         let mut out = Vec::new();
         for f in &self.files {
+            if f.format == DataFormat::Text && self.packed_windows.is_some() {
+                continue; // counted together below
+            }
             let what = match f.format {
                 DataFormat::Text => {
                     format!("{} windows of up to {} tokens", f.examples, self.max_len)
@@ -167,8 +170,13 @@ impl DataReport {
             }
         }
         if let Some(n) = self.packed_windows {
+            let texts = self
+                .files
+                .iter()
+                .filter(|f| f.format == DataFormat::Text)
+                .count();
             out.push(format!(
-                "data: the text files are packed into {n} windows of {} tokens",
+                "data: {texts} text files packed into {n} windows of {} tokens",
                 self.max_len
             ));
         }
@@ -269,8 +277,47 @@ fn detect_format(path: &Path, text: &str) -> Result<DataFormat> {
     }
 }
 
-/// Reads and tokenizes the training data, and says what it was (see [`DataReport`]).
+/// `paths` with every folder replaced by the files under it (recursively, hidden entries
+/// skipped, in name order).
+pub fn expand_folders(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let io = |e| Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        };
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .collect::<std::io::Result<_>>()
+            .map_err(io)?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out)?;
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Reads and tokenizes the training data, and says what it was (see [`DataReport`]); folders
+/// stand for the files under them ([`expand_folders`]).
 pub fn load_data(files: &[PathBuf], o: &DataOptions<'_>) -> Result<(Vec<Example>, DataReport)> {
+    let files = &expand_folders(files)?;
     let tok = tokenizers::Tokenizer::from_file(o.tokenizer_json)
         .map_err(|e| tokenizer_error(o.tokenizer_json, e))?;
     let has_markers =

@@ -149,9 +149,13 @@ fn packing_and_a_short_pretraining_run_that_lowers_held_out_loss() {
         "--threads",
         "2",
     ];
-    for f in &train {
-        args.extend(["--data", s(f)]);
+    // A folder stands for the files under it, in name order.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for (k, f) in train.iter().enumerate() {
+        std::fs::copy(f, data.join(format!("{k:03}.py"))).unwrap();
     }
+    args.extend(["--data", s(&data)]);
     let summary = run(&args);
     let checkpoint = PathBuf::from(summary["checkpoint"].as_str().unwrap());
     let after = loss_of(&checkpoint, &mut backend);
