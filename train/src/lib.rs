@@ -24,6 +24,8 @@
 //! - [`grpo`]: coupled-GRPO (`unmask-train grpo`): rollouts on the current policy, rewards,
 //!   advantages, coupled masks, `mu` updates per round, reference policy with periodic sync;
 //! - [`corpus`]: a reproducible, deduplicated code corpus split by file (`unmask-train corpus`);
+//! - [`function_pairs`]: signature + docstring -> body pairs cut from Python files (`unmask-train
+//!   pairs`);
 //! - [`tokenizer_train`]: a byte-level BPE tokenizer trained on a corpus (`unmask-train
 //!   tokenizer`);
 //! - [`init`]: a fresh model folder of a chosen shape, initialised as Qwen2 (`unmask-train
@@ -39,6 +41,7 @@ pub mod cgroup;
 pub mod checkpoint;
 pub mod corpus;
 pub mod format;
+pub mod function_pairs;
 pub mod grad;
 pub mod grpo;
 pub mod init;

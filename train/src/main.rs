@@ -132,6 +132,24 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Cut function-level SFT pairs from Python files: each function with a docstring becomes
+    /// {"prompt": signature + docstring, "response": the rest of its body} (JSON lines, what
+    /// `sft --data` reads). Python's parser does the cutting; the files are never run. Prints a
+    /// JSON report.
+    Pairs {
+        /// Python files or folders (every .py file under them, in name order) [required].
+        #[arg(long, value_name = "PATH", required = true)]
+        data: Vec<PathBuf>,
+        /// The interpreter whose parser cuts the functions.
+        #[arg(long, value_name = "PYTHON", default_value = "python3")]
+        python: PathBuf,
+        /// Functions whose body past the docstring is longer are left out.
+        #[arg(long, value_name = "N", default_value_t = 40)]
+        max_body_lines: usize,
+        /// The .jsonl file to write (written to a temporary file, then renamed) [required].
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Make a fresh model folder of a chosen shape (Hugging Face layout, weights initialised as
     /// transformers initialises Qwen2), for `sft` to train from scratch. Prints a JSON report.
     Init(Box<InitArgs>),
@@ -385,6 +403,37 @@ fn run(cli: Cli) -> Result<()> {
                     "held_out": {"files": held_files, "bytes": held_bytes, "tokens": tokens(Part::HeldOut)},
                     "duplicates": manifest.duplicates,
                     "not_utf8": manifest.not_utf8,
+                })
+            );
+        }
+        Cmd::Pairs {
+            data,
+            python,
+            max_body_lines,
+            out,
+        } => {
+            let files: Vec<PathBuf> = unmask_train::sft::expand_folders(&data)?
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "py"))
+                .collect();
+            if files.is_empty() {
+                bail!("no .py files under {data:?}");
+            }
+            let (pairs, unparsable) =
+                unmask_train::function_pairs::extract_pairs(&files, &python, max_body_lines)?;
+            let mut text = String::new();
+            for p in &pairs {
+                text.push_str(&serde_json::to_string(p)?);
+                text.push('\n');
+            }
+            unmask_train::tokenizer_train::write_atomic(&out, &text)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "out": out,
+                    "files": files.len(),
+                    "unparsable": unparsable,
+                    "pairs": pairs.len(),
                 })
             );
         }
