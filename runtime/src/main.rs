@@ -5,6 +5,7 @@ mod cli_chat;
 mod cli_check;
 mod cli_decoding;
 mod cli_errors;
+mod cli_eval;
 mod cli_generate;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,10 @@ enum Command {
     /// Measure seconds per step, tokens per second and peak memory, and libllama's forward pass
     /// over the same canvas.
     Bench(cli_bench::BenchArgs),
+    /// How well a model writes Python: on held-out function prompts (`unmask-train pairs`), the
+    /// share of completions Python parses when spliced after the prompt and of exact first body
+    /// lines, tokens/s, and with --text the masked-diffusion loss on held-out text.
+    Eval(Box<cli_eval::EvalArgs>),
     /// List the devices unmask can run on (after loading GPU backend libraries).
     Devices,
     /// Compare a device (CUDA) with the CPU on one model file: logits of every position and
@@ -51,6 +56,7 @@ fn run() -> anyhow::Result<()> {
         Command::Generate(args) => cli_generate::run(args),
         Command::Chat(args) => cli_chat::run(args),
         Command::Bench(args) => cli_bench::run(args),
+        Command::Eval(args) => cli_eval::run(*args),
         Command::Devices => list_devices(),
         Command::CheckDevice(args) => cli_check::run(args),
     }

@@ -1,8 +1,11 @@
 #!/bin/bash
 # Training-step benchmark: unmask-train vs the PyTorch reference, same inputs, 2 threads.
+# BIN_DIR (default: $CARGO_TARGET_DIR/release or target/release) holds the binaries,
+# UNMASK_PYTHON the interpreter with torch (default: ~/.cache/unmask/venv/bin/python).
 set -e
 cd "$(dirname "$0")/../.."
-Q=target/release/unmask-quantize; T=target/release/unmask-train; PY=.venv/bin/python
+bin=${BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}
+Q=$bin/unmask-quantize; T=$bin/unmask-train; PY=${UNMASK_PYTHON:-$HOME/.cache/unmask/venv/bin/python}
 B=${BENCH_DIR:-/tmp/unmask-train-bench}; mkdir -p $B
 [ -d $B/tiny ] || $Q synth --preset tiny --hf $B/tiny --seed 1 --quiet
 [ -d $B/05b ] || $Q synth --preset 0.5b --hf $B/05b --seed 1 --quiet
