@@ -94,6 +94,32 @@ impl Drop for TempPath {
     }
 }
 
+/// A registered temporary next to `dest` (same folder, so the final rename stays on one file
+/// system): `dest`'s folder joined with `.tmp-<process id>-<dest's name>`.
+pub fn next_to(dest: &Path) -> TempPath {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    TempPath::new(dir.join(format!(".tmp-{}-{name}", std::process::id())))
+}
+
+/// Writes `bytes` to `dest` through a registered temporary next to it, synced and then renamed:
+/// `dest` is either its old self or complete, never partly written.
+pub fn write_file(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = next_to(dest);
+    let mut file = std::fs::File::create(tmp.path())?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    tmp.rename_to(dest)
+}
+
 /// Removes every registered temporary now (what the signal handler does).
 pub fn remove_all() {
     let mut list = registry();
@@ -127,6 +153,23 @@ pub fn remove_on_signal() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_files_replace_their_destination_and_leave_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.json");
+        write_file(&dest, b"first").unwrap();
+        write_file(&dest, b"second").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"second");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("out.json")]);
+        // A destination whose folder does not exist: an error, and nothing left behind.
+        assert!(write_file(&dir.path().join("no/such/out.json"), b"x").is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn dropped_temporaries_are_removed_and_renamed_ones_kept() {

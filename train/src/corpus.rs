@@ -188,10 +188,9 @@ pub fn build_corpus(
         move |e| Error::Io { path, source: e }
     };
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-corpus-")
-        .tempdir_in(&parent)
-        .map_err(io(&parent))?;
+    // Registered: removed on an error or a signal, renamed onto `out` once complete.
+    let tmp = unmask_kernels::temp_files::next_to(out);
+    std::fs::create_dir(tmp.path()).map_err(io(tmp.path()))?;
     for part in [Part::Train, Part::HeldOut] {
         let d = tmp.path().join(part.folder());
         std::fs::create_dir(&d).map_err(io(&d))?;
@@ -253,13 +252,6 @@ pub fn build_corpus(
         .map_err(|e| Error::InvalidArgument(format!("manifest: {e}")))?;
     let path = tmp.path().join("manifest.json");
     std::fs::write(&path, json).map_err(io(&path))?;
-    let kept = tmp.keep();
-    std::fs::rename(&kept, out).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&kept);
-        Error::Io {
-            path: out.to_path_buf(),
-            source: e,
-        }
-    })?;
+    tmp.rename_to(out).map_err(io(out))?;
     Ok(manifest)
 }

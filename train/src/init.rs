@@ -124,10 +124,9 @@ pub fn init_model(
         move |e| Error::Io { path, source: e }
     };
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-init-")
-        .tempdir_in(&parent)
-        .map_err(io(&parent))?;
+    // Registered: removed on an error or a signal, renamed onto `out` once complete.
+    let tmp = unmask_kernels::temp_files::next_to(out);
+    std::fs::create_dir(tmp.path()).map_err(io(tmp.path()))?;
     unmask_quantize::synth::write_hf_metadata(tmp.path(), &config, tokenizer_json)
         .map_err(|e| bad(e.to_string()))?;
     let specs = tensor_specs(&config);
@@ -159,14 +158,7 @@ pub fn init_model(
     if out.exists() {
         std::fs::remove_dir(out).map_err(io(out))?;
     }
-    let kept = tmp.keep();
-    std::fs::rename(&kept, out).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&kept);
-        Error::Io {
-            path: out.to_path_buf(),
-            source: e,
-        }
-    })?;
+    tmp.rename_to(out).map_err(io(out))?;
     Ok(InitReport {
         config,
         parameters,

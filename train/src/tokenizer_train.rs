@@ -199,21 +199,13 @@ fn tokenizer_error(e: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("tokenizer: {e}"))
 }
 
-/// Writes `text` to `path` through a temporary file in the same folder, renamed into place.
+/// Writes `text` to `path` through a temporary next to it, renamed into place (removed on an
+/// error or a signal: `unmask_kernels::temp_files`).
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let io = |e| Error::Io {
+    unmask_kernels::temp_files::write_file(path, text.as_bytes()).map_err(|e| Error::Io {
         path: path.to_path_buf(),
         source: e,
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]
