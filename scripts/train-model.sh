@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains a small Dream-architecture Python model from nothing on this machine (docs/training.md,
 # "A model of your own"): the corpus (the standard library of the machine's Python), a 4096-entry
-# tokenizer, a fresh 5 M-parameter model (hidden 256, 6 layers, 4 heads / 2 KV heads, FFN 768),
+# tokenizer, a fresh model of 6.8 M parameters (hidden 256, 6 layers, 4 heads / 2 KV heads, FFN 768),
 # then masked-diffusion pretraining on packed 256-token windows. Every stage skips what already
 # exists and pretraining resumes from its latest checkpoint, so the script can be stopped at any
 # time (Ctrl-C, --minutes, a reboot) and run again to continue. Checkpoints stay in the work
