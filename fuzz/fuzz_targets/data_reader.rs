@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
         max_len: 64,
         eos: Some(0),
         chat: data.first().is_some_and(|b| b & 1 == 1),
+        pack: data.first().is_some_and(|b| b & 2 == 2),
     };
     if let Ok((examples, _report)) = load_data(&[file.path().to_path_buf()], &options) {
         for e in &examples {
