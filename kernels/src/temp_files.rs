@@ -108,6 +108,17 @@ pub fn next_to(dest: &Path) -> TempPath {
     TempPath::new(dir.join(format!(".tmp-{}-{name}", std::process::id())))
 }
 
+/// A new, empty registered temporary folder next to `dest` (whose parent folders are created):
+/// fill it, then [`TempPath::rename_to`] `dest`.
+pub fn folder_next_to(dest: &Path) -> io::Result<TempPath> {
+    let tmp = next_to(dest);
+    if let Some(parent) = tmp.path().parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::create_dir(tmp.path())?;
+    Ok(tmp)
+}
+
 /// Writes `bytes` to `dest` through a registered temporary next to it, synced and then renamed:
 /// `dest` is either its old self or complete, never partly written.
 pub fn write_file(dest: &Path, bytes: &[u8]) -> io::Result<()> {

@@ -27,11 +27,11 @@ use unmask_runtime::{Control, Generator};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// GGUF model file [required].
+    /// The model (GGUF made by unmask-quantize or llama.cpp's converter).
     #[arg(short, long, value_name = "FILE")]
     pub model: PathBuf,
     /// Held-out function pairs: JSON lines {"prompt", "response"} (`unmask-train pairs` on the
-    /// held-out part of a corpus) [required].
+    /// held-out part of a corpus).
     #[arg(long, value_name = "FILE")]
     pub pairs: PathBuf,
     /// Evaluate the first N pairs.

@@ -4,7 +4,6 @@
 //! reference, `tests/python/reference.py`) with the same logits as unmask's f32 GGUF of the same
 //! folder, and the initial weights have the initialiser's statistics.
 
-use std::process::Command;
 use std::sync::Arc;
 use unmask_runtime::{Generator, Model};
 use unmask_tests::{convert_to, csv, read_npy, reference, rel_max_abs};
@@ -14,14 +13,7 @@ use unmask_train::tokenizer_train::train_tokenizer;
 
 #[test]
 fn a_fresh_model_matches_pytorch_and_has_the_initial_statistics() {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
-        ])
-        .output()
-        .expect("python3");
-    let lib = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let lib = unmask_train::corpus::python_stdlib(std::path::Path::new("python3")).unwrap();
     let mut files: Vec<_> = std::fs::read_dir(&lib)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -179,18 +179,12 @@ pub fn build_corpus(
             out.display()
         )));
     }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |e| Error::Io { path, source: e }
     };
-    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
     // Registered: removed on an error or a signal, renamed onto `out` once complete.
-    let tmp = unmask_kernels::temp_files::next_to(out);
-    std::fs::create_dir(tmp.path()).map_err(io(tmp.path()))?;
+    let tmp = unmask_kernels::temp_files::folder_next_to(out).map_err(io(out))?;
     for part in [Part::Train, Part::HeldOut] {
         let d = tmp.path().join(part.folder());
         std::fs::create_dir(&d).map_err(io(&d))?;

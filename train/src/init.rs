@@ -115,18 +115,12 @@ pub fn init_model(
             )));
         }
     }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |e| Error::Io { path, source: e }
     };
-    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
     // Registered: removed on an error or a signal, renamed onto `out` once complete.
-    let tmp = unmask_kernels::temp_files::next_to(out);
-    std::fs::create_dir(tmp.path()).map_err(io(tmp.path()))?;
+    let tmp = unmask_kernels::temp_files::folder_next_to(out).map_err(io(out))?;
     unmask_quantize::synth::write_hf_metadata(tmp.path(), &config, tokenizer_json)
         .map_err(|e| bad(e.to_string()))?;
     let specs = tensor_specs(&config);

@@ -12,6 +12,8 @@
 //! - [`policy`]: the HF checkpoint as f32 ggml parameters and the runtime's model definition
 //!   (`unmask_dream::forward::build_body`) over them, with ggml's automatic differentiation;
 //! - [`objective`]: host (f64) loss arithmetic and per-token weights (§5);
+//! - [`batch`]: sequences through the policy's graphs in batches, log-probabilities and
+//!   gradients from one forward pass;
 //! - [`grad`]: coupled-GRPO and SFT loss + parameter gradients for fixed inputs
 //!   (`unmask-train grad`), in the reference's file format ([`tensor_file`]).
 //!
@@ -37,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 pub mod advantage;
+pub mod batch;
 pub mod cgroup;
 pub mod checkpoint;
 pub mod corpus;

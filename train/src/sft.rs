@@ -33,8 +33,9 @@
 //! which is what a checkpoint stores: a resumed run repeats an uninterrupted one bit for bit
 //! (same thread count; ggml's CPU kernels split work deterministically).
 
+use crate::batch::GraphCache;
 use crate::checkpoint::{self, SaveDtype, TrainerState};
-use crate::grad::{sft_rows, GraphCache, SftOptions, SftRow};
+use crate::grad::{sft_rows, SftOptions, SftRow};
 use crate::lr_schedule::CosineSchedule;
 use crate::metrics::{MetricsLog, StepMetrics};
 use crate::optim::{accumulate, clip_grad_norm, AdamW, AdamWConfig};

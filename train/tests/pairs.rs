@@ -3,20 +3,12 @@
 //! which appears, re-indented, in its source file; a file that does not parse is counted, not
 //! fatal; `sft` reads the output as prompt/response pairs.
 
-use std::path::PathBuf;
 use std::process::Command;
 use unmask_train::function_pairs::FunctionPair;
 
 #[test]
 fn pairs_are_functions_cut_after_their_docstring() {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
-        ])
-        .output()
-        .unwrap();
-    let lib = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let lib = unmask_train::corpus::python_stdlib(std::path::Path::new("python3")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();

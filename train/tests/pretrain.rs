@@ -11,14 +11,7 @@ use unmask_train::policy::Policy;
 use unmask_train::sft::{eval_loss, load_data, DataOptions};
 
 fn stdlib_files() -> Vec<PathBuf> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
-        ])
-        .output()
-        .expect("python3");
-    let lib = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let lib = unmask_train::corpus::python_stdlib(std::path::Path::new("python3")).unwrap();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&lib)
         .unwrap()
         .map(|e| e.unwrap().path())

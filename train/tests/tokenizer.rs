@@ -9,17 +9,9 @@ use std::str::FromStr;
 use tokenizers::Tokenizer;
 use unmask_dream::tokens::SPECIAL_TOKENS;
 
-/// The standard library folder of `python3`, found through the interpreter.
+/// The standard library folder of `python3` (what `unmask-train corpus` takes by default).
 fn stdlib() -> PathBuf {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
-        ])
-        .output()
-        .expect("python3");
-    assert!(out.status.success());
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    unmask_train::corpus::python_stdlib(std::path::Path::new("python3")).unwrap()
 }
 
 #[test]

@@ -300,21 +300,11 @@ impl Graph {
                     "ggml's graph view does not have the expected layout",
                 ));
             }
-            let status = sys::ggml_backend_graph_compute(
+            super::compute_status(sys::ggml_backend_graph_compute(
                 backend.raw.as_ptr(),
                 (&mut view as *mut CgraphView).cast(),
-            );
-            if status == sys::GGML_STATUS_ABORTED {
-                return Err(Error::Aborted);
-            }
-            if status != sys::GGML_STATUS_SUCCESS {
-                return Err(Error::Compute {
-                    what: "graph computation",
-                    status,
-                });
-            }
+            ))
         }
-        Ok(())
     }
 
     /// The gradient of the loss with respect to parameter `param` after

@@ -129,6 +129,20 @@ struct Operand {
 }
 
 impl Operand {
+    /// `t` read with its rows along dimension `rows` (0 or 1) and columns along the other,
+    /// slice `(i2, i3)` at `(i2 / div2, i3 / div3)`.
+    fn of(t: &sys::ggml_tensor, rows: usize, div2: i64, div3: i64) -> Self {
+        Operand {
+            data: t.data as *const u8,
+            row: t.nb[rows],
+            col: t.nb[1 - rows],
+            nb2: t.nb[2],
+            nb3: t.nb[3],
+            div2,
+            div3,
+        }
+    }
+
     /// # Safety
     /// The offset stays inside the tensor for the slice and the first row given.
     unsafe fn at(&self, row: i64, i2: i64, i3: i64) -> *const f32 {
@@ -184,49 +198,14 @@ unsafe extern "C" fn product_gemm(
         return; // unreachable for nodes made by replace_products
     }
     let (div2, div3) = (ne[2] / a.ne[2], ne[3] / a.ne[3]);
-    // L (ne1 x K) from b, R (K x ne0) from a.
-    let (l, r) = match product {
-        Product::OutProd => (
-            Operand {
-                data: b.data as *const u8,
-                row: b.nb[0],
-                col: b.nb[1],
-                nb2: b.nb[2],
-                nb3: b.nb[3],
-                div2: 1,
-                div3: 1,
-            },
-            Operand {
-                data: a.data as *const u8,
-                row: a.nb[1],
-                col: a.nb[0],
-                nb2: a.nb[2],
-                nb3: a.nb[3],
-                div2,
-                div3,
-            },
-        ),
-        Product::MulMat => (
-            Operand {
-                data: b.data as *const u8,
-                row: b.nb[1],
-                col: b.nb[0],
-                nb2: b.nb[2],
-                nb3: b.nb[3],
-                div2: 1,
-                div3: 1,
-            },
-            Operand {
-                data: a.data as *const u8,
-                row: a.nb[0],
-                col: a.nb[1],
-                nb2: a.nb[2],
-                nb3: a.nb[3],
-                div2,
-                div3,
-            },
-        ),
+    // L (ne1 x K) from b, R (K x ne0) from a: out_prod reads b and a^T as they are stored
+    // (rows along dimension 0), mul_mat reads b^T and a (rows along dimension 1).
+    let (l_rows, r_rows) = match product {
+        Product::OutProd => (0, 1),
+        Product::MulMat => (1, 0),
     };
+    let l = Operand::of(b, l_rows, 1, 1);
+    let r = Operand::of(a, r_rows, div2, div3);
     let slices = ne[2] * ne[3];
     let blocks = if slices >= nth as i64 { 1 } else { nth as i64 };
     // Rows per block, a multiple of 16 (the GEMM's register tile) where the rows allow.

@@ -55,6 +55,20 @@ pub trait TensorSource {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TensorId(usize);
 
+/// What a graph computation's ggml status means: aborted (the abort flag), failed, or done.
+fn compute_status(status: sys::ggml_status) -> Result<()> {
+    if status == sys::GGML_STATUS_ABORTED {
+        return Err(Error::Aborted);
+    }
+    if status != sys::GGML_STATUS_SUCCESS {
+        return Err(Error::Compute {
+            what: "graph computation",
+            status,
+        });
+    }
+    Ok(())
+}
+
 /// A graph allocator and the buffer it owns. Shared (`Arc`) with graphs that read one of its
 /// tensors in place ([`Graph::import`]), so the memory outlives every reader.
 struct Allocator(NonNull<sys::ggml_gallocr>);
@@ -351,16 +365,7 @@ impl Graph {
         // weights in buffers the backend can read).
         let status =
             unsafe { sys::ggml_backend_graph_compute(backend.raw.as_ptr(), graph.as_ptr()) };
-        if status == sys::GGML_STATUS_ABORTED {
-            return Err(Error::Aborted);
-        }
-        if status != sys::GGML_STATUS_SUCCESS {
-            return Err(Error::Compute {
-                what: "graph computation",
-                status,
-            });
-        }
-        Ok(())
+        compute_status(status)
     }
 
     /// Registers the tensor `make` creates in this graph's context (checked for room first), for
