@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use unmask_kernels::gguf::GgufValue;
 
-/// Sampling defaults we carry from `generation_config.json` into GGUF metadata.
-const GENERATION_KEYS: [&str; 9] = [
+/// Sampling defaults we carry from `generation_config.json` into GGUF metadata (Dream's keys, and
+/// unmask's `block_length`: a model trained to answer in blocks can say so).
+const GENERATION_KEYS: [&str; 10] = [
     "temperature",
     "top_p",
     "top_k",
@@ -22,6 +23,7 @@ const GENERATION_KEYS: [&str; 9] = [
     "alg_temp",
     "eps",
     "max_length",
+    "block_length",
 ];
 
 pub struct HfCheckpoint {

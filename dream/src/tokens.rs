@@ -5,6 +5,10 @@ use crate::config::DreamConfig;
 use crate::{Error, Result};
 use tokenizers::Tokenizer;
 
+/// The padding a finished answer is filled with (docs/model.md §5): the runtime cuts an answer
+/// at the first one, and SFT with a response length trains the model to write it.
+pub const DLM_PAD: &str = "<|dlm_pad|>";
+
 /// Dream's special tokens, in the id order the tokenizers unmask makes give them (after their
 /// BPE entries): the end of text, the chat markers, the beginning of text, the mask a canvas
 /// starts from and the padding a finished answer is filled with. The names are the real
@@ -15,7 +19,7 @@ pub const SPECIAL_TOKENS: [&str; 6] = [
     "<|im_end|>",
     "<|beginoftext|>",
     "<|mask|>",
-    "<|dlm_pad|>",
+    DLM_PAD,
 ];
 
 /// Token ids with a role in generation.
@@ -50,7 +54,7 @@ impl SpecialTokens {
             eos: config.eos_token_id.or_else(|| id("<|endoftext|>")),
             im_start: id("<|im_start|>"),
             im_end: id("<|im_end|>"),
-            dlm_pad: id("<|dlm_pad|>"),
+            dlm_pad: id(DLM_PAD),
         })
     }
 

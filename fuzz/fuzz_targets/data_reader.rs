@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
         eos: Some(0),
         chat: data.first().is_some_and(|b| b & 1 == 1),
         pack: data.first().is_some_and(|b| b & 2 == 2),
+        response_len: data.first().is_some_and(|b| b & 4 == 4).then_some(16),
     };
     if let Ok((examples, _report)) = load_data(&[file.path().to_path_buf()], &options) {
         for e in &examples {

@@ -10,7 +10,6 @@
 use crate::cli_decoding::{model_file_settings, settings_error, DecodingArgs, SamplingArgs};
 use crate::cli_generate::{default_threads, load_model};
 use anyhow::Result;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use unmask_kernels::device::{DeviceKind, DeviceRequest, Placement};
@@ -21,9 +20,8 @@ use unmask_runtime::{Control, Generator};
 #[derive(clap::Args)]
 #[command(after_help = BENCH_PRECEDENCE)]
 pub struct BenchArgs {
-    /// The model (GGUF).
-    #[arg(short, long)]
-    model: PathBuf,
+    #[command(flatten)]
+    model: crate::cli_model::ModelArg,
     #[arg(
         long = "gen",
         visible_alias = "max-new-tokens",
@@ -140,11 +138,12 @@ fn peak_rss_mib() -> f64 {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let load_start = Instant::now();
-    let (model, placement) = load_model(&args.model, &args.device)?;
+    let model_path = args.model.path()?;
+    let (model, placement) = load_model(&model_path, &args.device)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
     let model = Arc::new(model);
     let gpu = matches!(&placement, Placement::Device(d) if d.kind() == DeviceKind::Gpu);
-    let file_mib = std::fs::metadata(&args.model)?.len() as f64 / (1u64 << 20) as f64;
+    let file_mib = std::fs::metadata(&model_path)?.len() as f64 / (1u64 << 20) as f64;
     let mut prompt = model.encode(BENCH_TEXT)?;
     while prompt.len() < args.prompt_tokens {
         prompt.extend_from_within(..prompt.len().min(args.prompt_tokens - prompt.len()));
@@ -190,7 +189,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .map_or(event.total_steps, |n| n.min(event.total_steps));
         let every = (horizon / runs.max(1)).max(1);
         if runs > 0 && event.step % every == every / 2 && forward_times.len() < runs {
-            match time_llama(&args, gpu, &mut llama, event.canvas, prompt_len) {
+            match time_llama(
+                &args,
+                &model_path,
+                gpu,
+                &mut llama,
+                event.canvas,
+                prompt_len,
+            ) {
                 Ok((forward, scoring)) => {
                     forward_times.push(forward);
                     scoring_times.push(scoring);
@@ -223,7 +229,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let llama_forward = median(&mut forward_times);
     let llama_scoring = median(&mut scoring_times);
     let report = serde_json::json!({
-        "model": args.model.display().to_string(),
+        "model": model_path.display().to_string(),
         "file_mib": file_mib,
         "device": placement.describe(),
         "threads": args.threads,
@@ -268,7 +274,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     println!(
         "model: {} ({file_mib:.1} MiB) on {}, threads {}",
-        args.model.display(),
+        model_path.display(),
         placement.describe(),
         args.threads
     );
@@ -345,6 +351,7 @@ fn per_pass(seconds: f64, passes: usize) -> Option<f64> {
 /// (here: the generated part of the canvas, all of it masked at the first step).
 fn time_llama(
     args: &BenchArgs,
+    model_path: &std::path::Path,
     gpu: bool,
     llama: &mut Option<LlamaForward>,
     canvas: &[u32],
@@ -352,7 +359,7 @@ fn time_llama(
 ) -> Result<(f64, f64)> {
     let canvas: Vec<i32> = canvas.iter().map(|&t| t as i32).collect();
     if llama.is_none() {
-        let mut loaded = LlamaForward::with_gpu(&args.model, canvas.len(), args.threads, gpu)?;
+        let mut loaded = LlamaForward::with_gpu(model_path, canvas.len(), args.threads, gpu)?;
         loaded.logits(&canvas)?; // warm-up
         *llama = Some(loaded);
     }

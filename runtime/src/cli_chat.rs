@@ -7,7 +7,6 @@ use crate::cli_decoding::{settings_error, PRECEDENCE};
 use crate::cli_generate::{load_model, GenerationFlags, Resolved, StepProgress};
 use anyhow::{bail, Result};
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
 use unmask_dream::chat::{answer_text, conversation_prompt, encode, Message, Role};
 use unmask_runtime::{Control, Generator, StepEvent};
@@ -18,10 +17,9 @@ the next). /reset starts a new conversation, /exit (or end of input, Ctrl-D) end
 #[derive(clap::Args)]
 #[command(after_help = format!("{COMMANDS}\n\n{PRECEDENCE}"))]
 pub struct ChatArgs {
-    /// The model (GGUF made by unmask-quantize or llama.cpp's converter); its tokenizer must
-    /// have the chat markers <|im_start|> and <|im_end|>.
-    #[arg(short, long)]
-    model: PathBuf,
+    /// (The model's tokenizer must have the chat markers <|im_start|> and <|im_end|>.)
+    #[command(flatten)]
+    model: crate::cli_model::ModelArg,
     /// The system prompt. Default: "You are a helpful assistant." (Dream's).
     #[arg(long)]
     system: Option<String>,
@@ -72,12 +70,13 @@ fn read_message(input: &mut impl BufRead) -> Result<Option<String>> {
 }
 
 pub fn run(args: ChatArgs) -> Result<()> {
-    let (model, placement) = load_model(&args.model, &args.flags.device)?;
+    let model_path = args.model.path()?;
+    let (model, placement) = load_model(&model_path, &args.flags.device)?;
     if !model.supports_chat() {
         bail!(
             "{}: the model's tokenizer has no chat markers (<|im_start|>, <|im_end|>); use \
              `unmask generate --no-chat` for plain continuation",
-            args.model.display()
+            model_path.display()
         );
     }
     let model = Arc::new(model);
@@ -93,7 +92,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     if interactive && !args.json {
         eprintln!(
             "unmask chat: {} on {}. {COMMANDS}",
-            args.model.display(),
+            model_path.display(),
             placement.describe()
         );
     }

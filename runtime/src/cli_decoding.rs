@@ -55,7 +55,9 @@ pub struct DecodingArgs {
     #[arg(long, value_name = "MODE")]
     pub cache: Option<CacheMode>,
     /// Denoise in blocks of this many new tokens, left to right; must divide --max-new-tokens.
-    /// Default: 32 with a cache (Fast-dLLM's default), no blocks for exact decoding.
+    /// Default: the model file's value where it divides the length (not in the no-cache
+    /// threshold mode, which has no blocks), else 32 with a cache (Fast-dLLM's default) and no
+    /// blocks for exact decoding.
     #[arg(long, value_name = "TOKENS")]
     pub block_length: Option<usize>,
     /// Confidence-threshold parallel decoding, approximate: at each pass commit the most

@@ -7,7 +7,7 @@
 //! `--completions`. Reported: the fraction of completions that Python's parser (`ast.parse`, run
 //! by the given interpreter, never executing anything) accepts when spliced after the prompt;
 //! the fraction whose first non-empty line equals the reference body's (whitespace at the ends
-//! ignored); tokens per second of generation; and, with `--text`, the masked-diffusion loss on
+//! ignored); the fraction of empty answers (nothing but blanks); tokens per second of generation; and, with `--text`, the masked-diffusion loss on
 //! held-out text (docs/training.md §6: windows of `--window` tokens, token 0 the prompt, each
 //! other token masked with probability `t ~ U(0.001, 1)` from a fixed seed, `CE / t` over the
 //! masked tokens, averaged over the window's tokens and then over windows), so the numbers of
@@ -27,9 +27,8 @@ use unmask_runtime::{Control, Generator};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// The model (GGUF made by unmask-quantize or llama.cpp's converter).
-    #[arg(short, long, value_name = "FILE")]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: crate::cli_model::ModelArg,
     /// Held-out function pairs: JSON lines {"prompt", "response"} (`unmask-train pairs` on the
     /// held-out part of a corpus).
     #[arg(long, value_name = "FILE")]
@@ -133,7 +132,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if pairs.is_empty() {
         bail!("{} has no pairs", args.pairs.display());
     }
-    let (model, _) = load_model(&args.model, &args.flags.device)?;
+    let model_path = args.model.path()?;
+    let (model, _) = load_model(&model_path, &args.flags.device)?;
     let model = Arc::new(model);
     let Resolved {
         settings, params, ..
@@ -199,7 +199,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .collect();
     let verdicts = parses(&args.python, &programs)?;
     let n = pairs.len() as f64;
-    let parse_rate = verdicts.iter().filter(|&&v| v).count() as f64 / n;
+    let empty: Vec<bool> = completions.iter().map(|c| c.trim().is_empty()).collect();
+    let parse_rate = verdicts
+        .iter()
+        .zip(&empty)
+        .filter(|(&v, &e)| v && !e)
+        .count() as f64
+        / n;
+    let empty_rate = empty.iter().filter(|&&e| e).count() as f64 / n;
     let first_line_exact = pairs
         .iter()
         .zip(&completions)
@@ -213,10 +220,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let tokens_per_s = (generated > 0).then(|| generated as f64 / seconds.max(1e-9));
     let report = serde_json::json!({
-        "model": args.model,
+        "model": model_path,
         "pairs": pairs.len(),
         "parse_rate": parse_rate,
         "first_line_exact": first_line_exact,
+        "empty_rate": empty_rate,
         "heldout_loss": heldout_loss,
         "tokens_per_s": tokens_per_s,
         "generated": args.completions.is_none(),
@@ -226,7 +234,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     } else {
         println!("| measure | value |\n|---|---:|");
         println!("| pairs | {} |", pairs.len());
-        println!("| parses when spliced (ast) | {:.1}% |", 100.0 * parse_rate);
+        println!(
+            "| parses when spliced (ast), not empty | {:.1}% |",
+            100.0 * parse_rate
+        );
+        println!("| empty answers | {:.1}% |", 100.0 * empty_rate);
         println!(
             "| first body line exact | {:.1}% |",
             100.0 * first_line_exact

@@ -16,9 +16,8 @@ use unmask_runtime::{Control, GenerateParams, Generator, Model, StepEvent};
 #[derive(clap::Args)]
 #[command(after_help = PRECEDENCE)]
 pub struct GenerateArgs {
-    /// The model (GGUF made by unmask-quantize or llama.cpp's converter).
-    #[arg(short, long)]
-    model: PathBuf,
+    #[command(flatten)]
+    model: crate::cli_model::ModelArg,
     /// The prompt (with --chat, the user's message).
     #[arg(short, long, conflicts_with_all = ["file", "prompt_ids"])]
     prompt: Option<String>,
@@ -140,7 +139,8 @@ pub fn load_model(path: &std::path::Path, request: &DeviceRequest) -> Result<(Mo
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let (model, placement) = load_model(&args.model, &args.flags.device)?;
+    let model_path = args.model.path()?;
+    let (model, placement) = load_model(&model_path, &args.flags.device)?;
     let model = Arc::new(model);
     let prompt_ids = match (&args.prompt_ids, &args.prompt, &args.file) {
         (Some(ids), _, _) => ids.clone(),
@@ -202,6 +202,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let tokens_per_second = result.tokens.len() as f64 / result.seconds.max(1e-9);
     if args.json {
         let mut json = serde_json::json!({
+            "model": model_path.display().to_string(),
             "prompt_tokens": prompt_ids.len(),
             "tokens": result.tokens,
             "text": text,

@@ -7,6 +7,7 @@ mod cli_decoding;
 mod cli_errors;
 mod cli_eval;
 mod cli_generate;
+mod cli_model;
 
 use clap::{Parser, Subcommand};
 
@@ -19,7 +20,8 @@ use clap::{Parser, Subcommand};
 starts from a canvas of <|mask|> tokens after your prompt and, over a number of denoising steps, \
 commits the tokens it is most sure of, anywhere in the canvas.\n\nMake a GGUF with \
 `unmask-quantize` (see README), then:\n  unmask generate -m model.gguf -p \"Write a function that \
-reverses a string\""
+reverses a string\"\n\nWithout -m, the commands that run a model use $UNMASK_MODEL, else the small \
+Python model shipped in the repository (models/unmask-python-7m)."
 )]
 struct Cli {
     #[command(subcommand)]

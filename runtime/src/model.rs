@@ -33,6 +33,7 @@ pub struct GenerationDefaults {
     pub alg: Option<String>,
     pub alg_temp: Option<f32>,
     pub eps: Option<f32>,
+    pub block_length: Option<usize>,
     /// Entries of these keys whose stored type does not fit (a negative or fractional count, a
     /// number for `alg`, ...): the full key and the stored value, left out of the fields above.
     pub unreadable: Vec<(String, String)>,
@@ -68,6 +69,7 @@ impl GenerationDefaults {
             alg: field!("alg", text),
             alg_temp: field!("alg_temp", float),
             eps: field!("eps", float),
+            block_length: field!("block_length", int),
             unreadable,
         }
     }

@@ -293,6 +293,13 @@ pub mod check {
         Ok(())
     }
 
+    pub fn block_length(n: usize) -> Result<()> {
+        if n == 0 {
+            return bad("block_length must be at least 1".into());
+        }
+        Ok(())
+    }
+
     pub fn steps(n: usize) -> Result<()> {
         if n == 0 {
             return bad("steps must be at least 1".into());

@@ -86,10 +86,7 @@ impl Setting {
     /// Whether a model file can store it (`generation_config.json` has the sampling settings and
     /// the length, not the fast-decoding modes or a seed).
     pub fn in_model_file(self) -> bool {
-        !matches!(
-            self,
-            Setting::BlockLength | Setting::Seed | Setting::Cache | Setting::Threshold
-        )
+        !matches!(self, Setting::Seed | Setting::Cache | Setting::Threshold)
     }
 
     /// The model file's key (`unmask.generation.<name>`), for the settings it can store.
@@ -363,6 +360,18 @@ impl Settings {
     /// [`GenerateParams::validate`] names what is out of range).
     pub fn params(&self) -> GenerateParams {
         let mut p = self.values.clone();
+        // A model file's block length is a default for the modes that have blocks and lengths it
+        // divides: the no-cache parallel mode has none, and another length runs without blocks
+        // (or with the cached modes' own default) rather than failing.
+        if self.source(Setting::BlockLength) == Source::ModelFile {
+            let no_blocks = p.cache == CacheMode::None && p.threshold.is_some();
+            if no_blocks
+                || p.block_length
+                    .is_some_and(|b| !p.max_new_tokens.is_multiple_of(b))
+            {
+                p.block_length = None;
+            }
+        }
         p.steps = self.steps.resolve(&p);
         p
     }
@@ -580,6 +589,12 @@ impl FileSettings {
         l.top_k = defaults.top_k.map(Layer::top_k_value);
         l.alg_temp = checked!(Setting::AlgTemp, defaults.alg_temp, check::alg_temp);
         l.eps = checked!(Setting::Eps, defaults.eps, check::eps);
+        l.block_length = checked!(
+            Setting::BlockLength,
+            defaults.block_length,
+            check::block_length
+        )
+        .map(Some);
         out.layer = l;
         out
     }
@@ -654,6 +669,54 @@ mod tests {
         );
         assert_eq!(short.params().steps, 20);
         assert_eq!(short.source(Setting::Steps), Source::ModelFile);
+    }
+
+    #[test]
+    fn the_files_block_length_applies_where_blocks_fit() {
+        let file = stored(|d| {
+            d.max_new_tokens = Some(64);
+            d.steps = Some(64);
+            d.block_length = Some(8);
+        });
+        assert!(file.ignored.is_empty());
+        let s = Settings::builtin().with(Source::ModelFile, &file.layer);
+        assert_eq!(s.source(Setting::BlockLength), Source::ModelFile);
+        let with = |l: Layer| s.clone().with(Source::Flag, &l).params();
+        // Exact decoding and the cached modes use it.
+        let p = s.params();
+        assert_eq!((p.block_length, p.steps), (Some(8), 64));
+        assert!(p.validate().is_ok());
+        let dual = with(Layer {
+            cache: Some(CacheMode::Dual),
+            ..Default::default()
+        });
+        assert_eq!(dual.cache_block(), 8);
+        assert!(dual.validate().is_ok());
+        // The no-cache parallel mode has no blocks; a length it does not divide runs without.
+        let parallel = with(Layer {
+            threshold: Some(Some(0.9)),
+            ..Default::default()
+        });
+        assert_eq!(parallel.block_length, None);
+        assert!(parallel.validate().is_ok());
+        let odd = with(Layer {
+            max_new_tokens: Some(20),
+            ..Default::default()
+        });
+        assert_eq!(odd.block_length, None);
+        assert!(odd.validate().is_ok());
+        // A flag's block length is the caller's and is checked as given.
+        let flagged = with(Layer {
+            max_new_tokens: Some(20),
+            block_length: Some(Some(8)),
+            ..Default::default()
+        });
+        assert_eq!(flagged.block_length, Some(8));
+        assert!(flagged.validate().is_err());
+        // 0 is out of range: ignored with the reason.
+        let zero = stored(|d| d.block_length = Some(0));
+        assert_eq!(zero.layer.block_length, None);
+        assert_eq!(zero.ignored.len(), 1);
     }
 
     #[test]

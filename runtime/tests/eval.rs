@@ -88,6 +88,13 @@ fn scoring_and_a_generating_run() {
     let r = score(&write("mixed.jsonl", &mixed));
     assert_eq!(r["parse_rate"].as_f64(), Some(0.75), "{r}");
     assert_eq!(r["first_line_exact"].as_f64(), Some(0.75), "{r}");
+    assert_eq!(r["empty_rate"].as_f64(), Some(0.0), "{r}");
+    // An empty body: the prompt alone parses (its docstring is a statement), and scores nothing.
+    let empty = ["", "\n\n", "   ", refs[3]];
+    let r = score(&write("empty.jsonl", &empty));
+    assert_eq!(r["parse_rate"].as_f64(), Some(0.25), "{r}");
+    assert_eq!(r["empty_rate"].as_f64(), Some(0.75), "{r}");
+    assert_eq!(r["first_line_exact"].as_f64(), Some(0.25), "{r}");
 
     // Generating on the tiny model (random weights: the verdicts are whatever they are).
     let text = dir.path().join("held-out.py");

@@ -60,6 +60,7 @@ pub mod run_config;
 pub mod sandbox;
 pub mod seccomp;
 pub mod sft;
+pub mod sft_data;
 pub mod tasks;
 pub mod tensor_file;
 pub mod tokenizer_train;

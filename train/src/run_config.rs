@@ -45,6 +45,9 @@ pub struct SftConfig {
     /// Pack the text files into one stream cut into full `max_len` windows, documents separated
     /// by EOS (pretraining); else each text file is windowed on its own.
     pub pack: bool,
+    /// Fill every pair's response with `<|dlm_pad|>` to exactly this many tokens, leaving out
+    /// longer ones (SFT for generation with a canvas of this many new tokens).
+    pub response_len: Option<usize>,
     /// Peak learning rate.
     pub lr: f64,
     /// Cosine floor as a fraction of `lr`.
@@ -96,6 +99,7 @@ impl Default for SftConfig {
             append_eos: true,
             chat: true,
             pack: false,
+            response_len: None,
             lr: 1e-5,
             min_lr_ratio: 0.1,
             warmup_steps: None,
@@ -251,6 +255,12 @@ pub struct SftArgs {
     /// false [default: false].
     #[arg(long)]
     pub pack: Option<bool>,
+    /// Fill every pair's response (its end markers included) with <|dlm_pad|> to exactly N
+    /// tokens, and train on the pads too, so that the model sizes its answer in a canvas of N
+    /// new tokens as Dream-Instruct does (generate with --max-new-tokens N); pairs whose
+    /// response is longer are left out and counted [default: off].
+    #[arg(long, value_name = "N")]
+    pub response_len: Option<usize>,
     /// Mask ratio t ~ U(t_eps, 1), t_eps in (0, 1) [default: 0.001].
     #[arg(long)]
     pub t_eps: Option<f64>,
@@ -306,6 +316,7 @@ impl SftConfig {
         take!(args.optim; lr, min_lr_ratio, beta1, beta2, adam_eps, weight_decay, max_grad_norm);
         take!(args.run; seed, keep);
         take_opt!(args.optim; warmup_steps);
+        take_opt!(args; response_len);
         take_opt!(args.run; model, out, save_every, save_dtype, device);
         take_opt!(args.run.threads; threads);
         if !args.data.is_empty() {
@@ -344,6 +355,15 @@ impl SftConfig {
         }
         if self.max_len < 2 {
             return bad("max_len must be at least 2".into());
+        }
+        if let Some(n) = self.response_len {
+            if n == 0 || n >= self.max_len {
+                return bad(format!(
+                    "response_len {n} must be positive and below max_len {} (the prompt needs a \
+                     token)",
+                    self.max_len
+                ));
+            }
         }
         if !(self.t_eps > 0.0 && self.t_eps < 1.0) {
             return bad(format!("t_eps {} is not in (0, 1)", self.t_eps));

@@ -108,6 +108,7 @@ fn a_json_array_is_read_as_pairs_and_reported_with_truncations_and_the_template(
         eos: None,
         chat: true,
         pack: false,
+        response_len: None,
     };
     let (examples, report) = load_data(std::slice::from_ref(&array), &options).unwrap();
     assert_eq!(examples.len(), 3);
@@ -387,4 +388,67 @@ fn a_signal_while_a_checkpoint_is_written_leaves_no_partial_folder() {
         let latest = checkpoints(&out);
         assert!(latest.len() <= 3, "{latest:?}");
     }
+}
+
+#[test]
+fn a_response_length_fills_each_response_with_pads_and_leaves_out_longer_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = tiny(dir.path());
+    let data = pairs_jsonl(dir.path());
+    let tokenizer_json = hf.join("tokenizer.json");
+    let tok = tokenizers::Tokenizer::from_file(&tokenizer_json).unwrap();
+    let pad = tok
+        .token_to_id("<|dlm_pad|>")
+        .expect("the synthetic tokenizer has the pad");
+    let im_end = tok.token_to_id("<|im_end|>").unwrap();
+    let encode = |t: &str| tok.encode(t, false).unwrap().get_ids().to_vec();
+    // The responses as the template ends them, to pick a length between the shortest and longest.
+    let lens: Vec<usize> = PAIRS
+        .iter()
+        .map(|(_, r)| encode(&format!("{r}<|im_end|>")).len())
+        .collect();
+    let (short, long) = (*lens.iter().min().unwrap(), *lens.iter().max().unwrap());
+    assert!(short < long, "{lens:?}");
+    let n = long - 1;
+    let options = DataOptions {
+        tokenizer_json: &tokenizer_json,
+        max_len: 4096,
+        eos: None,
+        chat: true,
+        pack: false,
+        response_len: Some(n),
+    };
+    let (examples, report) = load_data(std::slice::from_ref(&data), &options).unwrap();
+    let kept: Vec<usize> = (0..PAIRS.len()).filter(|&k| lens[k] <= n).collect();
+    assert_eq!(examples.len(), kept.len());
+    assert_eq!(report.files[0].too_long, PAIRS.len() - kept.len());
+    assert!(report.lines().iter().any(|l| l.contains("--response-len")));
+    for (e, &k) in examples.iter().zip(&kept) {
+        let response = &e.tokens[e.prompt_len..];
+        assert_eq!(response.len(), n, "pair {k}");
+        let body = encode(&format!("{}<|im_end|>", PAIRS[k].1));
+        assert_eq!(&response[..body.len()], &body[..], "pair {k}");
+        assert_eq!(response[body.len() - 1], im_end);
+        assert!(response[body.len()..].iter().all(|&t| t == pad), "pair {k}");
+        let prompt = encode(&unmask_dream::chat::instruct_prompt(PAIRS[k].0));
+        assert_eq!(&e.tokens[..e.prompt_len], &prompt[..], "pair {k}");
+    }
+
+    // A short --max-len: the prompt keeps its end and the padded response stays whole.
+    let tight = DataOptions {
+        max_len: n + 3,
+        ..options.clone()
+    };
+    let (examples, _) = load_data(std::slice::from_ref(&data), &tight).unwrap();
+    for e in &examples {
+        assert_eq!(e.prompt_len, 3);
+        assert_eq!(e.tokens.len(), n + 3);
+    }
+    // No room for a prompt: refused.
+    let none = DataOptions {
+        max_len: n,
+        ..options
+    };
+    let err = load_data(std::slice::from_ref(&data), &none).unwrap_err();
+    assert!(err.to_string().contains("--response-len"), "{err}");
 }

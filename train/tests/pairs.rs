@@ -96,6 +96,7 @@ fn pairs_are_functions_cut_after_their_docstring() {
         eos: None,
         chat: true,
         pack: false,
+        response_len: None,
     };
     let (examples, report) =
         unmask_train::sft::load_data(std::slice::from_ref(&jsonl), &options).unwrap();

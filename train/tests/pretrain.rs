@@ -86,6 +86,7 @@ fn packing_and_a_short_pretraining_run_that_lowers_held_out_loss() {
         eos: Some(eos),
         chat: false,
         pack: true,
+        response_len: None,
     };
     let (windows, report) = load_data(two, &options).unwrap();
     let mut stream = Vec::new();

@@ -7,11 +7,13 @@ use std::process::{Command, Output, Stdio};
 use unmask_quantize::convert::{convert_synth, ConvertOptions};
 use unmask_quantize::synth::{Preset, SynthModel};
 
-/// `unmask ARGS` with `stdin` piped in, without backtraces.
+/// `unmask ARGS` with `stdin` piped in, without backtraces and without a `$UNMASK_MODEL` from
+/// the caller's environment.
 pub fn unmask_with_input(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_unmask"))
         .args(args)
         .env("RUST_BACKTRACE", "0")
+        .env_remove("UNMASK_MODEL")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
