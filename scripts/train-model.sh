@@ -95,21 +95,27 @@ finished() {
         --heads 4 --kv-heads 2 --intermediate 768 --seed 0 >&2
 }
 
-status=0
-if ! finished "$work/pretrain" "$pretrain_steps"; then
-    if [ -f "$work/pretrain/latest" ]; then
-        log "pretraining: resuming from $(cat "$work/pretrain/latest")"
-        train_stage sft --out "$work/pretrain" --resume --threads "$threads" || status=$?
+# Runs the training stage of folder $2 ($1 names it) to $3 updates: resumes it from its latest
+# checkpoint, or starts it with the rest of the arguments; exits the script when --minutes ran out.
+stage() {
+    local name=$1 out=$2 steps=$3 status=0
+    shift 3
+    finished "$out" "$steps" && return 0
+    if [ -f "$out/latest" ]; then
+        log "$name: resuming from $(cat "$out/latest")"
+        train_stage sft --out "$out" --resume --threads "$threads" || status=$?
     else
-        log "pretraining: $pretrain_steps updates"
-        train_stage sft --out "$work/pretrain" --model "$work/fresh" --data "$work/corpus/train" --pack true --chat false \
-            --max-len 256 --micro-batch 8 --grad-accum 1 --steps "$pretrain_steps" --lr 1e-3 \
-            --warmup-steps 200 --max-grad-norm 1.0 --save-every 100 --keep 2 --seed 0 \
-            --threads "$threads" || status=$?
+        log "$name: $steps updates"
+        train_stage sft --out "$out" --steps "$steps" --grad-accum 1 --max-grad-norm 1.0 \
+            --save-every 100 --keep 2 --seed 0 --threads "$threads" "$@" || status=$?
     fi
     if [ "$status" = 3 ]; then log "stopped after $minutes minutes; run again to continue"; exit 0; fi
     [ "$status" = 0 ] || exit "$status"
-fi
+}
+
+stage pretraining "$work/pretrain" "$pretrain_steps" --model "$work/fresh" \
+    --data "$work/corpus/train" --pack true --chat false --max-len 256 --micro-batch 8 \
+    --lr 1e-3 --warmup-steps 200
 
 [ -f "$work/pairs-train.jsonl" ] || {
     log "pairs"
@@ -118,21 +124,9 @@ fi
 [ -f "$work/pairs-heldout.jsonl" ] || \
     "$train" pairs --data "$work/corpus/held-out" --max-body-lines 12 --out "$work/pairs-heldout.jsonl" >&2
 
-if ! finished "$work/sft" "$sft_steps"; then
-    if [ -f "$work/sft/latest" ]; then
-        log "SFT: resuming from $(cat "$work/sft/latest")"
-        train_stage sft --out "$work/sft" --resume --threads "$threads" || status=$?
-    else
-        log "SFT: $sft_steps updates"
-        train_stage sft --out "$work/sft" --model "$work/pretrain/checkpoint-$pretrain_steps" \
-            --data "$work/pairs-train.jsonl" --chat true --append-eos false \
-            --response-len "$canvas" --max-len 192 --micro-batch 16 --grad-accum 1 \
-            --steps "$sft_steps" --lr 5e-4 --warmup-steps 50 --max-grad-norm 1.0 \
-            --save-every 100 --keep 2 --seed 0 --threads "$threads" || status=$?
-    fi
-    if [ "$status" = 3 ]; then log "stopped after $minutes minutes; run again to continue"; exit 0; fi
-    [ "$status" = 0 ] || exit "$status"
-fi
+stage SFT "$work/sft" "$sft_steps" --model "$work/pretrain/checkpoint-$pretrain_steps" \
+    --data "$work/pairs-train.jsonl" --chat true --append-eos false --response-len "$canvas" \
+    --max-len 192 --micro-batch 16 --lr 5e-4 --warmup-steps 50
 
 log "export"
 export_dir="$work/export"

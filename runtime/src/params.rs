@@ -173,7 +173,8 @@ impl GenerateParams {
             return self.validate_fast();
         }
         if let Some(b) = self.block_length {
-            if b == 0 || !self.max_new_tokens.is_multiple_of(b) {
+            check::block_length(b)?;
+            if !self.max_new_tokens.is_multiple_of(b) {
                 return bad(format!(
                     "block_length {b} must divide max_new_tokens {}",
                     self.max_new_tokens
