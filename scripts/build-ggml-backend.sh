@@ -10,8 +10,10 @@
 # binary, or in ../lib/unmask relative to it).
 #
 # Environment: GGML_SRC (ggml source directory; default: the bundle's copy or cargo's registry),
-# CUDA_ARCHS (default: native, i.e. the GPUs present), CUDA_FA (ON to compile ggml's CUDA flash
-# attention kernels: several more minutes; unmask does not need them), JOBS (default: all cores).
+# CUDA_ARCHS (default: native, i.e. the GPUs present), CUDA_FA (default ON: ggml's CUDA flash
+# attention kernels, which unmask uses for attention on the device; 239 s against 215 s without
+# them on 16 cores for one architecture; OFF falls back to explicit attention), JOBS (default:
+# all cores).
 set -euo pipefail
 
 family=${1:-}
@@ -72,7 +74,7 @@ if [[ $family == cuda ]]; then
         -DGGML_CUDA=ON
         -DGGML_CPU=OFF
         -DGGML_CUDA_NCCL=OFF
-        "-DGGML_CUDA_FA=${CUDA_FA:-OFF}"
+        "-DGGML_CUDA_FA=${CUDA_FA:-ON}"
         "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHS:-native}"
     )
     target=ggml-cuda

@@ -14,7 +14,7 @@ src=$(ls -d ~/.cargo/registry/src/*/llama-cpp-sys-2-0.1.161/llama.cpp/ggml | hea
 rm -rf "$bundle"
 mkdir -p "$bundle/bin" "$bundle/ggml/src"
 for b in unmask unmask-quantize; do
-    strip -o "$bundle/bin/$b" "target/release/$b"
+    strip -o "$bundle/bin/$b" "${CARGO_TARGET_DIR:-target}/release/$b"
 done
 cp -r "$src/CMakeLists.txt" "$src/cmake" "$src/include" "$bundle/ggml/"
 printf 'Name: ggml\nDescription: unused\nVersion: @GGML_VERSION@\n' >"$bundle/ggml/ggml.pc.in"

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The CUDA check, in one run (about 8 minutes on an H100/H200 machine with 16 cores):
-#   1. builds ggml's CUDA backend (libggml-cuda.so) from the ggml source unmask was built with;
+# The CUDA check, in one run (about 6.5 minutes on an H200 machine with 16 cores, 4 of them for
+# the backend build):
+#   1. builds ggml's CUDA backend (libggml-cuda.so) with its flash-attention kernels, from the
+#      ggml source unmask was built with;
 #   2. backend agreement: `unmask check-device` on tiny and 0.5b synth models in f16, q8_0 and
 #      q4_k (logits of every position of a canvas, greedy generations);
-#   3. a 7b synth q4_k_m file, made on the machine, benchmarked with `unmask bench --device cuda`
-#      for 256 new tokens at 256 and 64 steps, with libllama's forward over the same canvas
-#      through the same CUDA backend, and the host-side scoring llama.cpp's diffusion example
-#      would add;
-#   4. a short report: $OUT/gpu-report.md (and the raw JSON lines).
+#   3. the shipped model (models/unmask-python-7m, real weights) scored by `unmask eval` on the
+#      CPU and on the device, exact and dual cache + threshold 0.9: parse rates, tokens/s and
+#      how many completions are identical;
+#   4. a 7b synth q4_k_m file, made on the machine, benchmarked with `unmask bench --device cuda`
+#      for 256 new tokens: exact at 256 and 64 steps, and dual cache + threshold 0.9, with
+#      libllama's forward over the same canvas through the same CUDA backend (flash attention on
+#      both sides), and the host-side scoring llama.cpp's diffusion example would add;
+#   5. a short report: $OUT/gpu-report.md (and the raw JSON lines).
 #
 # Runs from the repository root with the files of scripts/gpu-bundle.sh (target/gpu-bundle:
 # binaries and ggml source; no Rust needed). Without nvcc or a GPU, or with --cpu, it runs the
@@ -15,11 +20,14 @@
 # (libggml-cpu.so, device ggml-cpu) and uses smaller shapes, so the script itself is tested
 # anywhere.
 #
-#   scripts/gpu-check.sh [--cpu]      environment: SKIP_BENCH=1 (agreement only), OUT (report directory), WORK (scratch,
-#                                     default target/gpu-work; kept, so a rerun resumes), BUNDLE, BIN_DIR (where
-#                                     unmask and unmask-quantize are), CHECK_PRESETS (default
-#                                     "tiny 0.5b"), and on the CPU path BIG_PRESET, BENCH_GEN,
-#                                     BENCH_STEPS (smaller runs, used by CI)
+#   scripts/gpu-check.sh [--cpu] [--build-only]
+#
+# --build-only stops after the backend build and the models (a second run does the rest; on a
+# machine lent for minutes at a time this splits the work in two).
+# Environment: SKIP_BENCH=1 (agreement only), OUT (report directory), WORK (scratch, default
+# target/gpu-work; kept, so a rerun resumes), BUNDLE, BIN_DIR (where unmask and unmask-quantize
+# are), CHECK_PRESETS (default "tiny 0.5b"), CUDA_FA (default ON), EVAL_PAIRS (default 64), and
+# on the CPU path BIG_PRESET, BENCH_GEN, BENCH_STEPS (smaller runs, used by CI)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bundle=${BUNDLE:-$root/target/gpu-bundle}
@@ -28,7 +36,20 @@ out=${OUT:-$root/target/gpu-check}
 # build, the models and the finished agreement rows are kept).
 work=${WORK:-$root/target/gpu-work}
 mode=cuda
-if [[ "${1:-}" == "--cpu" ]] || ! { command -v nvcc >/dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; } ||
+force_cpu=0
+build_only=0
+for arg in "$@"; do
+    case "$arg" in
+    --cpu) force_cpu=1 ;;
+    --build-only) build_only=1 ;;
+    *)
+        echo "gpu-check: unknown option '$arg'" >&2
+        exit 2
+        ;;
+    esac
+done
+export CUDA_FA=${CUDA_FA:-ON}
+if [[ $force_cpu == 1 ]] || ! { command -v nvcc >/dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; } ||
     ! nvidia-smi -L >/dev/null 2>&1; then
     mode=cpu
 fi
@@ -46,6 +67,7 @@ if [[ $mode == cuda ]]; then
     big_preset=7b
     bench_gen=256
     bench_steps="256 64"
+    fast_steps=256
     check_args=(--gen 96 --steps 48)
     gpu_name=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)
     say "mode: CUDA on $gpu_name; $(nvcc --version 2>/dev/null | tail -1 || /usr/local/cuda/bin/nvcc --version | tail -1)"
@@ -54,6 +76,7 @@ else
     big_preset=${BIG_PRESET:-0.5b}
     bench_gen=${BENCH_GEN:-64}
     bench_steps=${BENCH_STEPS:-"64 16"}
+    fast_steps=${bench_steps%% *}
     check_args=(--gen 32 --steps 8)
     gpu_name="none (CPU path: ggml's CPU backend loaded as the device)"
     say "mode: CPU path (no nvcc/GPU, or --cpu)"
@@ -94,21 +117,29 @@ export UNMASK_BACKEND_DIR=$work/backends
 "$bin/unmask" devices | tee -a "$log"
 
 wait $small_pid
+if [[ $build_only == 1 ]]; then
+    [[ -n $big_pid ]] && wait $big_pid
+    say "backend and models ready (--build-only); run again without it for the checks"
+    exit 0
+fi
 declare -A tolerance=([f16]=2e-2 [q8_0]=3e-2 [q4_k]=5e-2)
 status=0
 # Rows and JSON lines live in $work (a resumed run keeps the finished ones); the report is
 # rewritten after every row, so a run cut short still leaves one.
 agree=$work/rows-agree.md
+evalrows=$work/rows-eval.md
 benchrows=$work/rows-bench.md
 jsonl=$work/gpu-check.jsonl
-touch "$agree" "$benchrows" "$jsonl"
+touch "$agree" "$evalrows" "$benchrows" "$jsonl"
+shipped=$root/models/unmask-python-7m
+eval_pairs=${EVAL_PAIRS:-64}
 write_report() {
     local total=$(($(date +%s) - t0))
     {
         echo "# unmask GPU check"
         echo
         echo "- date: $(date -u +%FT%TZ); mode: $mode; device: $gpu_name"
-        echo "- backend build: ${build_s}s; this run so far: ${total}s; threads: $threads"
+        echo "- backend build: ${build_s}s (flash-attention kernels: $CUDA_FA); this run so far: ${total}s; threads: $threads"
         echo "- binaries: $("$bin/unmask" --version)"
         echo
         echo "## Backend agreement (unmask check-device: CPU vs $device)"
@@ -121,10 +152,20 @@ write_report() {
         echo "|---|---|---|---|---|---|---|"
         cat "$agree"
         echo
+        echo "## The shipped model (real weights): unmask eval on $eval_pairs held-out pairs, CPU vs $device"
+        echo
+        echo "Settings from the model file (64 new tokens, 64 steps, blocks of 16, greedy entropy); identical = completions equal to the CPU's, character for character."
+        echo
+        echo "| decoding | device | parses | first line exact | tokens/s | identical to the CPU |"
+        echo "|---|---|---:|---:|---:|---:|"
+        cat "$evalrows"
+        echo
         echo "## Benchmark: $big_preset synth q4_k_m, $bench_gen new tokens, 30-token prompt, greedy entropy"
         echo
-        echo "| steps | unmask s/step | tokens/s | layers + head/scoring s | D2H bytes/step | libllama forward s | + host scoring s | libllama logits bytes/forward | ratio fwd | ratio fwd+scoring |"
-        echo "|---|---|---|---|---|---|---|---|---|---|"
+        echo "Per pass: unmask's step (exact) or pass (cached modes) against one libllama forward over the same canvas. Whole run: libllama's forwards alone for exact decoding at the same steps (one per step, as llama.cpp's diffusion example runs) against unmask's whole run."
+        echo
+        echo "| decoding | steps | attention | unmask s/pass | tokens/s | layers + head/scoring s | D2H bytes/step | libllama forward s | + host scoring s | ratio per pass: fwd / fwd+scoring | ratio whole run |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|"
         cat "$benchrows"
         echo
         echo "Raw JSON: gpu-check.jsonl; log: gpu-check.log."
@@ -171,28 +212,80 @@ PY
     done
 done
 
+# The shipped model: the same held-out prompts on the CPU and on the device.
+if [[ -s $shipped/model.gguf && -s $shipped/heldout-pairs.jsonl ]]; then
+    while IFS='|' read -r label flags; do
+        if grep -q "^| $label | " "$evalrows"; then
+            continue
+        fi
+        say "eval the shipped model: $label"
+        ok=1
+        reports=()
+        for d in cpu $device; do
+            # shellcheck disable=SC2086
+            if ! r=$("$bin/unmask" eval -m "$shipped/model.gguf" --pairs "$shipped/heldout-pairs.jsonl" \
+                --limit "$eval_pairs" --device $d --threads "$threads" --json \
+                --save-completions "$work/eval-$d-${label// /_}.jsonl" $flags 2>>"$log"); then
+                say "eval on $d FAILED"
+                ok=0
+                status=1
+                break
+            fi
+            echo "$r" >>"$jsonl"
+            reports+=("$r")
+        done
+        [[ $ok == 1 ]] || continue
+        python3 - "$label" "$device" "${reports[0]}" "${reports[1]}" "$work/eval-cpu-${label// /_}.jsonl" \
+            "$work/eval-$device-${label// /_}.jsonl" >>"$evalrows" <<'PY'
+import json, sys
+label, device, rc, rd, fc, fd = sys.argv[1:7]
+rc, rd = json.loads(rc), json.loads(rd)
+read = lambda f: [json.loads(l)["completion"] for l in open(f) if l.strip()]
+a, b = read(fc), read(fd)
+same = sum(x == y for x, y in zip(a, b))
+pct = lambda v: f"{100 * v:.1f}%"
+for name, r, ident in (("cpu", rc, "-"), (device, rd, f"{same}/{len(a)}")):
+    print(f"| {label} | {name} | {pct(r['parse_rate'])} | {pct(r['first_line_exact'])} | "
+          f"{r['tokens_per_s'] or 0:.1f} | {ident} |")
+PY
+        write_report
+    done <<EOF
+exact|
+dual cache + threshold 0.9|--cache dual --threshold 0.9
+EOF
+else
+    say "no shipped model in $shipped: its evaluation is left out"
+fi
+
 say "waiting for the $big_preset q4_k_m file"
 [[ -n $big_pid ]] && wait $big_pid
 [[ -n ${SKIP_BENCH:-} || -s $big ]] || { say "the $big_preset file was not written (see $log)"; exit 1; }
-[[ -n ${SKIP_BENCH:-} ]] && bench_steps=""
-for steps in $bench_steps; do
-    if grep -q "^| $steps | " "$benchrows"; then
+runs=()
+for steps in $bench_steps; do runs+=("exact|$steps|"); done
+runs+=("dual cache + threshold 0.9|$fast_steps|--cache dual --threshold 0.9")
+[[ -n ${SKIP_BENCH:-} ]] && runs=()
+for run in "${runs[@]}"; do
+    IFS='|' read -r label steps flags <<<"$run"
+    if grep -q "^| $label | $steps | " "$benchrows"; then
         continue
     fi
-    say "bench $big_preset q4_k_m: $bench_gen tokens, $steps steps"
+    say "bench $big_preset q4_k_m: $bench_gen tokens, $steps steps, $label"
+    # shellcheck disable=SC2086
     if line=$("$bin/unmask" bench -m "$big" --device $device --gen "$bench_gen" --steps "$steps" \
-        --threads "$threads" --llama-runs 3 --json 2>>"$log"); then
+        --threads "$threads" --llama-runs 3 --json $flags 2>>"$log"); then
         echo "$line" >>"$jsonl"
-        python3 - "$line" >>"$benchrows" <<'PY'
+        python3 - "$label" "$line" >>"$benchrows" <<'PY'
 import json, sys
-r = json.loads(sys.argv[1])
+label, r = sys.argv[1], json.loads(sys.argv[2])
 f = lambda v, fmt: "-" if v is None else format(v, fmt)
-print(f"| {r['steps']} | {r['seconds_per_step']:.4f} | {r['tokens_per_second']:.1f} | "
+print(f"| {label} | {r['steps']} | {r.get('attention', '-')} | {r['seconds_per_step']:.4f} | "
+      f"{r['tokens_per_second']:.1f} | "
       f"{r['layers_seconds_per_pass']:.4f} + {r['head_and_scoring_seconds_per_pass']:.4f} | "
       f"{r['bytes_to_host_per_step']:.0f} | {f(r['llama_forward_seconds'], '.4f')} | "
-      f"{f(r['llama_host_scoring_seconds'], '.4f')} | {f(r['llama_logits_bytes'], ',')} | "
-      f"{f(r['ratio_llama_forward_over_unmask_step'], '.2f')}x | "
-      f"{f(r['ratio_llama_forward_and_scoring_over_unmask_step'], '.2f')}x |")
+      f"{f(r['llama_host_scoring_seconds'], '.4f')} | "
+      f"{f(r['ratio_llama_forward_over_unmask_step'], '.2f')}x / "
+      f"{f(r['ratio_llama_forward_and_scoring_over_unmask_step'], '.2f')}x | "
+      f"{f(r.get('ratio_llama_exact_run_over_unmask_run'), '.2f')}x |")
 PY
     else
         say "bench FAILED"
@@ -201,5 +294,7 @@ PY
     write_report
 done
 write_report
+# What libllama said about flash attention (its context log).
+grep -i "flash.attn\|flash attention" "$log" | sort | uniq -c | head -5 | tee -a "$out/gpu-report.md" >&2
 cat "$out/gpu-report.md"
 exit $status

@@ -28,6 +28,16 @@ pub enum AttentionKind {
     Explicit,
 }
 
+impl AttentionKind {
+    /// The name reports use: `fused` or `explicit`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionKind::Fused => "fused",
+            AttentionKind::Explicit => "explicit",
+        }
+    }
+}
+
 /// Tensor descriptions a graph needs per layer of the body, with room to spare (the training
 /// graph adds the output projection and the loss; a batch adds the K/V head repeats).
 pub fn graph_capacity(n_layers: usize) -> usize {

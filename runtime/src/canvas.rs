@@ -26,6 +26,8 @@ pub struct CanvasContext {
     position_ids: Vec<i32>,
     /// Every layer's keys (after RoPE) and values, when built as a refresh pass.
     kv: Vec<LayerKv>,
+    /// How the body computes attention (explicit where the device lacks fused attention).
+    attention: AttentionKind,
 }
 
 impl CanvasContext {
@@ -45,7 +47,7 @@ impl CanvasContext {
         } else {
             BodyPlan::Plain
         };
-        let (body, b, _) = build_checked(model, len, plan, backend)?;
+        let (body, b, _, attention) = build_checked(model, len, plan, backend)?;
         let pass = Pass::new(
             body,
             b.hidden,
@@ -61,7 +63,13 @@ impl CanvasContext {
             positions: b.positions,
             position_ids: (0..len as i32).collect(),
             kv: b.kv,
+            attention,
         })
+    }
+
+    /// How the body computes attention: fused (flash attention) unless the device lacks it.
+    pub fn attention(&self) -> AttentionKind {
+        self.attention
     }
 
     /// The body graph and its per-layer keys and values (empty unless built with `keep_kv`),
@@ -127,15 +135,15 @@ pub(crate) enum BodyPlan<'a> {
 
 /// A body graph of `len` rows over `model`'s tensors, allocated on `backend` with its hidden
 /// states and any exported keys and values as outputs; for a cached pass also its i32 `select`
-/// input (see [`KvUse::Cached`]). On a device, fused attention falls back to the explicit form
-/// when the device lacks it; an operation the device cannot compute at all is an error naming
-/// it.
+/// input (see [`KvUse::Cached`]), and the attention it was built with. On a device, fused
+/// attention falls back to the explicit form when the device lacks it; an operation the device
+/// cannot compute at all is an error naming it.
 pub(crate) fn build_checked<W: TensorSource>(
     model: &Model<W>,
     len: usize,
     plan: BodyPlan,
     backend: &Backend,
-) -> Result<(Graph, Body, Option<TensorId>)> {
+) -> Result<(Graph, Body, Option<TensorId>, AttentionKind)> {
     let c = &model.config;
     let w: &dyn TensorSource = &model.weights;
     let build = |attention| -> Result<(Graph, Body, Option<TensorId>)> {
@@ -178,9 +186,11 @@ pub(crate) fn build_checked<W: TensorSource>(
         g.allocate(&outputs, backend)?;
         Ok((g, body, select))
     };
-    let mut built = build(AttentionKind::Fused)?;
+    let mut attention = AttentionKind::Fused;
+    let mut built = build(attention)?;
     if !backend.is_builtin_cpu() && !built.0.unsupported_ops(backend)?.is_empty() {
-        built = build(AttentionKind::Explicit)?;
+        attention = AttentionKind::Explicit;
+        built = build(attention)?;
         let missing = built.0.unsupported_ops(backend)?;
         if !missing.is_empty() {
             return Err(crate::Error::Model(format!(
@@ -190,5 +200,5 @@ pub(crate) fn build_checked<W: TensorSource>(
             )));
         }
     }
-    Ok(built)
+    Ok((built.0, built.1, built.2, attention))
 }

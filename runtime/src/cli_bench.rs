@@ -258,6 +258,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "head_and_scoring_seconds_per_pass": result.timings.head_and_scoring / passes,
         "bytes_to_host_per_step": result.bytes_to_host as f64 / result.steps as f64,
         "scores_on_device": generator.forward_for(prompt.len() + gen)?.scores_on_device(),
+        "attention": generator.forward_for(prompt.len() + gen)?.attention().name(),
         "peak_rss_mib": rss,
         "compute_mib": compute_mib,
         "llama_forward_seconds": llama_forward,
@@ -265,6 +266,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "llama_logits_bytes": llama_forward.map(|_| (result.canvas.len() * model.n_vocab * 4) as u64),
         "ratio_llama_forward_over_unmask_step": llama_forward.map(|f| f / per_step),
         "ratio_llama_forward_and_scoring_over_unmask_step": llama_forward.zip(llama_scoring).map(|(f, s)| (f + s) / per_step),
+        // The whole job: libllama's forwards alone for exact decoding at the requested steps
+        // (one forward per step, as llama.cpp's diffusion example runs) against this run.
+        "llama_exact_run_seconds": llama_forward.map(|f| f * params.steps as f64),
+        "ratio_llama_exact_run_over_unmask_run": llama_forward.map(|f| f * params.steps as f64 / unmask_seconds),
         "settings": settings.report(),
         "ignored_settings": file.ignored.iter().map(|i| i.to_json()).collect::<Vec<_>>(),
     });
@@ -314,9 +319,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     if !matches!(placement, Placement::Cpu) {
         println!(
-            "unmask: {:.0} bytes copied device-to-host per step (scoring on the device: {})",
+            "unmask: {:.0} bytes copied device-to-host per step (scoring on the device: {}; attention: {})",
             result.bytes_to_host as f64 / result.steps as f64,
-            report["scores_on_device"]
+            report["scores_on_device"],
+            report["attention"]
         );
     }
     println!(
@@ -338,6 +344,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         llama_forward / per_step,
         (llama_forward + llama_scoring) / per_step
     );
+    if params.is_fast() {
+        println!(
+            "ratio: libllama's forwards alone for exact decoding at {} steps ({:.2} s) / this run ({:.2} s) = {:.2}x",
+            params.steps,
+            llama_forward * params.steps as f64,
+            unmask_seconds,
+            llama_forward * params.steps as f64 / unmask_seconds
+        );
+    }
     Ok(())
 }
 

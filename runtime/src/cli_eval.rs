@@ -40,6 +40,10 @@ pub struct EvalArgs {
     /// in the pairs' order.
     #[arg(long, value_name = "FILE")]
     pub completions: Option<PathBuf>,
+    /// Write the completions scored to FILE, JSON lines {"completion"} in the pairs' order (the
+    /// format --completions reads), so that two runs can be compared answer by answer.
+    #[arg(long, value_name = "FILE")]
+    pub save_completions: Option<PathBuf>,
     /// Held-out text files for the masked-diffusion loss (repeatable).
     #[arg(long, value_name = "FILE")]
     pub text: Vec<PathBuf>,
@@ -192,6 +196,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
             out
         }
     };
+    if let Some(path) = &args.save_completions {
+        let mut lines = String::new();
+        for c in &completions {
+            lines.push_str(&serde_json::json!({ "completion": c }).to_string());
+            lines.push('\n');
+        }
+        unmask_kernels::temp_files::write_file(path, lines.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let programs: Vec<String> = pairs
         .iter()
         .zip(&completions)

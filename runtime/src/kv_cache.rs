@@ -60,7 +60,7 @@ impl CachedPass {
             )));
         }
         let plan = BodyPlan::Cached { source, cache };
-        let (graph, body, select) = build_checked(model, rows, plan, backend)?;
+        let (graph, body, select, _) = build_checked(model, rows, plan, backend)?;
         let select = select.expect("a cached plan has a select input");
         let pass = Pass::new(
             graph,

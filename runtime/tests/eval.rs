@@ -103,12 +103,15 @@ fn scoring_and_a_generating_run() {
         "def f(x):\n    return [i * x for i in range(10)]\n".repeat(40),
     )
     .unwrap();
+    let saved = dir.path().join("saved.jsonl");
     let r = json(&unmask(&[
         "eval",
         "-m",
         &s(&model),
         "--pairs",
         &s(&pairs),
+        "--save-completions",
+        &s(&saved),
         "--limit",
         "2",
         "--max-new-tokens",
@@ -129,6 +132,23 @@ fn scoring_and_a_generating_run() {
     assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
     let loss = r["heldout_loss"].as_f64().unwrap();
     assert!(loss.is_finite() && loss > 0.0, "{r}");
+    // The saved completions, scored again, give the same verdicts.
+    assert_eq!(std::fs::read_to_string(&saved).unwrap().lines().count(), 2);
+    let again = json(&unmask(&[
+        "eval",
+        "-m",
+        &s(&model),
+        "--pairs",
+        &s(&pairs),
+        "--limit",
+        "2",
+        "--completions",
+        &s(&saved),
+        "--json",
+    ]));
+    for key in ["parse_rate", "first_line_exact", "empty_rate"] {
+        assert_eq!(again[key], r[key], "{key}: {again} vs {r}");
+    }
 
     // Clear errors.
     let short = write("short.jsonl", &refs[..2]);

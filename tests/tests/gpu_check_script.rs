@@ -1,7 +1,8 @@
 //! `scripts/gpu-check.sh` runs end to end on its CPU path (no nvcc or GPU here): it builds ggml's
 //! CPU backend as a loadable library from the vendored source, loads it as the "device", runs
-//! the backend agreement check and the benchmark, and writes its report. Small shapes keep it
-//! short; the backend build is kept in the target directory between runs.
+//! the backend agreement check, the shipped model's evaluation on both backends and the benchmark
+//! (exact and dual cache + threshold), and writes its report. Small shapes and a few held-out
+//! pairs keep it short; the backend build is kept in the target directory between runs.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -17,7 +18,12 @@ fn gpu_check_runs_end_to_end_on_the_cpu_path() {
     let work = bin_dir.join("gpu-check-work");
     // Keep only the backend build from an earlier run (the script resumes from what it finds).
     let _ = std::fs::remove_dir_all(work.join("models"));
-    for f in ["rows-agree.md", "rows-bench.md", "gpu-check.jsonl"] {
+    for f in [
+        "rows-agree.md",
+        "rows-eval.md",
+        "rows-bench.md",
+        "gpu-check.jsonl",
+    ] {
         let _ = std::fs::remove_file(work.join(f));
     }
     let out_dir = tempfile::tempdir().unwrap();
@@ -32,6 +38,7 @@ fn gpu_check_runs_end_to_end_on_the_cpu_path() {
         .env("BIG_PRESET", "tiny")
         .env("BENCH_GEN", "32")
         .env("BENCH_STEPS", "16 4")
+        .env("EVAL_PAIRS", "4")
         .output()
         .expect("run gpu-check.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -51,20 +58,39 @@ fn gpu_check_runs_end_to_end_on_the_cpu_path() {
             "{row}"
         );
     }
-    // Two benchmark rows with libllama's numbers.
+    // The shipped model on both backends, exact and dual cache + threshold: four rows, the
+    // device's saying how many of its 4 completions equal the CPU's.
+    let eval: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("| exact | ") || l.starts_with("| dual cache + threshold 0.9 | "))
+        .filter(|l| l.contains("| cpu |") || l.contains("| ggml-cpu |"))
+        .collect();
+    assert_eq!(eval.len(), 4, "{report}");
+    assert_eq!(
+        eval.iter().filter(|l| l.ends_with("/4 |")).count(),
+        2,
+        "{report}"
+    );
+    // Three benchmark rows with libllama's numbers, the device computing fused attention.
     let bench: Vec<&str> = report
         .lines()
-        .filter(|l| l.starts_with("| 16 |") || l.starts_with("| 4 |"))
+        .filter(|l| {
+            l.starts_with("| exact | 16 |")
+                || l.starts_with("| exact | 4 |")
+                || l.starts_with("| dual cache + threshold 0.9 | 16 |")
+        })
         .collect();
-    assert_eq!(bench.len(), 2, "{report}");
+    assert_eq!(bench.len(), 3, "{report}");
     for row in bench {
         assert!(!row.contains("| - |"), "libllama missing: {row}");
+        assert!(row.contains("| fused |"), "{row}");
     }
     let jsonl = std::fs::read_to_string(out_dir.path().join("gpu-check.jsonl")).unwrap();
     for line in jsonl.lines() {
         serde_json::from_str::<serde_json::Value>(line).expect("one JSON object per line");
     }
-    assert_eq!(jsonl.lines().count(), 5);
+    // 3 agreement reports, 4 evaluations, 3 benchmarks.
+    assert_eq!(jsonl.lines().count(), 10);
 }
 
 #[test]
