@@ -4,23 +4,27 @@
 # runs each target for a given time and prints, per target, the executions, the corpus size and
 # the findings (crash, leak and timeout files). Exit code 1 when any target found something.
 #
-#   scripts/fuzz.sh [--seconds N] [--targets "gguf_header ..."] [--jobs N]
+#   scripts/fuzz.sh [--seconds N | --runs N] [--targets "gguf_header ..."] [--jobs N]
 #
-# --seconds: per target (default 60). .ci/run runs every target for a few seconds.
+# --seconds: per target (default 60). --runs: executions per target instead, with no time limit
+# (the long runs of docs/reliability.md: --runs 10000000). .ci/run runs every target for a few
+# seconds.
 # Needs: the nightly toolchain (`cargo +nightly`) and cargo-fuzz (installed into
 # $UNMASK_CACHE/cargo-fuzz when missing). Work files go to $FUZZ_WORK (default
 # target/fuzz-work): corpora grow across runs; findings go to $FUZZ_WORK/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=60
+runs=0
 targets="gguf_header safetensors_header tokenizer_from_gguf model_load chat_prompt toml_config data_reader"
 jobs=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) seconds=$2; shift 2 ;;
+        --runs) runs=$2; seconds=0; shift 2 ;;
         --targets) targets=$2; shift 2 ;;
         --jobs) jobs=$2; shift 2 ;;
-        *) echo "usage: $0 [--seconds N] [--targets \"gguf_header ...\"] [--jobs N]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--seconds N | --runs N] [--targets \"gguf_header ...\"] [--jobs N]" >&2; exit 2 ;;
     esac
 done
 cache="${UNMASK_CACHE:-$HOME/.cache/unmask}"
@@ -115,6 +119,9 @@ seed_dir() {
 
 # --- runs ----------------------------------------------------------------------------------------
 found=0
+# libFuzzer: -runs=-1 and -max_total_time=0 mean no limit.
+run_limit=-1
+[ "$runs" -gt 0 ] && run_limit=$runs
 printf '%-20s %12s %10s %8s %9s\n' target executions exec/s corpus findings
 for t in $targets; do
     corpus="$work/corpus/$t"
@@ -129,7 +136,7 @@ for t in $targets; do
     parallel=()
     [ "$jobs" -gt 1 ] && parallel=(-fork="$jobs")
     status=0
-    "$bin/$t" "$corpus" "$(seed_dir "$t")" -max_total_time="$seconds" -print_final_stats=1 \
+    "$bin/$t" "$corpus" "$(seed_dir "$t")" -max_total_time="$seconds" -runs="$run_limit" -print_final_stats=1 \
         -artifact_prefix="$artifacts/" -max_len="$max_len" -rss_limit_mb=4096 -timeout=25 \
         "${parallel[@]}" > "$log" 2>&1 || status=$?
     execs=$(grep -h 'stat::number_of_executed_units' "$log" | awk '{s+=$2} END {print s+0}')
