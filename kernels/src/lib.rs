@@ -8,7 +8,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`graph`] | the compute graph ([`graph::Graph`], [`graph::TensorId`], [`graph::TensorSource`]): its operations, automatic differentiation, trainable parameters ([`graph::param_store`]) and AdamW ([`graph::adamw`]), data transfer, device-side scoring ([`graph::scoring`]) and the int8 GEMM as ggml custom ops |
-//! | [`backend`], [`device`] | where graphs run: the CPU backend with its thread pool, or a device (CUDA) from a loaded backend library |
+//! | [`backend`], [`device`], [`cpu_code`] | where graphs run: the CPU backend with its thread pool, or a device (CUDA) from a loaded backend library; which CPU instruction sets the build uses and the machine offers |
 //! | [`weights`] | a GGUF file's tensors as ggml tensors: memory-mapped (CPU) or uploaded (device) |
 //! | [`simd`] | hand-written SIMD on host memory, without ggml: the int8 GEMM ([`simd::qgemm`]) and vectorised exp/ln ([`simd::vmath`]) |
 //! | [`gguf`], [`mapping`], [`temp_files`] | GGUF reading and writing, mapped byte ranges, temporary output files |
@@ -19,6 +19,7 @@
 //! Errors are one [`Error`] type with a variant per kind of failure a caller can act on.
 
 pub mod backend;
+pub mod cpu_code;
 pub mod device;
 mod error;
 pub mod finite;

@@ -313,4 +313,51 @@ fn auto_runs_on_the_cpu_without_a_gpu_and_says_so() {
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(listing.contains("CPU"), "{listing}");
     assert!(listing.contains("no libggml-cuda.so"), "{listing}");
+    assert!(listing.contains("CPU code: ggml built for"), "{listing}");
+
+    // The CPU code: ggml's build flags as .cargo/config.toml sets them, the processor's
+    // instruction sets as this test detects them.
+    let out = unmask(&["devices", "--json"]);
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = |key: &str| -> Vec<String> {
+        report["cpu_code"][key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key}: {report}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let (built, machine, unused) = (list("ggml_built"), list("machine"), list("unused"));
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        assert!(built.iter().any(|f| f == "avx2"), "{report}");
+        assert!(!built.iter().any(|f| f == "avx512"), "{report}");
+        assert_eq!(
+            machine.iter().any(|f| f == "avx2"),
+            has!("avx2"),
+            "{report}"
+        );
+        assert_eq!(
+            machine.iter().any(|f| f == "avx512"),
+            has!("avx512f"),
+            "{report}"
+        );
+        assert_eq!(
+            unused.iter().any(|f| f == "avx512"),
+            has!("avx512f"),
+            "{report}"
+        );
+        let simd = has!("avx2") && has!("fma") && has!("f16c");
+        assert_eq!(
+            report["cpu_code"]["q8_0_products"],
+            if simd { "avx2" } else { "ggml" },
+            "{report}"
+        );
+    }
+    for f in &unused {
+        assert!(machine.contains(f) && !built.contains(f), "{report}");
+    }
+    assert!(report["devices"][0]["name"].is_string(), "{report}");
 }

@@ -147,6 +147,16 @@ pub fn has_simd() -> bool {
     Path::Best.simd()
 }
 
+/// The kernel q8_0 products run on this CPU: `avx2` (this GEMM, with AVX2, FMA and F16C), or
+/// `ggml` (without them the graphs use ggml's own product, faster than the scalar fallback).
+pub fn kernel_name() -> &'static str {
+    if has_simd() {
+        "avx2"
+    } else {
+        "ggml"
+    }
+}
+
 fn check_k(k: usize) {
     assert!(
         k > 0 && k.is_multiple_of(QK8_0),
