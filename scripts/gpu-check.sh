@@ -219,13 +219,14 @@ if [[ -s $shipped/model.gguf && -s $shipped/heldout-pairs.jsonl ]]; then
             continue
         fi
         say "eval the shipped model: $label"
+        slug=${label// /_}
         ok=1
         reports=()
         for d in cpu $device; do
             # shellcheck disable=SC2086
             if ! r=$("$bin/unmask" eval -m "$shipped/model.gguf" --pairs "$shipped/heldout-pairs.jsonl" \
                 --limit "$eval_pairs" --device $d --threads "$threads" --json \
-                --save-completions "$work/eval-$d-${label// /_}.jsonl" $flags 2>>"$log"); then
+                --save-completions "$work/eval-$d-$slug.jsonl" $flags 2>>"$log"); then
                 say "eval on $d FAILED"
                 ok=0
                 status=1
@@ -235,8 +236,8 @@ if [[ -s $shipped/model.gguf && -s $shipped/heldout-pairs.jsonl ]]; then
             reports+=("$r")
         done
         [[ $ok == 1 ]] || continue
-        python3 - "$label" "$device" "${reports[0]}" "${reports[1]}" "$work/eval-cpu-${label// /_}.jsonl" \
-            "$work/eval-$device-${label// /_}.jsonl" >>"$evalrows" <<'PY'
+        python3 - "$label" "$device" "${reports[0]}" "${reports[1]}" "$work/eval-cpu-$slug.jsonl" \
+            "$work/eval-$device-$slug.jsonl" >>"$evalrows" <<'PY'
 import json, sys
 label, device, rc, rd, fc, fd = sys.argv[1:7]
 rc, rd = json.loads(rc), json.loads(rd)

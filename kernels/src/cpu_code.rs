@@ -2,23 +2,52 @@
 //! compiled for (fixed at build time: `.cargo/config.toml` asks for the AVX2 generation so that
 //! one binary runs on every x86-64 machine since 2013), those the processor offers (detected at
 //! run time), the ones it offers that the build leaves unused, and what computes q8_0 products
-//! (unmask's own int8 GEMM where the processor has AVX2, chosen at run time). `unmask devices` prints it.
+//! (unmask's own int8 GEMM where the processor has AVX2, chosen at run time). `unmask devices`
+//! prints it.
 
 use llama_cpp_sys_2 as sys;
+use std::os::raw::c_int;
 
-/// The instruction sets [`CpuCode`] reports, in the order printed.
-const FEATURES: [&str; 11] = [
-    "sse3",
-    "ssse3",
-    "avx",
-    "avx2",
-    "fma",
-    "f16c",
-    "bmi2",
-    "avx_vnni",
-    "avx512",
-    "avx512_vnni",
-    "avx512_bf16",
+/// Whether the processor offers an instruction set (`false` off x86-64).
+macro_rules! detected {
+    ($feature:tt) => {{
+        #[cfg(target_arch = "x86_64")]
+        fn offered() -> bool {
+            std::arch::is_x86_feature_detected!($feature)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        fn offered() -> bool {
+            false
+        }
+        offered
+    }};
+}
+
+/// One instruction set: the name reports use (ggml's), ggml's compile-time query, the
+/// processor's run-time detection.
+type Feature = (&'static str, unsafe extern "C" fn() -> c_int, fn() -> bool);
+
+/// The instruction sets [`CpuCode`] reports, in the order printed (ggml's "avx512" is AVX-512F).
+const FEATURES: [Feature; 11] = [
+    ("sse3", sys::ggml_cpu_has_sse3, detected!("sse3")),
+    ("ssse3", sys::ggml_cpu_has_ssse3, detected!("ssse3")),
+    ("avx", sys::ggml_cpu_has_avx, detected!("avx")),
+    ("avx2", sys::ggml_cpu_has_avx2, detected!("avx2")),
+    ("fma", sys::ggml_cpu_has_fma, detected!("fma")),
+    ("f16c", sys::ggml_cpu_has_f16c, detected!("f16c")),
+    ("bmi2", sys::ggml_cpu_has_bmi2, detected!("bmi2")),
+    ("avx_vnni", sys::ggml_cpu_has_avx_vnni, detected!("avxvnni")),
+    ("avx512", sys::ggml_cpu_has_avx512, detected!("avx512f")),
+    (
+        "avx512_vnni",
+        sys::ggml_cpu_has_avx512_vnni,
+        detected!("avx512vnni"),
+    ),
+    (
+        "avx512_bf16",
+        sys::ggml_cpu_has_avx512_bf16,
+        detected!("avx512bf16"),
+    ),
 ];
 
 /// What CPU code runs, and what the processor would allow.
@@ -31,74 +60,34 @@ pub struct CpuCode {
     pub machine: Vec<&'static str>,
     /// Those the processor offers that the ggml build does not use.
     pub unused: Vec<&'static str>,
-    /// What computes q8_0 products on the CPU: `avx2` (unmask's int8 GEMM) or `ggml` (ggml's
-    /// product, where the processor lacks AVX2, FMA or F16C).
-    pub int8_gemm: &'static str,
-}
-
-/// Whether the linked ggml CPU backend was compiled to use `feature` (one of [`FEATURES`]).
-fn ggml_built(feature: &str) -> bool {
-    // SAFETY: ggml's `ggml_cpu_has_*` take no arguments and return a compile-time constant; they
-    // touch no state.
-    let has = unsafe {
-        match feature {
-            "sse3" => sys::ggml_cpu_has_sse3(),
-            "ssse3" => sys::ggml_cpu_has_ssse3(),
-            "avx" => sys::ggml_cpu_has_avx(),
-            "avx2" => sys::ggml_cpu_has_avx2(),
-            "fma" => sys::ggml_cpu_has_fma(),
-            "f16c" => sys::ggml_cpu_has_f16c(),
-            "bmi2" => sys::ggml_cpu_has_bmi2(),
-            "avx_vnni" => sys::ggml_cpu_has_avx_vnni(),
-            "avx512" => sys::ggml_cpu_has_avx512(),
-            "avx512_vnni" => sys::ggml_cpu_has_avx512_vnni(),
-            "avx512_bf16" => sys::ggml_cpu_has_avx512_bf16(),
-            _ => 0,
-        }
-    };
-    has != 0
-}
-
-/// Whether the processor offers `feature` (one of [`FEATURES`]; ggml's "avx512" is AVX-512F).
-#[cfg(target_arch = "x86_64")]
-fn machine_has(feature: &str) -> bool {
-    use std::arch::is_x86_feature_detected as has;
-    match feature {
-        "sse3" => has!("sse3"),
-        "ssse3" => has!("ssse3"),
-        "avx" => has!("avx"),
-        "avx2" => has!("avx2"),
-        "fma" => has!("fma"),
-        "f16c" => has!("f16c"),
-        "bmi2" => has!("bmi2"),
-        "avx_vnni" => has!("avxvnni"),
-        "avx512" => has!("avx512f"),
-        "avx512_vnni" => has!("avx512vnni"),
-        "avx512_bf16" => has!("avx512bf16"),
-        _ => false,
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn machine_has(_feature: &str) -> bool {
-    false
+    /// What computes q8_0 products on the CPU (see [`crate::simd::qgemm::kernel_name`]).
+    pub q8_0_products: &'static str,
 }
 
 /// The CPU code of this build on this machine.
 pub fn cpu_code() -> CpuCode {
-    let ggml_built: Vec<&'static str> = FEATURES.into_iter().filter(|f| ggml_built(f)).collect();
-    let machine: Vec<&'static str> = FEATURES.into_iter().filter(|f| machine_has(f)).collect();
-    let unused = machine
-        .iter()
-        .copied()
-        .filter(|f| !ggml_built.contains(f))
-        .collect();
-    CpuCode {
-        ggml_built,
-        machine,
-        unused,
-        int8_gemm: crate::simd::qgemm::kernel_name(),
+    let mut code = CpuCode {
+        ggml_built: Vec::new(),
+        machine: Vec::new(),
+        unused: Vec::new(),
+        q8_0_products: crate::simd::qgemm::kernel_name(),
+    };
+    for (name, ggml_has, offered) in FEATURES {
+        // SAFETY: ggml's `ggml_cpu_has_*` take no arguments and return a compile-time constant;
+        // they touch no state.
+        let built = unsafe { ggml_has() } != 0;
+        let offered = offered();
+        if built {
+            code.ggml_built.push(name);
+        }
+        if offered {
+            code.machine.push(name);
+        }
+        if offered && !built {
+            code.unused.push(name);
+        }
     }
+    code
 }
 
 #[cfg(test)]

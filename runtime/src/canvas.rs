@@ -146,7 +146,7 @@ pub(crate) fn build_checked<W: TensorSource>(
 ) -> Result<(Graph, Body, Option<TensorId>, AttentionKind)> {
     let c = &model.config;
     let w: &dyn TensorSource = &model.weights;
-    let build = |attention| -> Result<(Graph, Body, Option<TensorId>)> {
+    let build = |attention| -> Result<(Graph, Body, Option<TensorId>, AttentionKind)> {
         let mut g = Graph::new(graph_capacity(model.n_layers()))?;
         let (body, select) = match plan {
             BodyPlan::Plain => (
@@ -184,13 +184,11 @@ pub(crate) fn build_checked<W: TensorSource>(
         let mut outputs = vec![body.hidden];
         outputs.extend(body.kv.iter().flat_map(|l| [l.k, l.v]));
         g.allocate(&outputs, backend)?;
-        Ok((g, body, select))
+        Ok((g, body, select, attention))
     };
-    let mut attention = AttentionKind::Fused;
-    let mut built = build(attention)?;
+    let mut built = build(AttentionKind::Fused)?;
     if !backend.is_builtin_cpu() && !built.0.unsupported_ops(backend)?.is_empty() {
-        attention = AttentionKind::Explicit;
-        built = build(attention)?;
+        built = build(AttentionKind::Explicit)?;
         let missing = built.0.unsupported_ops(backend)?;
         if !missing.is_empty() {
             return Err(crate::Error::Model(format!(
@@ -200,5 +198,5 @@ pub(crate) fn build_checked<W: TensorSource>(
             )));
         }
     }
-    Ok((built.0, built.1, built.2, attention))
+    Ok(built)
 }

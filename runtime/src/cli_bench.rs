@@ -163,7 +163,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let gen = params.max_new_tokens;
     let mut generator = Generator::new(model.clone(), args.threads)?;
     // Build the graphs once outside the timing, as a long-running user would have them.
-    generator.forward_for(prompt.len() + gen)?;
     let compute_mib =
         generator.forward_for(prompt.len() + gen)?.compute_bytes() as f64 / (1u64 << 20) as f64;
     let runs = if args.no_llama {
@@ -228,6 +227,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let llama_forward = median(&mut forward_times);
     let llama_scoring = median(&mut scoring_times);
+    // The whole job: libllama's forwards alone for exact decoding at the requested steps (one
+    // forward per step, as llama.cpp's diffusion example runs), against this run.
+    let llama_exact_run = llama_forward.map(|f| f * params.steps as f64);
+    let forward = generator.forward_for(prompt.len() + gen)?;
+    let (scores_on_device, attention) = (forward.scores_on_device(), forward.attention().name());
     let report = serde_json::json!({
         "model": model_path.display().to_string(),
         "file_mib": file_mib,
@@ -257,8 +261,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "layers_seconds_per_pass": result.timings.body / passes,
         "head_and_scoring_seconds_per_pass": result.timings.head_and_scoring / passes,
         "bytes_to_host_per_step": result.bytes_to_host as f64 / result.steps as f64,
-        "scores_on_device": generator.forward_for(prompt.len() + gen)?.scores_on_device(),
-        "attention": generator.forward_for(prompt.len() + gen)?.attention().name(),
+        "scores_on_device": scores_on_device,
+        "attention": attention,
         "peak_rss_mib": rss,
         "compute_mib": compute_mib,
         "llama_forward_seconds": llama_forward,
@@ -266,10 +270,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "llama_logits_bytes": llama_forward.map(|_| (result.canvas.len() * model.n_vocab * 4) as u64),
         "ratio_llama_forward_over_unmask_step": llama_forward.map(|f| f / per_step),
         "ratio_llama_forward_and_scoring_over_unmask_step": llama_forward.zip(llama_scoring).map(|(f, s)| (f + s) / per_step),
-        // The whole job: libllama's forwards alone for exact decoding at the requested steps
-        // (one forward per step, as llama.cpp's diffusion example runs) against this run.
-        "llama_exact_run_seconds": llama_forward.map(|f| f * params.steps as f64),
-        "ratio_llama_exact_run_over_unmask_run": llama_forward.map(|f| f * params.steps as f64 / unmask_seconds),
+        "llama_exact_run_seconds": llama_exact_run,
+        "ratio_llama_exact_run_over_unmask_run": llama_exact_run.map(|r| r / unmask_seconds),
         "settings": settings.report(),
         "ignored_settings": file.ignored.iter().map(|i| i.to_json()).collect::<Vec<_>>(),
     });
@@ -321,8 +323,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!(
             "unmask: {:.0} bytes copied device-to-host per step (scoring on the device: {}; attention: {})",
             result.bytes_to_host as f64 / result.steps as f64,
-            report["scores_on_device"],
-            report["attention"]
+            scores_on_device, attention
         );
     }
     println!(
@@ -344,13 +345,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         llama_forward / per_step,
         (llama_forward + llama_scoring) / per_step
     );
-    if params.is_fast() {
+    if let (true, Some(exact_run)) = (params.is_fast(), llama_exact_run) {
         println!(
-            "ratio: libllama's forwards alone for exact decoding at {} steps ({:.2} s) / this run ({:.2} s) = {:.2}x",
+            "ratio: libllama's forwards alone for exact decoding at {} steps ({exact_run:.2} s) / this run ({unmask_seconds:.2} s) = {:.2}x",
             params.steps,
-            llama_forward * params.steps as f64,
-            unmask_seconds,
-            llama_forward * params.steps as f64 / unmask_seconds
+            exact_run / unmask_seconds
         );
     }
     Ok(())

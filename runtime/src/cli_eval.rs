@@ -69,7 +69,8 @@ struct Pair {
     response: String,
 }
 
-#[derive(Deserialize)]
+/// One line of a completions file (--completions reads them, --save-completions writes them).
+#[derive(Deserialize, serde::Serialize)]
 struct Completion {
     completion: String,
 }
@@ -199,7 +200,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(path) = &args.save_completions {
         let mut lines = String::new();
         for c in &completions {
-            lines.push_str(&serde_json::json!({ "completion": c }).to_string());
+            let line = Completion {
+                completion: c.clone(),
+            };
+            lines.push_str(&serde_json::to_string(&line)?);
             lines.push('\n');
         }
         unmask_kernels::temp_files::write_file(path, lines.as_bytes())

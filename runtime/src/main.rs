@@ -4,6 +4,7 @@ mod cli_bench;
 mod cli_chat;
 mod cli_check;
 mod cli_decoding;
+mod cli_devices;
 mod cli_errors;
 mod cli_eval;
 mod cli_generate;
@@ -45,7 +46,7 @@ enum Command {
     /// List the devices unmask can run on (after loading GPU backend libraries) and the CPU
     /// code in use: the instruction sets the ggml build uses, those the processor offers, and
     /// what computes q8_0 products.
-    Devices(DevicesArgs),
+    Devices(cli_devices::DevicesArgs),
     /// Compare a device (CUDA) with the CPU on one model file: logits of every position and
     /// greedy generations. Prints one JSON report; exit code 1 when they disagree.
     CheckDevice(cli_check::CheckArgs),
@@ -61,75 +62,7 @@ fn run() -> anyhow::Result<()> {
         Command::Chat(args) => cli_chat::run(args),
         Command::Bench(args) => cli_bench::run(args),
         Command::Eval(args) => cli_eval::run(*args),
-        Command::Devices(args) => list_devices(args),
+        Command::Devices(args) => cli_devices::run(args),
         Command::CheckDevice(args) => cli_check::run(args),
     }
-}
-
-#[derive(clap::Args)]
-struct DevicesArgs {
-    /// Print one JSON object instead of lines.
-    #[arg(long)]
-    json: bool,
-}
-
-fn list_devices(args: DevicesArgs) -> anyhow::Result<()> {
-    use unmask_kernels::device;
-    let cuda = device::load_family("cuda");
-    let cpu = unmask_kernels::cpu_code::cpu_code();
-    let devices = device::devices();
-    if args.json {
-        let list: Vec<serde_json::Value> = devices
-            .iter()
-            .map(|d| {
-                let (free, total) = d.memory();
-                serde_json::json!({
-                    "name": d.name(),
-                    "kind": format!("{:?}", d.kind()),
-                    "description": d.description(),
-                    "registry": d.registry(),
-                    "memory_free_bytes": free,
-                    "memory_total_bytes": total,
-                })
-            })
-            .collect();
-        let report = serde_json::json!({
-            "cuda_backend": cuda,
-            "cpu_code": {
-                "ggml_built": cpu.ggml_built,
-                "machine": cpu.machine,
-                "unused": cpu.unused,
-                "q8_0_products": cpu.int8_gemm,
-            },
-            "devices": list,
-        });
-        println!("{report}");
-        return Ok(());
-    }
-    println!("CUDA backend: {cuda}");
-    for d in &devices {
-        let (free, total) = d.memory();
-        println!(
-            "{:8} {:?} {} [{}], {:.1}/{:.1} GiB free",
-            d.name(),
-            d.kind(),
-            d.description(),
-            d.registry(),
-            free as f64 / (1u64 << 30) as f64,
-            total as f64 / (1u64 << 30) as f64
-        );
-    }
-    println!(
-        "CPU code: ggml built for {}; q8_0 products: {}",
-        cpu.ggml_built.join(" "),
-        cpu.int8_gemm
-    );
-    println!("CPU offers: {}", cpu.machine.join(" "));
-    if !cpu.unused.is_empty() {
-        println!(
-            "CPU offers but this build does not use: {}",
-            cpu.unused.join(" ")
-        );
-    }
-    Ok(())
 }
