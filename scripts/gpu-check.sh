@@ -12,7 +12,11 @@
 #      for 256 new tokens: exact at 256 and 64 steps, and dual cache + threshold 0.9, with
 #      libllama's forward over the same canvas through the same CUDA backend (flash attention on
 #      both sides), and the host-side scoring llama.cpp's diffusion example would add;
-#   5. a short report: $OUT/gpu-report.md (and the raw JSON lines).
+#   5. training on the device: `unmask-train grad` on the CPU and on the device for the tiny
+#      model's SFT and coupled-GRPO inputs (loss and every parameter gradient compared), and
+#      `unmask-train sft` updates of the 0.5b shape (8 x 256 tokens) on both: tokens/s, and the
+#      first update's loss and gradient norm side by side;
+#   6. a short report: $OUT/gpu-report.md (and the raw JSON lines).
 #
 # Runs from the repository root with the files of scripts/gpu-bundle.sh (target/gpu-bundle:
 # binaries and ggml source; no Rust needed). Without nvcc or a GPU, or with --cpu, it runs the
@@ -24,9 +28,10 @@
 #
 # --build-only stops after the backend build and the models (a second run does the rest; on a
 # machine lent for minutes at a time this splits the work in two).
-# Environment: SKIP_BENCH=1 (agreement only), OUT (report directory), WORK (scratch, default
-# target/gpu-work; kept, so a rerun resumes), BUNDLE, BIN_DIR (where unmask and unmask-quantize
-# are), CHECK_PRESETS (default "tiny 0.5b"), CUDA_FA (default ON), EVAL_PAIRS (default 64), and
+# Environment: SKIP_BENCH=1 (agreement only), SKIP_TRAIN=1 (no training section), TRAIN_UPDATES
+# (timed device updates, default 3), OUT (report directory), WORK (scratch, default
+# target/gpu-work; kept, so a rerun resumes), BUNDLE, BIN_DIR (where unmask, unmask-quantize
+# and unmask-train are), CHECK_PRESETS (default "tiny 0.5b"), CUDA_FA (default ON), EVAL_PAIRS (default 64), and
 # on the CPU path BIG_PRESET, BENCH_GEN, BENCH_STEPS (smaller runs, used by CI)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -69,6 +74,9 @@ if [[ $mode == cuda ]]; then
     bench_steps="256 64"
     fast_steps=256
     check_args=(--gen 96 --steps 48)
+    train_preset=0.5b
+    train_batch=8
+    train_len=256
     gpu_name=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)
     say "mode: CUDA on $gpu_name; $(nvcc --version 2>/dev/null | tail -1 || /usr/local/cuda/bin/nvcc --version | tail -1)"
 else
@@ -78,6 +86,9 @@ else
     bench_steps=${BENCH_STEPS:-"64 16"}
     fast_steps=${bench_steps%% *}
     check_args=(--gen 32 --steps 8)
+    train_preset=tiny
+    train_batch=4
+    train_len=64
     gpu_name="none (CPU path: ggml's CPU backend loaded as the device)"
     say "mode: CPU path (no nvcc/GPU, or --cpu)"
 fi
@@ -123,14 +134,18 @@ if [[ $build_only == 1 ]]; then
     exit 0
 fi
 declare -A tolerance=([f16]=2e-2 [q8_0]=3e-2 [q4_k]=5e-2)
+train_tol=1e-3
 status=0
 # Rows and JSON lines live in $work (a resumed run keeps the finished ones); the report is
 # rewritten after every row, so a run cut short still leaves one.
 agree=$work/rows-agree.md
 evalrows=$work/rows-eval.md
 benchrows=$work/rows-bench.md
+gradrows=$work/rows-train-grad.md
+speedrows=$work/rows-train-speed.md
 jsonl=$work/gpu-check.jsonl
-touch "$agree" "$evalrows" "$benchrows" "$jsonl"
+touch "$agree" "$evalrows" "$benchrows" "$gradrows" "$speedrows" "$jsonl"
+train_updates=${TRAIN_UPDATES:-3}
 shipped=$root/models/unmask-python-7m
 eval_pairs=${EVAL_PAIRS:-64}
 write_report() {
@@ -167,6 +182,20 @@ write_report() {
         echo "| decoding | steps | attention | unmask s/pass | tokens/s | layers + head/scoring s | D2H bytes/step | libllama forward s | + host scoring s | ratio per pass: fwd / fwd+scoring | ratio whole run |"
         echo "|---|---|---|---|---|---|---|---|---|---|---|"
         cat "$benchrows"
+        echo
+        echo "## Training: unmask-train on the CPU and on $device"
+        echo
+        echo "Gradients: \`unmask-train grad\` on the tiny model's inputs; relative error per tensor = max |cpu - device| / max |cpu|, the worst over every parameter gradient. Bound $train_tol (f32 products in a different order; on a GPU, cuBLAS may use TF32 tensor cores)."
+        echo
+        echo "| loss | loss on cpu | loss on $device | worst gradient rel. error | gradients | verdict |"
+        echo "|---|---:|---:|---:|---:|---|"
+        cat "$gradrows"
+        echo
+        echo "Speed: \`unmask-train sft\`, $train_preset shape, micro-batch $train_batch x $train_len tokens, f32, AdamW; tokens/s is the median over the updates after the first (which warms up)."
+        echo
+        echo "| device | updates | tokens/s | s/update | update 1 loss | update 1 grad norm | device / cpu |"
+        echo "|---|---:|---:|---:|---:|---:|---:|"
+        cat "$speedrows"
         echo
         echo "Raw JSON: gpu-check.jsonl; log: gpu-check.log."
     } >"$out/gpu-report.md"
@@ -294,6 +323,143 @@ PY
     fi
     write_report
 done
+# Training on the device: gradients of the same inputs, then the speed of SFT updates.
+train_bin=$bin/unmask-train
+py=${UNMASK_PYTHON:-python3}
+if [[ -n ${SKIP_TRAIN:-} ]]; then
+    say "training section skipped (SKIP_TRAIN)"
+elif [[ ! -x $train_bin ]]; then
+    say "no $train_bin: the training section is left out"
+    status=1
+else
+    tdir=$work/train
+    mkdir -p "$tdir"
+    tiny_hf=$tdir/tiny-hf
+    [[ -s $tiny_hf/model.safetensors.index.json ]] ||
+        "$bin/unmask-quantize" synth --preset tiny --hf "$tiny_hf" --seed 7 -q >>"$log" 2>&1
+    for kind in sft coupled-grpo; do
+        if grep -q "^| $kind | " "$gradrows"; then
+            continue
+        fi
+        inputs=$tdir/inputs-$kind.safetensors
+        [[ -s $bundle/train/inputs-$kind.safetensors ]] && cp "$bundle/train/inputs-$kind.safetensors" "$inputs"
+        if [[ ! -s $inputs ]] && ! "$py" "$root/tests/python/grpo_reference.py" make-inputs --hf "$tiny_hf" \
+            --out "$inputs" --kind "$kind" --seed 5 --n 4 --prompt-len 6 --completion-len 10 >>"$log" 2>&1; then
+            say "no $kind inputs (not in the bundle, and $py cannot make them): row left out"
+            continue
+        fi
+        say "training gradients: $kind on cpu and $device"
+        ok=1
+        for d in cpu $device; do
+            "$train_bin" grad --hf "$tiny_hf" --inputs "$inputs" --out "$tdir/grad-$kind-$d.safetensors" \
+                --loss "$kind" --device $d --threads "$threads" >>"$log" 2>&1 || { ok=0; break; }
+        done
+        if [[ $ok == 0 ]]; then
+            say "unmask-train grad on $d FAILED"
+            echo "| $kind | - | - | - | - | FAIL ($d failed) |" >>"$gradrows"
+            status=1
+            write_report
+            continue
+        fi
+        row=$(python3 - "$kind" "$train_tol" "$tdir/grad-$kind-cpu.safetensors" \
+            "$tdir/grad-$kind-$device.safetensors" 2>>"$log" <<'PY'
+import array, json, struct, sys
+kind, tol, fa, fb = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+def read(path):  # safetensors of f32 arrays (what unmask-train grad writes)
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        assert e["dtype"] == "F32", (name, e["dtype"])
+        a = array.array("f")
+        a.frombytes(data[e["data_offsets"][0]:e["data_offsets"][1]])
+        out[name] = a
+    return out
+a, b = read(fa), read(fb)
+worst, grads = 0.0, 0
+for name, x in a.items():
+    if not name.startswith("grad."):
+        continue
+    y = b[name]
+    scale = max((abs(v) for v in x), default=0.0)
+    err = max((abs(p - q) for p, q in zip(x, y)), default=0.0) / max(scale, 1e-30)
+    worst, grads = max(worst, err), grads + 1
+verdict = "pass" if worst <= tol and grads > 0 else "FAIL"
+print(json.dumps({"train_grad": kind, "loss_cpu": a["loss"][0], "loss_device": b["loss"][0],
+                  "worst_grad_rel_error": worst, "gradients": grads, "verdict": verdict}))
+PY
+        ) || row=""
+        if [[ -z $row ]]; then
+            echo "| $kind | - | - | - | - | FAIL (no comparison) |" >>"$gradrows"
+            status=1
+        else
+            echo "$row" >>"$jsonl"
+            python3 - "$row" >>"$gradrows" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+print(f"| {r['train_grad']} | {r['loss_cpu']:.6e} | {r['loss_device']:.6e} | "
+      f"{r['worst_grad_rel_error']:.2e} | {r['gradients']} | {r['verdict']} |")
+PY
+            [[ $row == *'"verdict": "pass"'* ]] || status=1
+        fi
+        write_report
+    done
+
+    # Speed: the same SFT updates on the CPU (fewer: it is the slow side) and on the device.
+    if ! grep -q "^| $device | " "$speedrows"; then
+        model=$tdir/$train_preset-hf
+        [[ -s $model/model.safetensors.index.json ]] ||
+            "$bin/unmask-quantize" synth --preset "$train_preset" --hf "$model" --seed 7 -q >>"$log" 2>&1
+        text=$tdir/text.txt
+        [[ -s $text ]] || python3 - "$text" <<'PY'
+import pathlib, sys, sysconfig
+lib = pathlib.Path(sysconfig.get_paths()["stdlib"])
+files = sorted(lib.glob("*.py"))[:200]
+pathlib.Path(sys.argv[1]).write_text("\n".join(p.read_text(errors="replace") for p in files))
+PY
+        rows=()
+        for d in cpu $device; do
+            updates=$((train_updates + 1))
+            [[ $d == cpu ]] && updates=2
+            say "training speed: $train_preset sft on $d, $updates updates"
+            run=$tdir/run-$d
+            rm -rf "$run"
+            if "$train_bin" sft --model "$model" --data "$text" --out "$run" --pack true \
+                --max-len "$train_len" --micro-batch "$train_batch" --grad-accum 1 --steps "$updates" \
+                --save-every 0 --lr 1e-4 --seed 3 --device $d --threads "$threads" >>"$log" 2>&1; then
+                rows+=("$run/metrics.jsonl")
+            else
+                say "unmask-train sft on $d FAILED"
+                status=1
+            fi
+        done
+        if [[ ${#rows[@]} == 2 ]]; then
+            python3 - "$device" "${rows[0]}" "${rows[1]}" "$jsonl" >>"$speedrows" <<'PY'
+import json, statistics, sys
+device, fc, fd, jsonl = sys.argv[1:5]
+def load(path):
+    rows = [json.loads(l) for l in open(path) if l.strip()]
+    timed = rows[1:] or rows
+    return rows, statistics.median(r["tokens_per_s"] for r in timed)
+(rc, tc), (rd, td) = load(fc), load(fd)
+with open(jsonl, "a") as f:
+    f.write(json.dumps({"train_speed": device, "tokens_per_s_cpu": tc, "tokens_per_s_device": td,
+                        "loss_1_cpu": rc[0]["loss"], "loss_1_device": rd[0]["loss"],
+                        "grad_norm_1_cpu": rc[0]["grad_norm"],
+                        "grad_norm_1_device": rd[0]["grad_norm"]}) + "\n")
+for name, rows, tps, ratio in (("cpu", rc, tc, "1.00x"), (device, rd, td, f"{td / tc:.2f}x")):
+    secs = statistics.median(r["seconds"] for r in (rows[1:] or rows))
+    print(f"| {name} | {len(rows)} | {tps:.1f} | {secs:.3f} | {rows[0]['loss']:.6f} | "
+          f"{rows[0]['grad_norm']:.6f} | {ratio} |")
+PY
+        fi
+        write_report
+    fi
+fi
 write_report
 # What libllama said about flash attention (its context log).
 grep -i "flash.attn\|flash attention" "$log" | sort | uniq -c | head -5 | tee -a "$out/gpu-report.md" >&2

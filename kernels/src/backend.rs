@@ -170,6 +170,13 @@ impl Backend {
         unsafe { sys::ggml_backend_get_default_buffer_type(self.raw.as_ptr()) }
     }
 
+    /// Whether graphs on this backend can read tensors in buffers of type `buft` (its own
+    /// memory; host memory for a CPU backend).
+    pub(crate) fn supports_buffer_type(&self, buft: sys::ggml_backend_buffer_type_t) -> bool {
+        // SAFETY: live backend; buffer types are static objects of their backend library.
+        unsafe { sys::ggml_backend_supports_buft(self.raw.as_ptr(), buft) }
+    }
+
     /// Whether the backend can compute `op` (a node of a graph built for it).
     pub(crate) fn supports(&self, op: *const sys::ggml_tensor) -> bool {
         // SAFETY: live backend; `op` is a live tensor of a graph (checked by the caller).

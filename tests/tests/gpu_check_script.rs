@@ -1,8 +1,9 @@
 //! `scripts/gpu-check.sh` runs end to end on its CPU path (no nvcc or GPU here): it builds ggml's
 //! CPU backend as a loadable library from the vendored source, loads it as the "device", runs
 //! the backend agreement check, the shipped model's evaluation on both backends and the benchmark
-//! (exact and dual cache + threshold), and writes its report. Small shapes and a few held-out
-//! pairs keep it short; the backend build is kept in the target directory between runs.
+//! (exact and dual cache + threshold), the training checks (gradients and SFT updates on the CPU
+//! and on the device), and writes its report. Small shapes and a few held-out pairs keep it
+//! short; the backend build is kept in the target directory between runs.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,14 +15,18 @@ fn gpu_check_runs_end_to_end_on_the_cpu_path() {
         .expect("bin dir")
         .to_path_buf();
     assert!(bin_dir.join("unmask-quantize").exists());
+    assert!(bin_dir.join("unmask-train").exists());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let work = bin_dir.join("gpu-check-work");
     // Keep only the backend build from an earlier run (the script resumes from what it finds).
     let _ = std::fs::remove_dir_all(work.join("models"));
+    let _ = std::fs::remove_dir_all(work.join("train"));
     for f in [
         "rows-agree.md",
         "rows-eval.md",
         "rows-bench.md",
+        "rows-train-grad.md",
+        "rows-train-speed.md",
         "gpu-check.jsonl",
     ] {
         let _ = std::fs::remove_file(work.join(f));
@@ -39,6 +44,8 @@ fn gpu_check_runs_end_to_end_on_the_cpu_path() {
         .env("BENCH_GEN", "32")
         .env("BENCH_STEPS", "16 4")
         .env("EVAL_PAIRS", "4")
+        .env("TRAIN_UPDATES", "2")
+        .env("UNMASK_PYTHON", unmask_tests::python())
         .output()
         .expect("run gpu-check.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -85,12 +92,38 @@ fn gpu_check_runs_end_to_end_on_the_cpu_path() {
         assert!(!row.contains("| - |"), "libllama missing: {row}");
         assert!(row.contains("| fused |"), "{row}");
     }
-    let jsonl = std::fs::read_to_string(out_dir.path().join("gpu-check.jsonl")).unwrap();
-    for line in jsonl.lines() {
-        serde_json::from_str::<serde_json::Value>(line).expect("one JSON object per line");
+    // Training: both losses' gradients agree between the CPU and the device pipeline, and SFT
+    // updates ran on both.
+    let grads: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("| sft | ") || l.starts_with("| coupled-grpo | "))
+        .collect();
+    assert_eq!(grads.len(), 2, "{report}");
+    for row in grads {
+        assert!(row.ends_with("| pass |"), "{row}");
     }
-    // 3 agreement reports, 4 evaluations, 3 benchmarks.
-    assert_eq!(jsonl.lines().count(), 10);
+    let speed: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("| cpu | 2 | ") || l.starts_with("| ggml-cpu | 3 | "))
+        .collect();
+    assert_eq!(speed.len(), 2, "{report}");
+    let jsonl = std::fs::read_to_string(out_dir.path().join("gpu-check.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    // 3 agreement reports, 4 evaluations, 3 benchmarks, 2 gradient checks, 1 speed comparison.
+    assert_eq!(lines.len(), 13, "{jsonl}");
+    let speed = lines
+        .iter()
+        .find(|v| v.get("train_speed").is_some())
+        .expect("a training speed line");
+    // The first update starts from the same weights and data on both: the same loss.
+    let (a, b) = (
+        speed["loss_1_cpu"].as_f64().unwrap(),
+        speed["loss_1_device"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() <= 1e-4 * a.abs(), "first loss {a} vs {b}");
 }
 
 #[test]

@@ -3,6 +3,10 @@
 //! same input file, `unmask-train grad` (run in-process through the library function the command
 //! calls) gives the reference's loss, per-token tensors and the gradient of EVERY parameter
 //! tensor within `TOLERANCE` (relative max-abs error per tensor: max |ours - ref| / max |ref|).
+//! Every case runs on both training devices: the built-in CPU backend (`--device cpu`, blocked
+//! GEMM products) and the device pipeline a GPU runs (`--device ggml-cpu`: parameters in the
+//! backend's buffers, ggml's products, results copied out), each against the reference and the
+//! two against each other.
 //! Both losses are covered: coupled-GRPO (with old and ref log-probs, both clip branches; and
 //! without old_logp, mu == 1) and masked-diffusion SFT (both normalisations). A negative control
 //! (perturbed advantages) must miss the reference gradients by far.
@@ -71,6 +75,44 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// The training devices every case runs on.
+const DEVICES: [&str; 2] = ["cpu", "ggml-cpu"];
+
+/// `unmask-train grad` on every device into `dir/ours-<label>-<device>.safetensors`, each
+/// compared with the reference output `theirs`, then the devices with each other (the same
+/// bound: different product kernels round differently). Returns the reference arrays.
+fn run_on_devices(
+    label: &str,
+    hf: &Path,
+    inputs: &Path,
+    theirs: &Path,
+    kind: LossKind,
+) -> BTreeMap<String, Array> {
+    let want = read_arrays(theirs).unwrap();
+    let mut outputs = Vec::new();
+    for device in DEVICES {
+        let ours = theirs.with_file_name(format!(
+            "ours-{}-{device}.safetensors",
+            label.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        ));
+        run_files(hf, inputs, &ours, kind, 2, Some(device)).expect("unmask-train grad");
+        let got = read_arrays(&ours).unwrap();
+        compare(&format!("{label} on {device}"), &got, &want);
+        outputs.push(got);
+    }
+    let mut worst: f64 = 0.0;
+    for (name, cpu) in &outputs[0] {
+        let err = rel_err(&outputs[1][name].data, &cpu.data);
+        assert!(
+            err <= TOLERANCE,
+            "{label}: `{name}` differs between the devices by {err:.3e}"
+        );
+        worst = worst.max(err);
+    }
+    println!("{label}: devices {DEVICES:?} agree within {worst:.2e}");
+    want
+}
+
 #[test]
 fn coupled_grpo_gradients_match_pytorch() {
     let dir = tempfile::tempdir().unwrap();
@@ -78,7 +120,6 @@ fn coupled_grpo_gradients_match_pytorch() {
     for (label, extra) in [("old+ref", &[][..]), ("no old (mu=1)", &["--no-old"][..])] {
         let inputs = dir.path().join("in.safetensors");
         let theirs = dir.path().join("ref.safetensors");
-        let ours = dir.path().join("ours.safetensors");
         let mut args = vec![
             "make-inputs",
             "--hf",
@@ -107,9 +148,7 @@ fn coupled_grpo_gradients_match_pytorch() {
             "--out",
             s(&theirs),
         ]);
-        run_files(&hf, &inputs, &ours, LossKind::CoupledGrpo, 2).expect("unmask-train grad");
-        let want = read_arrays(&theirs).unwrap();
-        compare(label, &read_arrays(&ours).unwrap(), &want);
+        let want = run_on_devices(label, &hf, &inputs, &theirs, LossKind::CoupledGrpo);
 
         if extra.is_empty() {
             // Negative control: the same inputs with perturbed advantages must give a clearly
@@ -163,7 +202,6 @@ fn sft_gradients_match_pytorch() {
     ]);
     for (norm, per_row) in [("tokens", false), ("rows", true)] {
         let theirs = dir.path().join(format!("ref-{norm}.safetensors"));
-        let ours = dir.path().join(format!("ours-{norm}.safetensors"));
         reference(&[
             "sft",
             "--hf",
@@ -175,11 +213,12 @@ fn sft_gradients_match_pytorch() {
             "--norm",
             norm,
         ]);
-        run_files(&hf, &inputs, &ours, LossKind::Sft { per_row }, 2).expect("unmask-train grad");
-        compare(
+        run_on_devices(
             &format!("sft ({norm})"),
-            &read_arrays(&ours).unwrap(),
-            &read_arrays(&theirs).unwrap(),
+            &hf,
+            &inputs,
+            &theirs,
+            LossKind::Sft { per_row },
         );
     }
 }
@@ -214,7 +253,6 @@ fn pretraining_loss_gradients_match_pytorch() {
         "every window's prompt is its first token"
     );
     let theirs = dir.path().join("ref.safetensors");
-    let ours = dir.path().join("ours.safetensors");
     reference(&[
         "sft",
         "--hf",
@@ -226,10 +264,11 @@ fn pretraining_loss_gradients_match_pytorch() {
         "--norm",
         "tokens",
     ]);
-    run_files(&hf, &inputs, &ours, LossKind::Sft { per_row: false }, 2).expect("grad");
-    compare(
+    run_on_devices(
         "pretraining (prompt 1)",
-        &read_arrays(&ours).unwrap(),
-        &read_arrays(&theirs).unwrap(),
+        &hf,
+        &inputs,
+        &theirs,
+        LossKind::Sft { per_row: false },
     );
 }

@@ -76,22 +76,22 @@ fn is_copied(name: &str) -> bool {
 }
 
 /// Writes a safetensors file tensor by tensor and fsyncs it.
-pub(crate) fn write_safetensors(
+pub(crate) fn write_safetensors<V: AsRef<[f32]>>(
     path: &Path,
-    tensors: &[(String, Dtype, Vec<u64>, &[f32])],
+    tensors: &[(String, Dtype, Vec<u64>, V)],
 ) -> Result<()> {
     let size = |d: Dtype, v: &[f32]| v.len() as u64 * if d == Dtype::BF16 { 2 } else { 4 };
     let header = encode_header(
         tensors
             .iter()
-            .map(|(n, d, s, v)| (n.as_str(), *d, s.as_slice(), size(*d, v))),
+            .map(|(n, d, s, v)| (n.as_str(), *d, s.as_slice(), size(*d, v.as_ref()))),
     );
     let file = File::create(path).map_err(io(path))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     out.write_all(&header).map_err(io(path))?;
     let mut buf = Vec::new();
     for (_, dtype, _, values) in tensors {
-        for chunk in values.chunks(1 << 20) {
+        for chunk in values.as_ref().chunks(1 << 20) {
             buf.clear();
             match dtype {
                 Dtype::BF16 => buf.extend(

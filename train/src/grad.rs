@@ -552,10 +552,11 @@ pub fn run_files(
     out: &Path,
     kind: LossKind,
     threads: usize,
+    device: Option<&str>,
 ) -> Result<GradOutput> {
-    let policy = Policy::load_hf(hf)?;
+    let (_, mut backend) = crate::device::training_backend(device, threads)?;
+    let policy = Policy::load_hf_on(hf, Some(&backend))?;
     let arrays = read_arrays(inputs)?;
-    let mut backend = Backend::new(threads)?;
     let result = match kind {
         LossKind::CoupledGrpo => coupled_grpo(&policy, &arrays, &mut backend)?,
         LossKind::Sft { per_row } => sft(&policy, &arrays, per_row, &mut backend)?,

@@ -38,6 +38,7 @@
 
 use crate::advantage::{batch_advantages, AdvantageConfig, Baseline};
 use crate::checkpoint::{self, SaveDtype, TrainerState};
+use crate::device::training_backend;
 use crate::grad::{coupled_grpo, coupled_logp};
 use crate::lr_schedule::CosineSchedule;
 use crate::masks::coupled_masks;
@@ -59,7 +60,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use unmask_dream::hf::HfCheckpoint;
 use unmask_dream::safetensors::Dtype;
-use unmask_kernels::backend::Backend;
 use unmask_runtime::ModelSpec;
 
 const TAG_ROLLOUT: u64 = 11;
@@ -257,7 +257,7 @@ fn sync_reference(reference: &mut Policy, policy: &Policy, alpha: f64) -> Result
         let old = store.get(&spec.gguf_name)?;
         let mixed: Vec<f32> = theta
             .iter()
-            .zip(old)
+            .zip(old.iter())
             .map(|(&a, &b)| (alpha * a as f64 + (1.0 - alpha) * b as f64) as f32)
             .collect();
         store.set(&spec.gguf_name, &mixed)?;
@@ -271,12 +271,12 @@ pub fn train(cfg: &GrpoConfig, resume: bool) -> Result<Summary> {
     cfg.validate()?;
     let model_dir = cfg.model.clone().unwrap_or_default();
     let out = cfg.out.clone().unwrap_or_default();
-    let latest = checkpoint::prepare_out(&out, resume)?;
     let threads = crate::run_config::threads_or_default(cfg.threads);
-    let mut backend = Backend::new(threads)?;
-    let mut policy = Policy::load_hf(&model_dir)?;
+    let (placement, mut backend) = training_backend(cfg.device.as_deref(), threads)?;
+    let latest = checkpoint::prepare_out(&out, resume)?;
+    let mut policy = Policy::load_hf_on(&model_dir, Some(&backend))?;
     let mut reference = if cfg.beta > 0.0 {
-        Some(Policy::load_hf(&model_dir)?)
+        Some(Policy::load_hf_on(&model_dir, Some(&backend))?)
     } else {
         None
     };
@@ -327,6 +327,7 @@ pub fn train(cfg: &GrpoConfig, resume: bool) -> Result<Summary> {
         block_length: cfg.block_length,
         threshold: cfg.threshold,
         threads,
+        placement,
         ..RolloutParams::default()
     };
     let mut seed = cfg.seed;

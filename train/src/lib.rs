@@ -43,6 +43,7 @@ pub mod batch;
 pub mod cgroup;
 pub mod checkpoint;
 pub mod corpus;
+pub mod device;
 pub mod format;
 pub mod function_pairs;
 pub mod grad;

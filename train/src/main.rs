@@ -84,6 +84,9 @@ enum Cmd {
         norm: Option<Norm>,
         #[command(flatten)]
         threads: ThreadsArg,
+        /// Where to compute: cpu, cuda, cuda:N, auto or ggml-cpu (as for sft) [default: cpu].
+        #[arg(long)]
+        device: Option<String>,
     },
     /// Train a byte-level BPE tokenizer on a corpus and write its tokenizer.json: Qwen2.5's
     /// normalizer, pre-tokenizer and decoder, the learned vocabulary and merges, then Dream's
@@ -305,6 +308,7 @@ fn run(cli: Cli) -> Result<()> {
             loss,
             norm,
             threads,
+            device,
         } => {
             let kind = match loss {
                 LossArg::CoupledGrpo => LossKind::CoupledGrpo,
@@ -313,7 +317,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
             };
             let threads = unmask_train::run_config::threads_or_default(threads.threads);
-            let result = run_files(&hf, &inputs, &out, kind, threads)
+            let result = run_files(&hf, &inputs, &out, kind, threads, device.as_deref())
                 .with_context(|| format!("grad on {}", inputs.display()))?;
             println!("{}", serde_json::json!({ "loss": result.loss }));
         }

@@ -33,8 +33,15 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Loads the weights of a Hugging Face checkpoint folder (bf16, f16 or f32) as f32.
+    /// Loads the weights of a Hugging Face checkpoint folder (bf16, f16 or f32) as f32, in
+    /// host memory for the built-in CPU backend.
     pub fn load_hf(dir: &Path) -> Result<Self> {
+        Self::load_hf_on(dir, None)
+    }
+
+    /// Like [`load_hf`](Self::load_hf), with the parameters in the memory of `backend` (a GPU's
+    /// for a CUDA backend); `None` is host memory.
+    pub fn load_hf_on(dir: &Path, backend: Option<&Backend>) -> Result<Self> {
         let ckpt = HfCheckpoint::open(dir)?;
         let specs = tensor_specs(&ckpt.config);
         let shapes: Vec<(String, Vec<i64>)> = specs
@@ -44,7 +51,10 @@ impl Policy {
                 (s.gguf_name.clone(), shape)
             })
             .collect();
-        let mut store = ParamStore::new(&shapes)?;
+        let mut store = match backend {
+            Some(b) => ParamStore::on_backend(&shapes, b)?,
+            None => ParamStore::new(&shapes)?,
+        };
         let mut values = Vec::new();
         for spec in &specs {
             let (file, entry) = ckpt.find(&spec.hf_name).ok_or_else(|| {
@@ -128,6 +138,8 @@ pub struct BatchGraphs {
     positions: Vec<i32>,
     key_mask: Vec<f32>,
     ids: Vec<i32>,
+    /// The logits copied out of a device's memory (unused when the graph computes in host memory).
+    logits_host: Vec<f32>,
 }
 
 /// Parameter tensors of a graph by GGUF name.
@@ -186,6 +198,18 @@ impl BatchGraphs {
             g.allocate(&[logits], backend)?;
             (g, body, logits, None, Vec::new())
         };
+        if !backend.is_builtin_cpu() {
+            // ggml would abort on an operation the device lacks; say which ones instead.
+            let missing = graph.unsupported_ops(backend)?;
+            if !missing.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "the {} backend cannot compute these operations of the training graph: {}; \
+                     train with --device cpu",
+                    backend.name(),
+                    missing.join(", ")
+                )));
+            }
+        }
         Ok(BatchGraphs {
             batch,
             len,
@@ -199,6 +223,7 @@ impl BatchGraphs {
             positions: (0..batch).flat_map(|_| 0..len as i32).collect(),
             key_mask: vec![0.0; batch * len * len],
             ids: vec![0; batch * len],
+            logits_host: Vec::new(),
         })
     }
 
@@ -260,7 +285,9 @@ impl BatchGraphs {
         } else {
             self.graph.compute(backend)?;
         }
-        Ok(self.graph.read_f32(self.logits)?)
+        Ok(self
+            .graph
+            .read_f32_via(self.logits, &mut self.logits_host)?)
     }
 
     /// After [`forward`](Self::forward) on a gradient graph: adds to `acc` the parameter
@@ -303,7 +330,7 @@ impl BatchGraphs {
                     sum.len()
                 )));
             }
-            for (s, g) in sum.iter_mut().zip(grad) {
+            for (s, g) in sum.iter_mut().zip(grad.iter()) {
                 *s += g;
             }
         }

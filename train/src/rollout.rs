@@ -11,6 +11,7 @@ use crate::policy::Policy;
 use crate::{Error, Result};
 use std::sync::Arc;
 use unmask_dream::chat::instruct_prompt;
+use unmask_kernels::device::Placement;
 use unmask_runtime::rng::Rng;
 use unmask_runtime::settings::{Layer, Settings, Source};
 use unmask_runtime::{Algorithm, CacheMode, Control, GenerateParams, Generator, Model, ModelSpec};
@@ -20,7 +21,7 @@ pub const PROMPT_TOKENS: usize = 200;
 
 /// Sampling settings of the rollouts; the defaults are the published run's (§1): the runtime's
 /// built-in generation settings with [`published_run`] over them.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct RolloutParams {
     /// Completion length (the canvas after the prompt).
     pub max_new_tokens: usize,
@@ -40,6 +41,8 @@ pub struct RolloutParams {
     pub threshold: Option<f32>,
     /// Worker threads of the forward passes and scoring.
     pub threads: usize,
+    /// Where the policy's parameters live and the rollouts compute (the trainer's device).
+    pub placement: Placement,
 }
 
 /// Where the published coupled-GRPO run's rollouts differ from the runtime's built-in
@@ -81,6 +84,7 @@ impl Default for RolloutParams {
             block_length: p.block_length,
             threshold: p.threshold,
             threads: unmask_kernels::backend::default_threads(),
+            placement: Placement::Cpu,
         }
     }
 }
@@ -166,7 +170,8 @@ pub fn rollouts(
     }
     // The model holds the parameters only for the duration of the call: afterwards the trainer
     // owns them alone again and can update them.
-    let model = Model::from_parts(spec.clone(), policy.params.clone())?;
+    let mut model = Model::from_parts(spec.clone(), policy.params.clone())?;
+    model.placement = params.placement.clone();
     let mut generator = Generator::new(Arc::new(model), params.threads)?;
     let mut out = Vec::with_capacity(prompts.len() * g);
     for (prompt_index, prompt) in prompts.iter().enumerate() {

@@ -72,8 +72,8 @@ pub struct SftConfig {
     pub save_dtype: Option<SaveDtype>,
     /// GGML threads (default: the physical cores).
     pub threads: Option<usize>,
-    /// Where to train: `cpu` (default) or `auto` (the CPU: training does not run on CUDA yet;
-    /// `cuda` is refused with the reason).
+    /// Where to train: `cpu` (default), `cuda`, `cuda:N`, `auto` or `ggml-cpu`
+    /// ([`crate::device`]).
     pub device: Option<String>,
 }
 
@@ -153,7 +153,9 @@ pub struct RunArgs {
     pub save_dtype: Option<SaveDtype>,
     #[command(flatten)]
     pub threads: ThreadsArg,
-    /// Where to train: cpu or auto (the CPU); cuda is refused with the reason [default: cpu].
+    /// Where to train: cpu, cuda, cuda:N (a CUDA GPU through the loadable CUDA backend), auto
+    /// (a CUDA GPU when one is usable, else the CPU) or ggml-cpu (the GPU code path on ggml's
+    /// CPU device, for tests) [default: cpu].
     #[arg(long)]
     pub device: Option<String>,
 }
@@ -577,8 +579,8 @@ pub struct GrpoConfig {
     pub save_dtype: Option<SaveDtype>,
     /// GGML threads (default: the physical cores).
     pub threads: Option<usize>,
-    /// Where to train: `cpu` (default) or `auto` (the CPU: training does not run on CUDA yet;
-    /// `cuda` is refused with the reason).
+    /// Where to train: `cpu` (default), `cuda`, `cuda:N`, `auto` or `ggml-cpu`
+    /// ([`crate::device`]).
     pub device: Option<String>,
     /// Concurrent reward sandboxes (default: the physical cores).
     pub reward_jobs: Option<usize>,
@@ -866,32 +868,9 @@ pub fn threads_or_default(threads: Option<usize>) -> usize {
     threads.unwrap_or_else(unmask_kernels::backend::default_threads)
 }
 
-/// `--device`: training (gradients, optimizer, rollouts on the f32 policy) runs on the built-in
-/// CPU backend. `cuda` is refused: with a clear "not available" error when there is no CUDA
-/// backend, else because training on CUDA is not implemented.
+/// `--device` must name a device (it is resolved when the run starts, [`crate::device`]).
 pub fn check_device(device: Option<&str>) -> Result<()> {
-    use unmask_kernels::device::{resolve, DeviceRequest, Placement};
-    let Some(text) = device else {
-        return Ok(());
-    };
-    let request: DeviceRequest = text
-        .parse()
-        .map_err(|e: unmask_kernels::Error| Error::InvalidArgument(e.to_string()))?;
-    match request {
-        DeviceRequest::Cpu | DeviceRequest::Auto => Ok(()),
-        DeviceRequest::GgmlCpu => Err(Error::InvalidArgument(
-            "device ggml-cpu is for inference tests; train with --device cpu".into(),
-        )),
-        DeviceRequest::Cuda(_) => match resolve(&request) {
-            Err(e) => Err(Error::InvalidArgument(e.to_string())),
-            Ok(Placement::Device(d)) => Err(Error::InvalidArgument(format!(
-                "{} is available, but unmask-train computes on the CPU only (training on CUDA \
-                 is not implemented); use --device cpu",
-                d.name()
-            ))),
-            Ok(Placement::Cpu) => Ok(()),
-        },
-    }
+    crate::device::parse(device).map(|_| ())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 
 use crate::batch::GraphCache;
 use crate::checkpoint::{self, SaveDtype, TrainerState};
+use crate::device::training_backend;
 use crate::grad::{sft_rows, SftOptions, SftRow};
 use crate::lr_schedule::CosineSchedule;
 use crate::metrics::{MetricsLog, StepMetrics};
@@ -161,10 +162,10 @@ pub fn train(cfg: &SftConfig, resume: bool, throttle: Duration) -> Result<Summar
     cfg.validate()?;
     let model_dir = cfg.model.clone().unwrap_or_default();
     let out = cfg.out.clone().unwrap_or_default();
-    let latest = checkpoint::prepare_out(&out, resume)?;
     let threads = crate::run_config::threads_or_default(cfg.threads);
-    let mut backend = Backend::new(threads)?;
-    let mut policy = Policy::load_hf(&model_dir)?;
+    let (_, mut backend) = training_backend(cfg.device.as_deref(), threads)?;
+    let latest = checkpoint::prepare_out(&out, resume)?;
+    let mut policy = Policy::load_hf_on(&model_dir, Some(&backend))?;
     let mask = mask_token(&policy)?;
     let save_dtype = match cfg.save_dtype {
         Some(d) => d,

@@ -1,5 +1,6 @@
-//! `unmask-train --device`: cpu and auto train on the CPU; cuda is refused with a clear message
-//! (here: no CUDA backend library can be found), a non-zero exit code and no panic.
+//! `unmask-train --device`: a CUDA request without a GPU is refused with a clear message, a
+//! non-zero exit code and no panic. (Training on the device pipeline is in `sft.rs` and
+//! `grpo_learns.rs`.)
 
 use std::process::Command;
 
@@ -14,11 +15,13 @@ fn train(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn cuda_is_refused_clearly() {
-    for sub in ["sft", "grpo"] {
+    for (sub, input) in [("sft", "--data"), ("grpo", "--tasks")] {
         let out = train(&[
             sub,
             "--model",
             "/nonexistent",
+            input,
+            "/nonexistent.jsonl",
             "--out",
             "/nonexistent-out",
             "--device",

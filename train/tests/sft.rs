@@ -1,6 +1,6 @@
 //! The training loop: AdamW (ggml) against an f64 transcription of `torch.optim.AdamW`, SFT that
-//! learns on the tiny model, kill -9 and bit-identical resume, and checkpoints that convert to
-//! GGUF and load in the runtime.
+//! learns on the tiny model, kill -9 and bit-identical resume, checkpoints that convert to GGUF
+//! and load in the runtime, and the same training on the device pipeline (`--device ggml-cpu`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -339,4 +339,109 @@ fn kill_9_then_resume_is_bit_identical() {
     unmask_quantize::convert::convert(&cut.join("checkpoint-12"), &gguf, &options).unwrap();
     let model = unmask_runtime::Model::load(&gguf).unwrap();
     drop(model);
+}
+
+/// 12 SFT updates of the tiny model on `device` (`sft_cmd`), every checkpoint kept, in f32.
+fn sft_on(hf: &Path, data: &Path, out: &Path, device: &str, extra: &[&str]) {
+    let st = sft_cmd(
+        hf,
+        data,
+        out,
+        &["--keep", "0", "--save-dtype", "f32", "--device", device],
+    )
+    .args(extra)
+    .output()
+    .unwrap();
+    assert!(
+        st.status.success(),
+        "sft on {device}: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+fn losses(out: &Path) -> Vec<f64> {
+    metrics::read(&out.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|m| m.loss)
+        .collect()
+}
+
+/// The device pipeline (`--device ggml-cpu`: parameters, AdamW moments and graphs in the
+/// backend's buffers, ggml's products, as a GPU runs them) trains as the built-in CPU backend
+/// does, and resumes bit for bit.
+#[test]
+fn the_device_pipeline_trains_like_the_cpu_and_resumes_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = tiny(dir.path());
+    let data = pairs(dir.path());
+    let cpu = dir.path().join("cpu");
+    let device = dir.path().join("device");
+    sft_on(&hf, &data, &cpu, "cpu", &[]);
+    sft_on(&hf, &data, &device, "ggml-cpu", &[]);
+    // The same objective, data and updates; only the product kernels' rounding differs (the
+    // gradients agree within 2e-5 in tests/tests/train_grad_parity.rs).
+    let (a, b) = (losses(&cpu), losses(&device));
+    assert_eq!((a.len(), b.len()), (12, 12));
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        let rel = (x - y).abs() / x.abs().max(1e-12);
+        assert!(
+            rel < 1e-3,
+            "update {}: loss {x} on cpu, {y} on ggml-cpu",
+            step + 1
+        );
+    }
+    assert!(
+        b[11] < b[0],
+        "the device run learns: loss {} -> {}",
+        b[0],
+        b[11]
+    );
+    let params = |out: &Path| -> Vec<f32> {
+        let bytes = std::fs::read(out.join("checkpoint-12/model.safetensors")).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        bytes[8 + n..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let (pa, pb) = (params(&cpu), params(&device));
+    assert_eq!(pa.len(), pb.len());
+    let scale = pa.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = pa
+        .iter()
+        .zip(&pb)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    eprintln!("final parameters: max |cpu - ggml-cpu| = {diff:.2e} (max |w| = {scale:.2e})");
+    assert!(diff <= 1e-3 * scale, "final parameters differ by {diff}");
+
+    // Resume on the device from checkpoint 4 of a copy of the run: the same checkpoint 12.
+    let cut = dir.path().join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    for entry in std::fs::read_dir(&device).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "checkpoint-8" || name == "checkpoint-12" {
+            continue;
+        }
+        let to = cut.join(&name);
+        if entry.path().is_dir() {
+            std::fs::create_dir(&to).unwrap();
+            for f in std::fs::read_dir(entry.path()).unwrap() {
+                let f = f.unwrap();
+                std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+            }
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+    std::fs::write(cut.join("latest"), "checkpoint-4\n").unwrap();
+    sft_on(&hf, &data, &cut, "ggml-cpu", &["--resume"]);
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let x = std::fs::read(device.join("checkpoint-12").join(file)).unwrap();
+        let y = std::fs::read(cut.join("checkpoint-12").join(file)).unwrap();
+        assert!(x == y, "{file}: the resumed device run differs");
+    }
+    let bits = |v: Vec<f64>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(losses(&device)), bits(losses(&cut)));
 }

@@ -1,12 +1,14 @@
 //! AdamW for a [`ParamStore`]: the hyper-parameters of one step ([`AdamWStep`], PyTorch's
 //! meaning) and the moments ([`AdamWState`]), updated in place by ggml's
-//! `GGML_OP_OPT_STEP_ADAMW` from gradients the caller passes in (e.g. [`Graph::grad_f32`](super::Graph::grad_f32)).
+//! `GGML_OP_OPT_STEP_ADAMW` from gradients the caller passes in (e.g. [`Graph::grad_f32`](super::Graph::grad_f32)),
+//! on the backend whose memory holds the parameters (the CPU, or a device such as a GPU).
 
 use super::param_store::ParamStore;
 use crate::backend::Backend;
 use crate::ggml_context::Context;
 use crate::{Error, Result};
 use llama_cpp_sys_2 as sys;
+use std::borrow::Cow;
 
 /// Hyper-parameters of one AdamW step, with PyTorch's `torch.optim.AdamW` meaning: `step` is the
 /// 1-based number of this update (bias corrections `1 - beta^step`), `eps` is added outside the
@@ -59,8 +61,9 @@ impl AdamWStep {
     }
 }
 
-/// AdamW moments of a [`ParamStore`] (`m`, `v`: f32 tensors of the same names and shapes in
-/// their own CPU backend buffers), updated by ggml's `GGML_OP_OPT_STEP_ADAMW` on the CPU backend.
+/// AdamW moments of a [`ParamStore`] (`m`, `v`: f32 tensors of the same names and shapes, in
+/// buffers of the parameters' kind of memory), updated by ggml's `GGML_OP_OPT_STEP_ADAMW` on the
+/// backend that computes in that memory.
 ///
 /// ggml's kernel computes, per element, `m = beta1 m + (1 - beta1) g`,
 /// `v = beta2 v + (1 - beta2) g^2`, then
@@ -72,27 +75,30 @@ pub struct AdamWState {
     v: ParamStore,
     /// The 7-float `adamw_params` tensor.
     hyper: ParamStore,
+    /// Device backends only: the gradients, copied in before each step (the built-in CPU
+    /// backend reads the caller's slices in place). Made at the first step.
+    grads: Option<ParamStore>,
 }
 
 const HYPER: &str = "adamw_params";
 
+/// The first and second moments of one parameter, borrowed from host memory or copied.
+pub type Moments<'a> = (Cow<'a, [f32]>, Cow<'a, [f32]>);
+
 impl AdamWState {
     /// Zero moments for every parameter of `params`.
     pub fn new(params: &ParamStore) -> Result<Self> {
-        let shapes: Vec<(String, Vec<i64>)> = params
-            .names()
-            .iter()
-            .map(|n| Ok((n.clone(), params.shape(n)?.to_vec())))
-            .collect::<Result<_>>()?;
+        let shapes = params.shapes()?;
         Ok(AdamWState {
-            m: ParamStore::new(&shapes)?,
-            v: ParamStore::new(&shapes)?,
-            hyper: ParamStore::new(&[(HYPER.to_string(), vec![7])])?,
+            m: params.alike(&shapes)?,
+            v: params.alike(&shapes)?,
+            hyper: params.alike(&[(HYPER.to_string(), vec![7])])?,
+            grads: None,
         })
     }
 
-    /// The first and second moments of a parameter.
-    pub fn moments(&self, name: &str) -> Result<(&[f32], &[f32])> {
+    /// The first and second moments of a parameter (copied out of a device's memory).
+    pub fn moments(&self, name: &str) -> Result<Moments<'_>> {
         Ok((self.m.get(name)?, self.v.get(name)?))
     }
 
@@ -116,6 +122,16 @@ impl AdamWState {
         if grads.is_empty() {
             return Ok(());
         }
+        if !params.usable_by(backend) || !self.m.usable_by(backend) {
+            return Err(Error::InvalidArgument {
+                what: "AdamW step",
+                detail: format!(
+                    "the parameters or their moments live in memory the {} backend cannot \
+                     compute with",
+                    backend.name()
+                ),
+            });
+        }
         for (i, (name, g)) in grads.iter().enumerate() {
             let n = params.len(name)?;
             if g.len() != n || self.m.len(name)? != n {
@@ -134,6 +150,21 @@ impl AdamWState {
             }
         }
         self.hyper.set(HYPER, &hyper)?;
+        // The built-in CPU backend reads the caller's slices in place; any other backend reads
+        // the gradients from a store in its own memory.
+        let in_place = backend.is_builtin_cpu() && params.is_host();
+        if !in_place {
+            if self.grads.is_none() {
+                self.grads = Some(params.alike(&params.shapes()?)?);
+            }
+            let store = self
+                .grads
+                .as_mut()
+                .ok_or(Error::Init("the gradient store".into()))?;
+            for (name, g) in grads {
+                store.set(name, g)?;
+            }
+        }
         let nodes = grads.len();
         // Graph slots: one node per parameter, and its leaves (parameter, gradient, m, v, shared
         // hyper-parameters).
@@ -156,14 +187,15 @@ impl AdamWState {
             place,
         };
         // SAFETY: the context has room for a graph of `slots` nodes and leaves and 2 tensors per
-        // node. Every
-        // tensor is f32 and contiguous: the parameter (flagged PARAM, as ggml_opt_step_adamw
-        // asserts) and its moments live in host backend buffers; the gradient tensor is a
-        // description whose data points at the caller's slice of exactly the parameter's shape,
-        // which the kernel only reads and which outlives the computation (borrowed for this
-        // call). The kernel writes the parameter and the moments, which we hold `&mut`, so no
-        // shared reference observes the writes. The CPU backend computes host tensors without
-        // consulting their buffers.
+        // node. Every tensor is f32 and contiguous: the parameter (flagged PARAM, as
+        // ggml_opt_step_adamw asserts) and its moments live in buffers of one kind of memory,
+        // the backend's. On the built-in CPU backend with host parameters, the gradient tensor
+        // is a description whose data points at the caller's slice of exactly the parameter's
+        // shape, which the kernel only reads and which outlives the computation (borrowed for
+        // this call; the CPU backend computes host tensors without consulting their buffers).
+        // Otherwise it is the gradient store's tensor of that name, in the same memory as the
+        // parameter, filled above. The kernel writes the parameter and the moments, which we
+        // hold `&mut`, so no shared reference observes the writes.
         unsafe {
             let graph = sys::ggml_new_graph_custom(ctx.as_ptr(), slots, false);
             if graph.is_null() {
@@ -179,12 +211,22 @@ impl AdamWState {
                     .v
                     .raw(name)
                     .ok_or_else(|| missing(name, "the AdamW moments"))?;
-                let ne = (*p.as_ptr()).ne;
-                let gt = sys::ggml_new_tensor(ctx.as_ptr(), sys::GGML_TYPE_F32, 4, ne.as_ptr());
-                if gt.is_null() {
-                    return Err(Error::Init(format!("the gradient tensor of `{name}`")));
-                }
-                (*gt).data = g.as_ptr() as *mut std::ffi::c_void;
+                let gt = match &self.grads {
+                    Some(store) if !in_place => store
+                        .raw(name)
+                        .ok_or_else(|| missing(name, "the gradient store"))?
+                        .as_ptr(),
+                    _ => {
+                        let ne = (*p.as_ptr()).ne;
+                        let gt =
+                            sys::ggml_new_tensor(ctx.as_ptr(), sys::GGML_TYPE_F32, 4, ne.as_ptr());
+                        if gt.is_null() {
+                            return Err(Error::Init(format!("the gradient tensor of `{name}`")));
+                        }
+                        (*gt).data = g.as_ptr() as *mut std::ffi::c_void;
+                        gt
+                    }
+                };
                 let node = sys::ggml_opt_step_adamw(
                     ctx.as_ptr(),
                     p.as_ptr(),

@@ -18,6 +18,7 @@ use super::{Graph, TensorId};
 use crate::backend::Backend;
 use crate::{Error, Result};
 use llama_cpp_sys_2 as sys;
+use std::borrow::Cow;
 use std::os::raw::c_int;
 use std::ptr::NonNull;
 
@@ -176,7 +177,8 @@ impl Graph {
                 "the graph was not allocated with gradients (allocate_with_gradients)",
             ));
         }
-        // SAFETY: a live graph with gradients whose tensors are allocated in host memory.
+        // SAFETY: a live graph with gradients whose tensors are allocated (ggml_graph_reset
+        // writes through the backend's buffer functions, so any memory).
         unsafe { sys::ggml_graph_reset(graph.as_ptr()) };
         self.compute(backend)
     }
@@ -246,7 +248,8 @@ impl Graph {
         let graph = self.graph.ok_or(Error::NotAllocated {
             op: "computing gradients",
         })?;
-        // SAFETY: a live graph with gradients whose tensors are allocated in host memory.
+        // SAFETY: a live graph with gradients whose tensors are allocated (ggml_graph_reset
+        // writes through the backend's buffer functions, so any memory).
         unsafe { sys::ggml_graph_reset(graph.as_ptr()) };
         self.split = SplitState::Ready { at };
         self.compute_part(graph, 0, at, backend)?;
@@ -308,9 +311,10 @@ impl Graph {
     }
 
     /// The gradient of the loss with respect to parameter `param` after
-    /// [`compute_gradients`](Self::compute_gradients), in the parameter's shape; `None` when the
-    /// loss does not depend on it.
-    pub fn grad_f32(&self, param: TensorId) -> Result<Option<&[f32]>> {
+    /// [`compute_gradients`](Self::compute_gradients), in the parameter's shape: borrowed in
+    /// place from host memory, copied out of a device's; `None` when the loss does not depend
+    /// on it.
+    pub fn grad_f32(&self, param: TensorId) -> Result<Option<Cow<'_, [f32]>>> {
         let graph = self.graph.ok_or(Error::NotAllocated {
             op: "reading gradients",
         })?;
@@ -320,8 +324,9 @@ impl Graph {
             ));
         }
         let p = self.raw(param)?;
-        // SAFETY: live graph and tensor. The gradient is checked to be a contiguous f32 tensor in
-        // host memory with the parameter's element count before it is viewed as a slice; it was
+        // SAFETY: live graph and tensor. The gradient is checked to be an allocated contiguous
+        // f32 tensor with the parameter's element count before it is read: viewed as a slice in
+        // host memory, copied with ggml_backend_tensor_get (exactly its bytes) otherwise. It was
         // marked as an output, so the allocator never reuses its memory, and the slice lives as
         // long as `&self` (computing needs `&mut self`).
         unsafe {
@@ -336,14 +341,21 @@ impl Graph {
                 || sys::ggml_nelements(grad) as usize != n
                 || g.data.is_null()
                 || g.buffer.is_null()
-                || !sys::ggml_backend_buffer_is_host(g.buffer)
             {
                 return Err(Error::Shape {
                     op: "grad_f32",
-                    detail: "the gradient is not a contiguous host f32 tensor".into(),
+                    detail: "the gradient is not an allocated contiguous f32 tensor".into(),
                 });
             }
-            Ok(Some(std::slice::from_raw_parts(g.data as *const f32, n)))
+            if !sys::ggml_backend_buffer_is_host(g.buffer) {
+                let mut out = vec![0.0f32; n];
+                sys::ggml_backend_tensor_get(grad, out.as_mut_ptr().cast(), 0, n * 4);
+                return Ok(Some(Cow::Owned(out)));
+            }
+            Ok(Some(Cow::Borrowed(std::slice::from_raw_parts(
+                g.data as *const f32,
+                n,
+            ))))
         }
     }
 

@@ -295,6 +295,7 @@ impl Graph {
         graph: NonNull<sys::ggml_cgraph>,
         backend: &Backend,
     ) -> Result<()> {
+        self.check_param_memory(backend)?;
         if self.gemm_products && backend.is_builtin_cpu() {
             // SAFETY: the graph's own context and graph, not yet allocated, computed on the
             // CPU backend; for a graph with gradients the backward pass is already built.
@@ -312,6 +313,32 @@ impl Graph {
             });
         }
         self.graph = Some(graph);
+        Ok(())
+    }
+
+    /// Refuses parameters in memory `backend` cannot compute with (a host store on a GPU, a
+    /// GPU's store on the CPU): ggml would crash on them instead of reporting.
+    fn check_param_memory(&self, backend: &Backend) -> Result<()> {
+        for &id in &self.param_ids {
+            let t = self.raw(id)?;
+            // SAFETY: a live parameter tensor with its store's buffer (kept alive by the graph);
+            // the queries only read the buffer's type.
+            let usable = unsafe {
+                let buffer = (*t).buffer;
+                !buffer.is_null()
+                    && backend.supports_buffer_type(sys::ggml_backend_buffer_get_type(buffer))
+            };
+            if !usable {
+                return Err(Error::InvalidArgument {
+                    what: "graph parameters",
+                    detail: format!(
+                        "a parameter store lives in memory the {} backend cannot compute with; \
+                         make the store for that backend (ParamStore::on_backend)",
+                        backend.name()
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 

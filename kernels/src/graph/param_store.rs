@@ -1,18 +1,21 @@
-//! Trainable parameters: named f32 tensors in one CPU backend buffer, each marked as a ggml
-//! parameter (`ggml_set_param`), so that a graph built over them with gradients enabled
-//! ([`Graph::with_gradients`]) differentiates the loss with respect to them. Graphs use them
-//! through [`Graph::param`] (or the [`TensorSource`] impl, so a model definition takes weights
-//! and parameters alike), which keeps the store alive.
+//! Trainable parameters: named f32 tensors in one backend buffer (host memory, or the memory of
+//! the device a [`Backend`] computes on), each marked as a ggml parameter (`ggml_set_param`), so
+//! that a graph built over them with gradients enabled ([`Graph::with_gradients`]) differentiates
+//! the loss with respect to them. Graphs use them through [`Graph::param`] (or the
+//! [`TensorSource`] impl, so a model definition takes weights and parameters alike), which keeps
+//! the store alive; a graph refuses parameters its backend cannot read.
 
 use super::{Graph, TensorId, TensorSource};
+use crate::backend::Backend;
 use crate::ggml_context::Context;
 use crate::{Error, Result};
 use llama_cpp_sys_2 as sys;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-/// Named f32 parameter tensors, allocated once in host memory.
+/// Named f32 parameter tensors, allocated once in one buffer.
 pub struct ParamStore {
     buffer: NonNull<sys::ggml_backend_buffer>,
     by_name: HashMap<String, NonNull<sys::ggml_tensor>>,
@@ -23,13 +26,60 @@ pub struct ParamStore {
 
 // SAFETY: the context and buffer are owned by this value; tensor data is only written through
 // `&mut self` and only read by graphs (or `&self`) otherwise, so shared references never race
-// with a write.
+// with a write. Buffer types are static objects of their backend library.
 unsafe impl Send for ParamStore {}
 unsafe impl Sync for ParamStore {}
 
 impl ParamStore {
-    /// Allocates zero-filled f32 tensors of the given ggml-order shapes (1 to 4 positive dims).
+    /// Allocates zero-filled f32 tensors of the given ggml-order shapes (1 to 4 positive dims)
+    /// in host memory, where the built-in CPU backend computes.
     pub fn new(tensors: &[(String, Vec<i64>)]) -> Result<Self> {
+        // SAFETY: the CPU buffer type is a static object of ggml.
+        Self::allocate(tensors, unsafe { sys::ggml_backend_cpu_buffer_type() })
+    }
+
+    /// Like [`new`](Self::new), in the memory graphs on `backend` compute in (a GPU's memory
+    /// for a CUDA backend).
+    pub fn on_backend(tensors: &[(String, Vec<i64>)], backend: &Backend) -> Result<Self> {
+        Self::allocate(tensors, backend.buffer_type())
+    }
+
+    /// Like [`new`](Self::new), in the same kind of memory as `self` (AdamW moments next to the
+    /// parameters they belong to).
+    pub fn alike(&self, tensors: &[(String, Vec<i64>)]) -> Result<Self> {
+        // SAFETY: our live buffer; its type is a static object of its backend.
+        Self::allocate(tensors, unsafe {
+            sys::ggml_backend_buffer_get_type(self.buffer.as_ptr())
+        })
+    }
+
+    /// Whether the values live in host memory ([`get`](Self::get) then borrows them in place).
+    pub fn is_host(&self) -> bool {
+        // SAFETY: our live buffer.
+        unsafe { sys::ggml_backend_buffer_is_host(self.buffer.as_ptr()) }
+    }
+
+    /// Whether graphs on `backend` can compute with these values (its memory, or host memory
+    /// for a CPU backend).
+    pub fn usable_by(&self, backend: &Backend) -> bool {
+        // SAFETY: our live buffer; its type is a static object of its backend.
+        backend.supports_buffer_type(unsafe {
+            sys::ggml_backend_buffer_get_type(self.buffer.as_ptr())
+        })
+    }
+
+    /// The ggml-order shapes of every parameter, in creation order.
+    pub fn shapes(&self) -> Result<Vec<(String, Vec<i64>)>> {
+        self.names
+            .iter()
+            .map(|n| Ok((n.clone(), self.shape(n)?.to_vec())))
+            .collect()
+    }
+
+    fn allocate(
+        tensors: &[(String, Vec<i64>)],
+        buffer_type: sys::ggml_backend_buffer_type_t,
+    ) -> Result<Self> {
         if tensors.is_empty() {
             return Err(Error::InvalidArgument {
                 what: "parameter store",
@@ -78,12 +128,9 @@ impl ParamStore {
             by_name.insert(name.clone(), t);
             names.push(name.clone());
         }
-        // SAFETY: every tensor of the context is unallocated; the CPU buffer type is static.
+        // SAFETY: every tensor of the context is unallocated; buffer types are static objects.
         let buffer = NonNull::new(unsafe {
-            sys::ggml_backend_alloc_ctx_tensors_from_buft(
-                ctx.as_ptr(),
-                sys::ggml_backend_cpu_buffer_type(),
-            )
+            sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.as_ptr(), buffer_type)
         });
         let Some(buffer) = buffer else {
             return Err(Error::Alloc {
@@ -151,17 +198,23 @@ impl ParamStore {
         Ok(())
     }
 
-    /// Borrows a parameter's values (host memory, contiguous f32).
-    pub fn get(&self, name: &str) -> Result<&[f32]> {
+    /// A parameter's values: borrowed in place from host memory, copied out of a device's.
+    pub fn get(&self, name: &str) -> Result<Cow<'_, [f32]>> {
         let t = self.tensor(name)?;
         let n = self.len(name)?;
+        if !self.is_host() {
+            let mut out = vec![0.0f32; n];
+            // SAFETY: the tensor is allocated in our buffer and exactly `n` f32 long.
+            unsafe { sys::ggml_backend_tensor_get(t.as_ptr(), out.as_mut_ptr().cast(), 0, n * 4) };
+            return Ok(Cow::Owned(out));
+        }
         // SAFETY: the tensor is a contiguous f32 tensor allocated in our host buffer; the slice
         // lives as long as `&self`, and writes need `&mut self`.
         unsafe {
-            Ok(std::slice::from_raw_parts(
+            Ok(Cow::Borrowed(std::slice::from_raw_parts(
                 (*t.as_ptr()).data as *const f32,
                 n,
-            ))
+            )))
         }
     }
 

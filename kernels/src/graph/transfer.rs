@@ -86,6 +86,30 @@ impl Graph {
         }
     }
 
+    /// An f32 result of any backend's memory: borrowed in place from host memory (as
+    /// [`read_f32`](Self::read_f32)), else copied into `scratch` (resized to fit; reusing it
+    /// between computations saves allocating large logits tensors) and borrowed from there.
+    pub fn read_f32_via<'a>(
+        &'a self,
+        id: TensorId,
+        scratch: &'a mut Vec<f32>,
+    ) -> Result<&'a [f32]> {
+        let t = self.raw(id)?;
+        // SAFETY: `t` is a live tensor; only its buffer pointer and type are read.
+        let host = unsafe {
+            let buffer = (*t).buffer;
+            !buffer.is_null() && sys::ggml_backend_buffer_is_host(buffer)
+        };
+        if host {
+            return self.read_f32(id);
+        }
+        // SAFETY: `t` is a live tensor; only its element count is read.
+        let n = unsafe { sys::ggml_nelements(t) } as usize;
+        scratch.resize(n, 0.0);
+        self.get_f32_range(id, 0, scratch)?;
+        Ok(scratch)
+    }
+
     /// Reads a computed tensor of `other` (an output of an allocated graph) in place as a leaf of
     /// this one, without a copy (on a GPU the data stays on the device). This graph keeps
     /// `other`'s memory alive; the values are whatever `other` last computed.
