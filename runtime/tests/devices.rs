@@ -350,14 +350,80 @@ fn auto_runs_on_the_cpu_without_a_gpu_and_says_so() {
             "{report}"
         );
         let simd = has!("avx2") && has!("fma") && has!("f16c");
-        assert_eq!(
-            report["cpu_code"]["q8_0_products"],
-            if simd { "avx2" } else { "ggml" },
-            "{report}"
-        );
+        let vnni = has!("avx512vnni") && has!("avx512vl");
+        // The test's environment may restrict the kernel to AVX2 (UNMASK_Q8_KERNEL).
+        let avx2_only = std::env::var("UNMASK_Q8_KERNEL").is_ok_and(|v| v.trim() == "avx2");
+        let want = match (simd, vnni && !avx2_only) {
+            (false, _) => "ggml",
+            (true, true) => "avx512vnni",
+            (true, false) => "avx2",
+        };
+        assert_eq!(report["cpu_code"]["q8_0_products"], want, "{report}");
     }
     for f in &unused {
         assert!(machine.contains(f) && !built.contains(f), "{report}");
     }
     assert!(report["devices"][0]["name"].is_string(), "{report}");
+}
+
+/// The int8 GEMM's kernels (VNNI where the CPU has it, AVX2 when `UNMASK_Q8_KERNEL=avx2`
+/// restricts it) give the same tokens: both compute the exact integer block sums
+/// (`kernels/src/simd/qgemm.rs`, whose tests compare them bit for bit with the scalar code).
+#[test]
+fn the_q8_kernels_generate_the_same_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_file(dir.path(), "q8_0");
+    let run = |kernel: Option<&str>, args: &[&str]| -> serde_json::Value {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_unmask"));
+        c.args(args).env_remove("UNMASK_Q8_KERNEL");
+        if let Some(k) = kernel {
+            c.env("UNMASK_Q8_KERNEL", k);
+        }
+        let out = c.output().expect("run unmask");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("one JSON object")
+    };
+    let p = path.to_str().unwrap();
+    let generate = [
+        "generate",
+        "-m",
+        p,
+        "-p",
+        "def f(",
+        "--max-new-tokens",
+        "32",
+        "--steps",
+        "16",
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+        "--json",
+    ];
+    let best = run(None, &generate);
+    let avx2 = run(Some("avx2"), &generate);
+    assert_eq!(best["tokens"], avx2["tokens"]);
+    assert_eq!(best["text"], avx2["text"]);
+    let name = |kernel| run(kernel, &["devices", "--json"])["cpu_code"]["q8_0_products"].clone();
+    let (best_name, avx2_name) = (name(None), name(Some("avx2")));
+    eprintln!("q8_0 kernels compared: {best_name} and {avx2_name}");
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") && has!("f16c") {
+            assert_eq!(avx2_name, "avx2");
+            if has!("avx512vnni") && has!("avx512vl") {
+                assert_eq!(
+                    best_name, "avx512vnni",
+                    "two different kernels were compared"
+                );
+            } else {
+                eprintln!("this CPU has no AVX-512 VNNI: only the AVX2 kernel ran");
+            }
+        }
+    }
 }

@@ -1,11 +1,14 @@
 //! Matrix-product throughput of the linked ggml CPU build (`cargo bench -p unmask-tests --bench
 //! matmul`): a 4096x4096 weight in each type times a 4096x256 f32 activation (a 256-token canvas),
 //! on 2 threads by default (`UNMASK_BENCH_THREADS`). Prints GFLOP/s and each type's speed
-//! relative to f32 in the same run.
+//! relative to f32 in the same run, then the same q8_0 product through unmask's own int8 GEMM
+//! (the kernel `unmask devices` names; `UNMASK_Q8_KERNEL=avx2` restricts it to AVX2, for a
+//! side-by-side run on a VNNI machine).
 
 use std::time::Instant;
 use unmask_kernels::backend::{cpu_features, Backend};
 use unmask_kernels::graph::Graph;
+use unmask_kernels::simd::qgemm;
 use unmask_kernels::{quant, GgmlType};
 
 fn main() {
@@ -58,4 +61,32 @@ fn main() {
             median * 1e3
         );
     }
+    if !qgemm::has_simd() {
+        println!("  unmask q8_0 GEMM: not run (no AVX2, FMA and F16C)");
+        return;
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    let w = quant::quantize_rows(GgmlType::Q8_0, &weights, k).expect("quantize");
+    let mut xq = vec![0u8; m * qgemm::xq_stride(k)];
+    let mut out = vec![0f32; n * m];
+    let mut times = Vec::new();
+    for i in 0..6 {
+        let start = Instant::now();
+        qgemm::quantize_activations_parallel(&pool, &input, k, &mut xq);
+        qgemm::gemm_typed_parallel(&pool, qgemm::WeightType::Q8_0, &w, k, n, &xq, m, &mut out);
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "  unmask q8_0 GEMM ({}): {:>8.1} GFLOP/s  median of 5: {:.1} ms (activations quantized included)",
+        qgemm::kernel_name(),
+        2.0 * (k * n * m) as f64 / median / 1e9,
+        median * 1e3
+    );
 }

@@ -1,5 +1,6 @@
 //! Matrix products of q8_0, q5_0 or q4_0 weights with f32 activations, faster than ggml's
-//! llamafile path on AVX2 machines without VNNI.
+//! llamafile path on AVX2 machines; on machines with AVX-512 VNNI the inner loop uses
+//! `vpdpbusd` (chosen at run time, [`kernel_name`]).
 //!
 //! `y = W x` with `W` `[k, n]` in one of ggml's 32-value block formats with a single f16 scale per
 //! block ([`WeightType`]: q8_0 blocks hold 32 int8, q4_0 blocks 32 nibbles `q` meaning `q - 8`,
@@ -25,7 +26,9 @@
 //! bytes at a time (one 32-byte vector holds bytes 4t..4t+4 of each of the 8 rows; an 8 x 8
 //! transpose of 32-bit groups), with their magnitudes and f32 scales alongside, and runs every
 //! activation column through it, 4 columns at a time. Per vector of weights and column it needs
-//! one broadcast, `sign` (the signed x signed trick for `maddubs`), `maddubs`, `madd` and an add;
+//! one broadcast, `sign` (the signed x signed trick for `maddubs`), `maddubs`, `madd` and an add
+//! (with VNNI: the broadcast, `sign` and one `vpdpbusd`, on 256-bit vectors, which Zen 4 runs
+//! at full width; the panel and everything else are shared);
 //! one vector then holds the 8 dot products of a block, so the conversion to float and the scale
 //! multiply are paid once per 8 outputs instead of once per output as in ggml's tinyBLAS. The
 //! panel build is paid once per row group and amortised over all columns, so no repacked copy of
@@ -118,27 +121,62 @@ pub fn q8_0_row_bytes(k: usize) -> usize {
     k / QK8_0 * Q8_0_BLOCK_BYTES
 }
 
-/// Which implementation computes: both give identical results.
+/// Which implementation computes: all give identical results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Path {
-    /// AVX2 + FMA + F16C when the CPU has them, else scalar.
+    /// The best kernel this CPU runs ([`selected_kernel`]): VNNI, else AVX2, else scalar.
     Best,
+    /// The AVX2 kernel when the CPU has AVX2, FMA and F16C (tests compare it with the others).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Avx2,
     /// The scalar code (tests compare it with the vector code).
     #[cfg_attr(not(test), allow(dead_code))]
     Scalar,
 }
 
+/// The vector kernels of the inner loop (the panel build is AVX2 for both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ColumnKernel {
+    /// `sign`, `maddubs`, `madd` and an add per vector of weights and column.
+    Avx2,
+    /// `sign` and one `vpdpbusd` (AVX-512 VNNI on 256-bit vectors, AVX-512 VL).
+    Vnni,
+}
+
 impl Path {
-    fn simd(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            self == Path::Best && has_avx2()
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
+    /// The vector kernel this path runs on this CPU, or `None` for the scalar code.
+    fn kernel(self) -> Option<ColumnKernel> {
+        match self {
+            Path::Best => selected_kernel(),
+            Path::Avx2 => has_avx2().then_some(ColumnKernel::Avx2),
+            Path::Scalar => None,
         }
     }
+
+    fn simd(self) -> bool {
+        self.kernel().is_some()
+    }
+}
+
+/// The environment variable that restricts [`Path::Best`] to the AVX2 kernel (`avx2`), for
+/// side-by-side measurements on a VNNI machine; any other value is ignored.
+pub const KERNEL_ENV: &str = "UNMASK_Q8_KERNEL";
+
+/// The kernel of [`Path::Best`]: VNNI when the CPU has AVX-512 VNNI and VL (and AVX2, FMA, F16C
+/// for the rest), else AVX2, else none (scalar); decided once per process.
+fn selected_kernel() -> Option<ColumnKernel> {
+    static KERNEL: std::sync::OnceLock<Option<ColumnKernel>> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        if !has_avx2() {
+            return None;
+        }
+        let avx2_only = std::env::var(KERNEL_ENV).is_ok_and(|v| v.trim() == "avx2");
+        Some(if has_vnni() && !avx2_only {
+            ColumnKernel::Vnni
+        } else {
+            ColumnKernel::Avx2
+        })
+    })
 }
 
 /// Whether this CPU runs the vectorised kernels (AVX2, FMA and F16C); without them the scalar
@@ -147,13 +185,14 @@ pub fn has_simd() -> bool {
     Path::Best.simd()
 }
 
-/// The kernel q8_0 products run on this CPU: `avx2` (this GEMM, with AVX2, FMA and F16C), or
-/// `ggml` (without them the graphs use ggml's own product, faster than the scalar fallback).
+/// The kernel q8_0 products run on this CPU: `avx512vnni` (this GEMM's VNNI inner loop),
+/// `avx2` (its AVX2 inner loop), or `ggml` (without AVX2, FMA and F16C the graphs use ggml's own
+/// product, faster than the scalar fallback).
 pub fn kernel_name() -> &'static str {
-    if has_simd() {
-        "avx2"
-    } else {
-        "ggml"
+    match selected_kernel() {
+        Some(ColumnKernel::Vnni) => "avx512vnni",
+        Some(ColumnKernel::Avx2) => "avx2",
+        None => "ggml",
     }
 }
 
@@ -272,11 +311,29 @@ pub(crate) unsafe fn quantize_columns_raw(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// The scale ggml stores for a block whose largest magnitude is `amax`, as f32.
@@ -438,7 +495,7 @@ pub(crate) unsafe fn gemm_raw(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if path.simd() {
+        if let Some(kernel) = path.kernel() {
             PANEL.with_borrow_mut(|panel| {
                 let nb = k / QK8_0;
                 let chunks = nb * PANEL_BLOCK / 32;
@@ -449,21 +506,17 @@ pub(crate) unsafe fn gemm_raw(
                 for g in g0..g1 {
                     let r0 = g * ROWS;
                     let rows = ROWS.min(n - r0);
-                    // SAFETY: the CPU has AVX2/FMA/F16C (checked); the panel has room for nb
-                    // blocks; rows r0..r0+rows exist; the caller vouched for every pointer and
-                    // for exclusive access to the outputs of this thread's rows.
+                    // SAFETY: the CPU has AVX2/FMA/F16C, and AVX-512 VNNI/VL for the VNNI
+                    // kernel (both checked when the kernel was chosen); the panel has room for
+                    // nb blocks; rows r0..r0+rows exist; the caller vouched for every pointer
+                    // and for exclusive access to the outputs of this thread's rows.
                     unsafe {
                         avx2::pack_panel(ty, w.add(r0 * w_row), w_row, rows, nb, panel);
-                        avx2::panel_times_columns(
-                            panel,
-                            nb,
-                            xq,
-                            xq_col,
-                            m,
-                            out.add(r0),
-                            out_col,
-                            rows,
-                        );
+                        let columns = match kernel {
+                            ColumnKernel::Avx2 => avx2::maddubs::panel_times_columns,
+                            ColumnKernel::Vnni => avx2::vnni::panel_times_columns,
+                        };
+                        columns(panel, nb, xq, xq_col, m, out.add(r0), out_col, rows);
                     }
                 }
             });
@@ -714,115 +767,145 @@ mod avx2 {
         }
     }
 
-    /// All `m` columns times one panel of `nb` blocks; `rows` (<= 8) outputs per column are
-    /// written, output `(r, c)` at `out[c * out_col + r]`.
-    ///
-    /// # Safety
-    /// `panel` holds `nb` packed blocks (32-byte aligned); `xq` `m` columns `xq_col` bytes apart
-    /// of `k = 32 nb` int8 and `nb` f32 scales; the outputs are writable.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn panel_times_columns(
-        panel: *const u8,
-        nb: usize,
-        xq: *const u8,
-        xq_col: usize,
-        m: usize,
-        out: *mut f32,
-        out_col: usize,
-        rows: usize,
-    ) {
-        // Columns `c..c + C` through `tile::<C>`.
-        macro_rules! tile_at {
-            ($cols:literal, $c:expr) => {
-                // SAFETY: columns c..c+C exist (c + C <= m) and the caller vouched for the rest.
-                unsafe {
-                    tile::<$cols>(
-                        panel,
-                        nb,
-                        xq.add($c * xq_col),
-                        xq_col,
-                        out.add($c * out_col),
-                        out_col,
-                        rows,
-                    )
-                }
-            };
-        }
-        let mut c = 0;
-        while c + 4 <= m {
-            tile_at!(4, c);
-            c += 4;
-        }
-        match m - c {
-            3 => tile_at!(3, c),
-            2 => tile_at!(2, c),
-            1 => tile_at!(1, c),
-            _ => {}
-        }
-    }
+    /// Defines a module `$module` with `panel_times_columns` (all `m` columns times one panel)
+    /// and its tiles, compiled for `$features`, whose inner step adds the 8 dot products of 4
+    /// bytes of one column (`$xs`: the column's bytes with the weights' signs) and the weights'
+    /// magnitudes (`$wa`, u8) to `$dot` (8 x i32). Both steps compute the exact integer sums
+    /// (`maddubs` cannot saturate here: |w| <= 128 and |x| <= 127), so the kernels agree bit for
+    /// bit.
+    macro_rules! column_kernels {
+        ($module:ident, $features:literal, |$dot:ident, $wa:ident, $xs:ident| $step:expr) => {
+            pub(in super::super) mod $module {
+                use super::super::{ABS_OFFSET, PANEL_BLOCK, QK8_0, ROWS, SCALE_OFFSET};
+                use std::arch::x86_64::*;
 
-    /// `C` columns times one panel: `C` vectors of 8 outputs.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn tile<const C: usize>(
-        panel: *const u8,
-        nb: usize,
-        xq: *const u8,
-        xq_col: usize,
-        out: *mut f32,
-        out_col: usize,
-        rows: usize,
-    ) {
-        let k = nb * QK8_0;
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); C];
-        for b in 0..nb {
-            // SAFETY: block b of the panel and of each of the C columns is readable (caller's
-            // guarantee); loads are unaligned or from the 32-byte aligned panel.
-            unsafe {
-                let pb = panel.add(b * PANEL_BLOCK);
-                let mut dots = [_mm256_setzero_si256(); C];
-                // A trip count the compiler cannot see keeps this loop rolled, and with it the
-                // schedule (and register use) written here.
-                for t in 0..std::hint::black_box(QK8_0 / 4) {
-                    let wv = _mm256_load_si256(pb.add(t * 32).cast());
-                    let wa = _mm256_load_si256(pb.add(ABS_OFFSET + t * 32).cast());
-                    for (i, dot) in dots.iter_mut().enumerate() {
-                        let x4 = xq
-                            .add(i * xq_col + b * QK8_0 + t * 4)
-                            .cast::<i32>()
-                            .read_unaligned();
-                        let xs = _mm256_sign_epi8(_mm256_set1_epi32(x4), wv);
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, xs), ones);
-                        *dot = _mm256_add_epi32(*dot, p);
+                /// All `m` columns times one panel of `nb` blocks; `rows` (<= 8) outputs per
+                /// column are written, output `(r, c)` at `out[c * out_col + r]`.
+                ///
+                /// # Safety
+                /// The CPU has `$features`; `panel` holds `nb` packed blocks (32-byte aligned);
+                /// `xq` `m` columns `xq_col` bytes apart of `k = 32 nb` int8 and `nb` f32
+                /// scales; the outputs are writable.
+                #[target_feature(enable = $features)]
+                #[allow(clippy::too_many_arguments)]
+                pub(in super::super::super) unsafe fn panel_times_columns(
+                    panel: *const u8,
+                    nb: usize,
+                    xq: *const u8,
+                    xq_col: usize,
+                    m: usize,
+                    out: *mut f32,
+                    out_col: usize,
+                    rows: usize,
+                ) {
+                    // Columns `c..c + C` through `tile::<C>`.
+                    macro_rules! tile_at {
+                        ($cols:literal, $c:expr) => {
+                            // SAFETY: columns c..c+C exist (c + C <= m) and the caller vouched
+                            // for the rest.
+                            unsafe {
+                                tile::<$cols>(
+                                    panel,
+                                    nb,
+                                    xq.add($c * xq_col),
+                                    xq_col,
+                                    out.add($c * out_col),
+                                    out_col,
+                                    rows,
+                                )
+                            }
+                        };
+                    }
+                    let mut c = 0;
+                    while c + 4 <= m {
+                        tile_at!(4, c);
+                        c += 4;
+                    }
+                    match m - c {
+                        3 => tile_at!(3, c),
+                        2 => tile_at!(2, c),
+                        1 => tile_at!(1, c),
+                        _ => {}
                     }
                 }
-                let dw = _mm256_load_ps(pb.add(SCALE_OFFSET).cast());
-                for (i, (a, dot)) in acc.iter_mut().zip(dots).enumerate() {
-                    let dx = xq
-                        .add(i * xq_col + k + b * 4)
-                        .cast::<f32>()
-                        .read_unaligned();
-                    let dx = _mm256_set1_ps(dx);
-                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, dx), *a);
+
+                /// `C` columns times one panel: `C` vectors of 8 outputs.
+                #[target_feature(enable = $features)]
+                #[inline]
+                unsafe fn tile<const C: usize>(
+                    panel: *const u8,
+                    nb: usize,
+                    xq: *const u8,
+                    xq_col: usize,
+                    out: *mut f32,
+                    out_col: usize,
+                    rows: usize,
+                ) {
+                    let k = nb * QK8_0;
+                    let mut acc = [_mm256_setzero_ps(); C];
+                    for b in 0..nb {
+                        // SAFETY: block b of the panel and of each of the C columns is readable
+                        // (caller's guarantee); loads are unaligned or from the 32-byte aligned
+                        // panel.
+                        unsafe {
+                            let pb = panel.add(b * PANEL_BLOCK);
+                            let mut dots = [_mm256_setzero_si256(); C];
+                            // A trip count the compiler cannot see keeps this loop rolled, and
+                            // with it the schedule (and register use) written here.
+                            for t in 0..std::hint::black_box(QK8_0 / 4) {
+                                let wv = _mm256_load_si256(pb.add(t * 32).cast());
+                                let $wa = _mm256_load_si256(pb.add(ABS_OFFSET + t * 32).cast());
+                                for (i, $dot) in dots.iter_mut().enumerate() {
+                                    let x4 = xq
+                                        .add(i * xq_col + b * QK8_0 + t * 4)
+                                        .cast::<i32>()
+                                        .read_unaligned();
+                                    let $xs = _mm256_sign_epi8(_mm256_set1_epi32(x4), wv);
+                                    *$dot = $step;
+                                }
+                            }
+                            let dw = _mm256_load_ps(pb.add(SCALE_OFFSET).cast());
+                            for (i, (a, dot)) in acc.iter_mut().zip(dots).enumerate() {
+                                let dx = xq
+                                    .add(i * xq_col + k + b * 4)
+                                    .cast::<f32>()
+                                    .read_unaligned();
+                                let dx = _mm256_set1_ps(dx);
+                                *a = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps(dot),
+                                    _mm256_mul_ps(dw, dx),
+                                    *a,
+                                );
+                            }
+                        }
+                    }
+                    for (i, a) in acc.into_iter().enumerate() {
+                        // SAFETY: outputs 0..rows of column i are writable (caller's guarantee).
+                        unsafe {
+                            let o = out.add(i * out_col);
+                            if rows == ROWS {
+                                _mm256_storeu_ps(o, a);
+                            } else {
+                                let mut tmp = [0f32; ROWS];
+                                _mm256_storeu_ps(tmp.as_mut_ptr(), a);
+                                std::ptr::copy_nonoverlapping(tmp.as_ptr(), o, rows);
+                            }
+                        }
+                    }
                 }
             }
-        }
-        for (i, a) in acc.into_iter().enumerate() {
-            // SAFETY: outputs 0..rows of column i are writable (caller's guarantee).
-            unsafe {
-                let o = out.add(i * out_col);
-                if rows == ROWS {
-                    _mm256_storeu_ps(o, a);
-                } else {
-                    let mut tmp = [0f32; ROWS];
-                    _mm256_storeu_ps(tmp.as_mut_ptr(), a);
-                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), o, rows);
-                }
-            }
-        }
+        };
     }
+
+    // The AVX2 step: `maddubs` (u8 x i8 pairs to i16), `madd` with ones (pairs to i32), add.
+    column_kernels!(maddubs, "avx2,fma,f16c", |dot, wa, xs| _mm256_add_epi32(
+        *dot,
+        _mm256_madd_epi16(_mm256_maddubs_epi16(wa, xs), _mm256_set1_epi16(1))
+    ));
+    // The VNNI step: one `vpdpbusd` (u8 x i8 quadruples summed into i32).
+    column_kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", |dot, wa, xs| {
+        _mm256_dpbusd_epi32(*dot, wa, xs)
+    });
 }
 
 #[cfg(test)]
@@ -1089,7 +1172,7 @@ pub(crate) mod tests {
                 let xq = quantize(Path::Best, &x, k);
                 assert_eq!(xq, quantize(Path::Scalar, &x, k));
                 let want = reference(ty, &w, k, n, &xq, m);
-                for path in [Path::Best, Path::Scalar] {
+                for path in [Path::Best, Path::Avx2, Path::Scalar] {
                     for nth in [1, 2, 3] {
                         let got = product(path, ty, &w, k, n, &xq, m, nth);
                         assert!(
