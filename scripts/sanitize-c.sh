@@ -63,5 +63,6 @@ run threads threads "$m" 4
 run interrupt interrupt "$m"
 run chat chat "$m"
 run defaults defaults "$m" 8
+run race race "$m" 4 2
 run abuse abuse "$m" "$work/corrupt.gguf" "$work/truncated.gguf"
 exit "$failed"

@@ -17,6 +17,8 @@
 #   build-essential  gcc/g++/make: ggml is C and C++
 #   python3-venv   (--test) the independent reference checks run in a Python virtual environment
 #   pkg-config     (--test) the C API test links an example through unmask.pc
+#   qemu-user      (--test, x86-64) the processor-check test runs the programs on an emulated
+#                  processor without AVX2
 set -euo pipefail
 
 want_test=0
@@ -26,7 +28,7 @@ for arg in "$@"; do
     --test) want_test=1 ;;
     --check) check_only=1 ;;
     -h | --help)
-        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -60,6 +62,7 @@ if [ "$want_test" = 1 ]; then
     have python3 || missing+=(python3)
     { have python3 && python3 -c 'import ensurepip, venv' >/dev/null 2>&1; } || missing+=(python3-venv)
     have pkg-config || missing+=(pkg-config)
+    if [ "$(uname -m)" = x86_64 ]; then have qemu-x86_64 || missing+=(qemu-user); fi
 fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0
@@ -73,7 +76,7 @@ explain() {
     else
         echo "setup: this is not a Debian/Ubuntu system; install the equivalents with your package" >&2
         echo "setup: manager: cmake, the clang/libclang development files, gcc/g++ and make" >&2
-        if [ "$want_test" = 1 ]; then echo "setup: and for the tests python3 with its venv module, pkg-config" >&2; fi
+        if [ "$want_test" = 1 ]; then echo "setup: and for the tests python3 with its venv module, pkg-config, qemu-user" >&2; fi
     fi
     exit 1
 }

@@ -3,8 +3,10 @@
 //! one binary runs on every x86-64 machine since 2013), those the processor offers (detected at
 //! run time), the ones it offers that the build leaves unused, and what computes q8_0 products
 //! (unmask's own int8 GEMM where the processor has AVX2, chosen at run time). `unmask devices`
-//! prints it.
+//! prints it. [`check_processor`] refuses, with a clear error, a processor that lacks an
+//! instruction set the build uses, where ggml would otherwise die of an illegal instruction.
 
+use crate::{Error, Result};
 use llama_cpp_sys_2 as sys;
 use std::os::raw::c_int;
 
@@ -90,9 +92,53 @@ pub fn cpu_code() -> CpuCode {
     code
 }
 
+/// The instruction sets of `built` that `offered` lacks, in `built`'s order.
+fn lacking(built: &[&'static str], offered: &[&'static str]) -> Vec<&'static str> {
+    built
+        .iter()
+        .copied()
+        .filter(|f| !offered.contains(f))
+        .collect()
+}
+
+/// An error when the processor lacks an instruction set the linked ggml was compiled to use (on
+/// x86-64; elsewhere nothing is detected and nothing is refused). The programs call it before
+/// any ggml computation, and the runtime before it loads a model. ggml's `ggml_cpu_has_*`
+/// queries only return constants, so asking them is safe on any processor.
+pub fn check_processor() -> Result<()> {
+    if !cfg!(target_arch = "x86_64") {
+        return Ok(());
+    }
+    let code = cpu_code();
+    let missing = lacking(&code.ggml_built, &code.machine);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::ProcessorLacks {
+            missing: missing.join(" "),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_processor_without_the_built_sets_is_refused() {
+        assert_eq!(lacking(&["avx", "avx2", "fma"], &["avx", "fma"]), ["avx2"]);
+        assert!(lacking(&["avx2"], &["avx2", "avx512"]).is_empty());
+        // This machine runs the tests, so it has what the build uses.
+        check_processor().unwrap();
+        let text = Error::ProcessorLacks {
+            missing: "avx2 fma".into(),
+        }
+        .to_string();
+        assert!(
+            text.contains("lacks avx2 fma") && text.contains("GGML_AVX2=OFF"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_build_uses_only_what_the_machine_offers_on_x86() {

@@ -91,6 +91,15 @@ pub enum Error {
     /// The requested device or backend library is not available.
     #[error("{0}")]
     Device(String),
+    /// The processor lacks instruction sets (`missing`, ggml's names) that the linked ggml was
+    /// compiled to use: running would end in an illegal-instruction crash.
+    #[error(
+        "this processor lacks {missing}, which this build of unmask was compiled to use (running \
+         would crash with an illegal instruction); build unmask on this machine with them switched \
+         off (GGML_AVX2=OFF GGML_FMA=OFF GGML_F16C=OFF GGML_BMI2=OFF and the like, see \
+         .cargo/config.toml)"
+    )]
+    ProcessorLacks { missing: String },
     #[error("llama.cpp: {0}")]
     Llama(String),
     /// A NaN or infinity where the model needs finite numbers (weights, scales, logits).

@@ -149,6 +149,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    unmask_kernels::cpu_code::check_processor()?;
     match cli.command {
         Some(Command::Info { file, brief }) => {
             let text = unmask_quantize::info::describe(&file, !brief)

@@ -57,7 +57,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    unmask_kernels::cpu_code::check_processor()?;
+    match cli.command {
         Command::Generate(args) => cli_generate::run(args),
         Command::Chat(args) => cli_chat::run(args),
         Command::Bench(args) => cli_bench::run(args),

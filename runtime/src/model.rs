@@ -254,6 +254,8 @@ impl Model {
     /// every value, about as long as one pass over the file). A NaN or infinite value fails the
     /// load with an error naming the tensor.
     pub fn load_checked(path: &Path, placement: &Placement, check: Depth) -> Result<Self> {
+        // Library callers (the C API) reach ggml through here first.
+        unmask_kernels::cpu_code::check_processor()?;
         check_model_path(path)?;
         let mut file = GgufFile::open(path)?;
         let spec = ModelSpec::from_gguf(&file)?;

@@ -76,15 +76,22 @@ pub fn describe(output: &Output) -> String {
 
 /// The `unmask` binary of this build (cargo builds every workspace binary before running tests).
 pub fn unmask_bin() -> PathBuf {
+    workspace_bin("unmask")
+}
+
+/// A binary of this build by name (`unmask`, `unmask-quantize`, `unmask-train`), next to the test
+/// executable's directory.
+pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target directory");
-    let bin = dir.join("unmask");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} not found: run `cargo build --release -p unmask-runtime` first",
+        "{} not found: build the binaries first (cargo build --release -p unmask-runtime -p \
+         unmask-quantize -p unmask-train)",
         bin.display()
     );
     bin

@@ -10,19 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} not found: build the binaries first (cargo build --release -p unmask-runtime -p \
-         unmask-quantize -p unmask-train)",
-        bin.display()
-    );
-    bin
+    unmask_tests::workspace_bin(name)
 }
 
 /// One entry of an `Arguments:`, `Options:` or `Commands:` section.

@@ -273,6 +273,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    unmask_kernels::cpu_code::check_processor()?;
     match cli.cmd {
         Cmd::Sft(args) => {
             let cfg = SftConfig::resolve(&args)?;

@@ -11,6 +11,8 @@
  *   api_test interrupt MODEL              unmask_context_cancel while idle and from a second thread
  *   api_test log MODEL BAD_SETTINGS       unmask_log_set receives the library's warnings
  *   api_test chat MODEL                   unmask_apply_chat_messages: conversations and errors
+ *   api_test race MODEL THREADS ROUNDS    THREADS contexts generating at once, 2 compute threads
+ *                                         each, plus a context cancelled from the main thread
  *
  * Every mode prints "ok" as its last line when all its checks passed (and exits 0); a failed
  * check prints "FAIL <line>: <what>" and exits 1.
@@ -656,6 +658,117 @@ static int interrupt(const char *path) {
     return failures != 0;
 }
 
+/* ---- race -------------------------------------------------------------------------------- */
+
+/* For ThreadSanitizer (scripts/sanitize-thread.sh): N threads, each with its own context on one
+ * shared model and two compute threads per context, generate at once, calling the model's
+ * thread-safe text functions between generations; meanwhile a long generation on one more
+ * context is cancelled from the main thread every millisecond, and restarted, until the racers
+ * finish. Every racer's generations must equal the same seed's generation run alone. */
+
+struct racer {
+    const unmask_model_t *model;
+    uint64_t seed;
+    int rounds;
+    const unmask_result_t *expected;
+    int32_t mismatches;
+    int32_t text_errors;
+    unmask_status_t status;
+    atomic_int *finished; /* incremented when the racer is done */
+};
+
+static void *racer_run(void *arg) {
+    struct racer *r = arg;
+    unmask_context_params cp = unmask_context_default_params();
+    cp.n_threads = 2;
+    unmask_context_t *ctx = NULL;
+    r->status = unmask_context_new(r->model, cp, &ctx);
+    for (int i = 0; i < r->rounds && r->status == UNMASK_OK; i++) {
+        unmask_result_t *out = NULL;
+        r->status = unmask_generate(ctx, PROMPT, N_PROMPT, small_params(r->seed), NULL, NULL, &out);
+        if (out == NULL || !same_tokens(out, r->expected)) r->mismatches++;
+        unmask_result_free(out);
+        int32_t ids[64];
+        char text[1024];
+        int32_t n = unmask_tokenize(r->model, "def add(a, b):\n    return a + b\n", -1, ids, 64);
+        if (n <= 0 || unmask_detokenize(r->model, ids, n, text, (int32_t)sizeof text, 1) <= 0) r->text_errors++;
+        if (unmask_model_has_chat(r->model) && unmask_apply_chat(r->model, "hi", -1, text, (int32_t)sizeof text) <= 0)
+            r->text_errors++;
+    }
+    unmask_context_free(ctx);
+    atomic_fetch_add(r->finished, 1);
+    return NULL;
+}
+
+static int race(const char *path, int n_racers, int rounds) {
+    if (n_racers < 1 || n_racers > 16 || rounds < 1) {
+        printf("FAIL: race needs 1-16 threads and at least one round\n");
+        return 1;
+    }
+    unmask_model_t *model = NULL;
+    CHECK(unmask_model_load(path, &model) == UNMASK_OK);
+    if (model == NULL) return 1;
+    /* The references, one generation at a time on this thread. */
+    unmask_result_t *expected[16] = {NULL};
+    unmask_context_params cp = unmask_context_default_params();
+    cp.n_threads = 2;
+    unmask_context_t *solo = NULL;
+    CHECK(unmask_context_new(model, cp, &solo) == UNMASK_OK);
+    for (int i = 0; i < n_racers; i++)
+        CHECK(unmask_generate(solo, PROMPT, N_PROMPT, small_params(100 + (uint64_t)i), NULL, NULL, &expected[i]) ==
+              UNMASK_OK);
+    unmask_context_free(solo);
+
+    struct racer racers[16];
+    pthread_t t[16];
+    atomic_int finished;
+    atomic_init(&finished, 0);
+    for (int i = 0; i < n_racers; i++) {
+        racers[i] = (struct racer){model, 100 + (uint64_t)i, rounds, expected[i], 0, 0, UNMASK_OK, &finished};
+        CHECK(pthread_create(&t[i], NULL, racer_run, &racers[i]) == 0);
+    }
+    /* The cancelled context: long generations, each cancelled from here while it runs. */
+    unmask_context_t *victim = NULL;
+    CHECK(unmask_context_new(model, cp, &victim) == UNMASK_OK);
+    int generations = 0, cancelled = 0, cancels = 0;
+    while (victim != NULL && (generations == 0 || atomic_load(&finished) < n_racers)) {
+        struct long_run run = {.ctx = victim, .params = small_params(7)};
+        run.params.max_new_tokens = 128;
+        run.params.steps = 128;
+        atomic_init(&run.started, 0);
+        atomic_init(&run.done, 0);
+        pthread_t g;
+        CHECK(pthread_create(&g, NULL, run_long, &run) == 0);
+        for (int waited = 0; !atomic_load(&run.started) && !atomic_load(&run.done) && waited < 60000; waited++)
+            sleep_ms(1);
+        while (!atomic_load(&run.done)) {
+            CHECK(unmask_context_cancel(victim) == UNMASK_OK);
+            cancels++;
+            sleep_ms(1);
+        }
+        pthread_join(g, NULL);
+        CHECK(run.status == UNMASK_CANCELLED || run.status == UNMASK_OK);
+        generations++;
+        cancelled += run.status == UNMASK_CANCELLED;
+        unmask_result_free(run.result);
+    }
+    for (int i = 0; i < n_racers; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < n_racers; i++) {
+        CHECK(racers[i].status == UNMASK_OK);
+        CHECK(racers[i].mismatches == 0);
+        CHECK(racers[i].text_errors == 0);
+    }
+    CHECK(cancelled >= 1);
+    printf("race: %d threads x %d generations matched their solo runs; %d of %d long generations cancelled (%d "
+           "cancel calls)\n",
+           n_racers, rounds, cancelled, generations, cancels);
+    unmask_context_free(victim);
+    for (int i = 0; i < n_racers; i++) unmask_result_free(expected[i]);
+    unmask_model_free(model);
+    if (failures == 0) printf("ok\n");
+    return failures != 0;
+}
+
 /* ---- log --------------------------------------------------------------------------------- */
 
 struct log_lines {
@@ -773,9 +886,10 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "interrupt") == 0 && argc == 3) return interrupt(argv[2]);
     if (strcmp(mode, "log") == 0 && argc == 4) return log_mode(argv[2], argv[3]);
     if (strcmp(mode, "chat") == 0 && argc == 3) return chat(argv[2]);
+    if (strcmp(mode, "race") == 0 && argc == 5) return race(argv[2], atoi(argv[3]), atoi(argv[4]));
     fprintf(stderr,
             "usage: %s layout | cancel MODEL K | threads MODEL [ROUNDS] | abuse MODEL CORRUPT TRUNCATED | "
-            "defaults MODEL N | interrupt MODEL | log MODEL BAD_SETTINGS | chat MODEL\n",
+            "defaults MODEL N | interrupt MODEL | log MODEL BAD_SETTINGS | chat MODEL | race MODEL THREADS ROUNDS\n",
             argv[0]);
     return 2;
 }
