@@ -74,6 +74,32 @@ cc "$work/api_test.o" -o "$work/api_test" -L"$work/lib" -lunmask \
     -Wl,-rpath,"$(cd "$work/lib" && pwd)" \
     -Wl,--whole-archive "$runtime" -Wl,--no-whole-archive -rdynamic -lpthread -ldl -lm -lrt -lstdc++
 
+# The checks can fail: the library carries the instrumentation (Rust's and ggml's calls into the
+# runtime), and a deliberate data race in a program built the same way is reported.
+imports=$(nm -D "$lib")
+for sym in __tsan_func_entry __tsan_atomic32_load; do
+    grep -q " U $sym\$" <<<"$imports" || { echo "sanitize-thread: $lib is not instrumented ($sym)" >&2; exit 1; }
+done
+cat >"$work/canary.c" <<'C'
+#include <pthread.h>
+static int shared;
+static void *bump(void *arg) { (void)arg; for (int i = 0; i < 1000; i++) shared++; return 0; }
+int main(void) {
+    pthread_t a, b;
+    pthread_create(&a, 0, bump, 0);
+    pthread_create(&b, 0, bump, 0);
+    pthread_join(a, 0);
+    pthread_join(b, 0);
+    return shared == 0;
+}
+C
+cc -g -O1 -fsanitize=thread -c "$work/canary.c" -o "$work/canary.o"
+cc "$work/canary.o" -o "$work/canary" -Wl,--whole-archive "$runtime" -Wl,--no-whole-archive -rdynamic \
+    -lpthread -ldl -lm -lrt -lstdc++
+canary_reports=$(TSAN_OPTIONS="halt_on_error=0 exitcode=0" "$work/canary" 2>&1 | grep -c 'WARNING: ThreadSanitizer: data race' || true)
+printf '%-10s ThreadSanitizer reports %s (a deliberate data race: must be at least 1)\n' canary "$canary_reports"
+[ "$canary_reports" -ge 1 ] || { echo "sanitize-thread: the runtime did not see a deliberate race" >&2; exit 1; }
+
 "$bin/unmask-quantize" synth --preset tiny --gguf "$work/tiny.gguf" --type q8_0 --force >"$work/synth.log" 2>&1
 
 export TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1 history_size=4"
