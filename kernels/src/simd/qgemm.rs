@@ -1,40 +1,47 @@
-//! Matrix products of q8_0, q5_0 or q4_0 weights with f32 activations, faster than ggml's
-//! llamafile path on AVX2 machines; on machines with AVX-512 VNNI the inner loop uses
-//! `vpdpbusd` (chosen at run time, [`kernel_name`]).
+//! Matrix products of q8_0, q5_0, q4_0 or q4_K weights with f32 activations, faster than ggml's
+//! own products on AVX2 machines; on machines with AVX-512 VNNI the inner loop uses `vpdpbusd`
+//! (chosen at run time, [`kernel_name`]).
 //!
-//! `y = W x` with `W` `[k, n]` in one of ggml's 32-value block formats with a single f16 scale per
-//! block ([`WeightType`]: q8_0 blocks hold 32 int8, q4_0 blocks 32 nibbles `q` meaning `q - 8`,
-//! q5_0 blocks 32 nibbles `q` and 32 high bits `h` meaning `(q | h << 4) - 16`) and `x` `[k, m]`
-//! f32, in ggml's order (dimension 0 first). As ggml does for all three types, the activations
-//! are first quantized to 8 bits per value with one scale per 32 ([`quantize_activations`]: the
-//! same values and scales as ggml's AVX2 `quantize_row_q8_0`, except that the scale is kept as
+//! `y = W x` with `W` `[k, n]` in one of ggml's formats ([`WeightType`]), read as 32-value
+//! blocks whose value `i` is `s_b * v_i - o_b` (integer `v_i`, f32 scale `s_b`, offset `o_b`,
+//! zero except for q4_K: q8_0 blocks hold 32 int8, q4_0 blocks 32 nibbles `q` meaning `q - 8`,
+//! q5_0 blocks 32 nibbles `q` and 32 high bits `h` meaning `(q | h << 4) - 16`, q4_K
+//! super-blocks 8 blocks of nibbles with 6-bit scales and mins), and `x` `[k, m]` f32, in
+//! ggml's order (dimension 0 first). As ggml does for the first three types, the activations are
+//! first quantized to 8 bits per value with one scale per 32 ([`quantize_activations`]: the same
+//! values and scales as ggml's AVX2 `quantize_row_q8_0`, except that the scale `dx_b` is kept as
 //! the f32 value of its f16 rounding; this q8_0 activation format is what the "q8" in the graph
-//! operations' names refers to), then every output is
+//! operations' names refers to), with each block's `dx_b * sum(x_b)` alongside, then every
+//! output is
 //!
 //! ```text
-//! y[j][i] = fold over blocks b, in order, of  acc = fma(I_b as f32, dw_b * dx_b, acc)
+//! y[j][i] = fold over blocks b, in order, of  acc = fma(I_b as f32, s_b * dx_b, acc)
+//!                                      then   acc = fma(-o_b, dx_b * sum(x_b), acc)  (q4_K)
 //! ```
 //!
 //! starting from `acc = 0`, where `I_b` is the exact integer dot product of the two 32-value
-//! blocks (the weight block decoded to its int8 values) and `dw_b`, `dx_b` their scales. That is
-//! the sum ggml's `vec_dot_q8_0_q8_0`, `vec_dot_q5_0_q8_0` and `vec_dot_q4_0_q8_0` compute, in a
-//! different f32 order. The AVX2 kernel and the scalar fallback compute exactly this (same
+//! blocks. For q8_0, q5_0 and q4_0 that is the sum ggml's `vec_dot_q8_0_q8_0`,
+//! `vec_dot_q5_0_q8_0` and `vec_dot_q4_0_q8_0` compute, in a different f32 order. For q4_K ggml
+//! quantizes the activations per 256 values (q8_K) instead; this product's finer activation
+//! scales make it at least as close to the exact product (the graph operation's tests check
+//! that). The AVX2 and VNNI kernels and the scalar fallback compute exactly this (same
 //! roundings, same order), so they agree bit for bit.
 //!
 //! The AVX2 kernel works on panels of 8 weight rows: each thread decodes the 8 rows of its next
 //! row group to int8 (a plain copy for q8_0) into a small thread-local buffer, interleaved 4
 //! bytes at a time (one 32-byte vector holds bytes 4t..4t+4 of each of the 8 rows; an 8 x 8
-//! transpose of 32-bit groups), with their magnitudes and f32 scales alongside, and runs every
-//! activation column through it, 4 columns at a time. Per vector of weights and column it needs
-//! one broadcast, `sign` (the signed x signed trick for `maddubs`), `maddubs`, `madd` and an add
-//! (with VNNI: the broadcast, `sign` and one `vpdpbusd`, on 256-bit vectors, which Zen 4 runs
-//! at full width; the panel and everything else are shared);
+//! transpose of 32-bit groups), with their magnitudes, f32 scales and offsets alongside, and runs
+//! every activation column through it, 4 columns at a time. Per vector of weights and column it
+//! needs one broadcast, `sign` (the signed x signed trick for `maddubs`), `maddubs`, `madd` and
+//! an add (with VNNI: the broadcast, `sign` and one `vpdpbusd`, on 256-bit vectors, which Zen 4
+//! runs at full width; the panel and everything else are shared);
 //! one vector then holds the 8 dot products of a block, so the conversion to float and the scale
 //! multiply are paid once per 8 outputs instead of once per output as in ggml's tinyBLAS. The
 //! panel build is paid once per row group and amortised over all columns, so no repacked copy of
 //! the weights is kept: the kernel reads ggml's (memory-mapped) rows as they are; the panel
-//! takes 544 bytes per 32 values of `k` (83 KB for k = 4864) per thread, whatever the weight
-//! type. The weight type changes only the panel build; the inner loop is the same.
+//! takes 576 bytes per 32 values of `k` (88 KB for k = 4864) per thread, whatever the weight
+//! type. The weight type changes only the panel build and, for q4_K, one more multiply-add per
+//! block and column; the inner loop is the same.
 
 use std::cell::RefCell;
 
@@ -50,9 +57,18 @@ pub const Q5_0_BLOCK_BYTES: usize = 22;
 /// Bytes per q4_0 block: an f16 scale and 16 bytes of nibbles (byte `j`: value `j` low, value
 /// `j + 16` high).
 pub const Q4_0_BLOCK_BYTES: usize = 18;
+/// Values per q4_K super-block: 8 sub-blocks of 32.
+pub const QK_K: usize = 256;
+/// Bytes per q4_K super-block: f16 `d` and `dmin`, 12 bytes of 6-bit sub-block scales and
+/// mins, then 128 bytes of nibbles (bytes `32p..32p + 32`: sub-block `2p` in the low nibbles,
+/// `2p + 1` in the high ones).
+pub const Q4_K_BLOCK_BYTES: usize = 144;
 
-/// The weight formats the kernel reads, ggml's blocks of 32 values with one f16 scale `d` each:
-/// value `i` of a block is `d * v_i` with the integer `v_i` in `-128..=127`.
+/// The weight formats the kernel reads. Each is a sequence of 32-value blocks: value `i` of
+/// block `b` is `s_b * v_i - o_b` with the integer `v_i` in `-128..=127`, a scale `s_b` and an
+/// offset `o_b` (zero except for q4_K). q8_0, q5_0 and q4_0 store one f16 `s_b` per block;
+/// q4_K stores super-blocks of 8 blocks with `s_b = d * sc_b` and `o_b = dmin * m_b` (6-bit
+/// integers `sc_b`, `m_b`, f16 `d`, `dmin`), as ggml's `dequantize_row_q4_K` computes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WeightType {
     /// 32 int8 `v_i`.
@@ -61,11 +77,18 @@ pub enum WeightType {
     Q5_0,
     /// `v_i = nibble_i - 8`, in `-8..=7`.
     Q4_0,
+    /// `v_i = nibble_i`, in `0..=15`, with the offset `o_b`.
+    Q4K,
 }
 
 impl WeightType {
     /// Every supported weight type.
-    pub const ALL: [WeightType; 3] = [WeightType::Q8_0, WeightType::Q5_0, WeightType::Q4_0];
+    pub const ALL: [WeightType; 4] = [
+        WeightType::Q8_0,
+        WeightType::Q5_0,
+        WeightType::Q4_0,
+        WeightType::Q4K,
+    ];
 
     /// The kernel's format for a ggml type, if it has one.
     pub fn from_ggml(ty: GgmlType) -> Option<Self> {
@@ -73,6 +96,7 @@ impl WeightType {
             GgmlType::Q8_0 => Some(WeightType::Q8_0),
             GgmlType::Q5_0 => Some(WeightType::Q5_0),
             GgmlType::Q4_0 => Some(WeightType::Q4_0),
+            GgmlType::Q4_K => Some(WeightType::Q4K),
             _ => None,
         }
     }
@@ -83,21 +107,37 @@ impl WeightType {
             WeightType::Q8_0 => GgmlType::Q8_0,
             WeightType::Q5_0 => GgmlType::Q5_0,
             WeightType::Q4_0 => GgmlType::Q4_0,
+            WeightType::Q4K => GgmlType::Q4_K,
         }
     }
 
-    /// Bytes per block of 32 values.
+    /// Bytes per ggml block ([`Self::block_values`] values).
     pub fn block_bytes(self) -> usize {
         match self {
             WeightType::Q8_0 => Q8_0_BLOCK_BYTES,
             WeightType::Q5_0 => Q5_0_BLOCK_BYTES,
             WeightType::Q4_0 => Q4_0_BLOCK_BYTES,
+            WeightType::Q4K => Q4_K_BLOCK_BYTES,
         }
     }
 
-    /// Bytes of one row of length `k` (a multiple of 32).
+    /// Values per ggml block: 32, or 256 for q4_K. Rows are whole blocks.
+    pub fn block_values(self) -> usize {
+        match self {
+            WeightType::Q4K => QK_K,
+            _ => QK8_0,
+        }
+    }
+
+    /// Whether blocks carry an offset `o_b` (the kernel then also needs the activations' block
+    /// sums).
+    pub fn has_offsets(self) -> bool {
+        self == WeightType::Q4K
+    }
+
+    /// Bytes of one row of length `k` (a multiple of [`Self::block_values`]).
     pub fn row_bytes(self, k: usize) -> usize {
-        k / QK8_0 * self.block_bytes()
+        k / self.block_values() * self.block_bytes()
     }
 }
 /// Weight rows per panel.
@@ -106,14 +146,17 @@ const ROWS: usize = 8;
 const ABS_OFFSET: usize = ROWS * QK8_0;
 /// Offset of the scales in a panel block.
 const SCALE_OFFSET: usize = 2 * ROWS * QK8_0;
+/// Offset of the offsets `o_b` in a panel block.
+const OFFSET_OFFSET: usize = SCALE_OFFSET + ROWS * 4;
 /// Bytes of one block of a panel: 8 rows x 32 int8, interleaved, their magnitudes (u8) in the
-/// same order, then the 8 row scales as f32.
-const PANEL_BLOCK: usize = SCALE_OFFSET + ROWS * 4;
+/// same order, then the 8 row scales as f32, then the 8 row offsets as f32.
+const PANEL_BLOCK: usize = OFFSET_OFFSET + ROWS * 4;
 
-/// Bytes of one quantized activation column of length `k`: `k` int8 then `k / 32` f32 scales,
+/// Bytes of one quantized activation column of length `k`: `k` int8, then `k / 32` f32 scales
+/// `dx_b`, then `k / 32` f32 `dx_b * (sum of the block's int8)` (what an offset multiplies),
 /// padded to a multiple of 64 bytes.
 pub fn xq_stride(k: usize) -> usize {
-    (k + k / QK8_0 * 4).div_ceil(64) * 64
+    (k + k / QK8_0 * 8).div_ceil(64) * 64
 }
 
 /// Bytes of one q8_0 row of length `k`.
@@ -304,7 +347,7 @@ pub(crate) unsafe fn quantize_columns_raw(
         let (col, out) = unsafe {
             (
                 std::slice::from_raw_parts(x.add(c * x_col_bytes).cast::<f32>(), k),
-                std::slice::from_raw_parts_mut(xq.add(c * xq_col), k + k / QK8_0 * 4),
+                std::slice::from_raw_parts_mut(xq.add(c * xq_col), k + k / QK8_0 * 8),
             )
         };
         quantize_column_scalar(col, out);
@@ -341,17 +384,25 @@ fn block_scale(amax: f32) -> f32 {
     half::f16::from_f32(amax / 127.0).to_f32()
 }
 
-/// One column: `k` int8 then `k / 32` f32 scales (little-endian) into `out`.
+/// One column: `k` int8, `k / 32` f32 scales, then `k / 32` f32 scaled block sums
+/// ([`xq_stride`]; little-endian) into `out`.
 fn quantize_column_scalar(x: &[f32], out: &mut [u8]) {
     let k = x.len();
-    let (qs, scales) = out.split_at_mut(k);
+    let nb = k / QK8_0;
+    let (qs, rest) = out.split_at_mut(k);
+    let (scales, sums) = rest.split_at_mut(nb * 4);
     for (b, block) in x.chunks_exact(QK8_0).enumerate() {
         let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sum = 0i32;
         for (q, &v) in qs[b * QK8_0..(b + 1) * QK8_0].iter_mut().zip(block) {
-            *q = ((v * id).round_ties_even() as i32).clamp(-128, 127) as i8 as u8;
+            let v = ((v * id).round_ties_even() as i32).clamp(-128, 127);
+            *q = v as i8 as u8;
+            sum += v;
         }
-        scales[b * 4..b * 4 + 4].copy_from_slice(&block_scale(amax).to_le_bytes());
+        let d = block_scale(amax);
+        scales[b * 4..b * 4 + 4].copy_from_slice(&d.to_le_bytes());
+        sums[b * 4..b * 4 + 4].copy_from_slice(&(d * sum as f32).to_le_bytes());
     }
 }
 
@@ -455,6 +506,10 @@ unsafe impl Sync for SendPtr {}
 
 fn check_gemm(ty: WeightType, w: &[u8], k: usize, n: usize, xq: &[u8], m: usize, out: &[f32]) {
     check_k(k);
+    assert!(
+        k.is_multiple_of(ty.block_values()),
+        "k = {k} is not a multiple of {ty:?}'s block"
+    );
     assert_eq!(w.len(), n * ty.row_bytes(k), "weight size");
     assert_eq!(xq.len(), m * xq_stride(k), "activation size");
     assert_eq!(out.len(), n * m, "output size");
@@ -512,9 +567,15 @@ pub(crate) unsafe fn gemm_raw(
                     // and for exclusive access to the outputs of this thread's rows.
                     unsafe {
                         avx2::pack_panel(ty, w.add(r0 * w_row), w_row, rows, nb, panel);
-                        let columns = match kernel {
-                            ColumnKernel::Avx2 => avx2::maddubs::panel_times_columns,
-                            ColumnKernel::Vnni => avx2::vnni::panel_times_columns,
+                        let columns = match (kernel, ty.has_offsets()) {
+                            (ColumnKernel::Avx2, false) => {
+                                avx2::maddubs::panel_times_columns::<false>
+                            }
+                            (ColumnKernel::Avx2, true) => {
+                                avx2::maddubs::panel_times_columns::<true>
+                            }
+                            (ColumnKernel::Vnni, false) => avx2::vnni::panel_times_columns::<false>,
+                            (ColumnKernel::Vnni, true) => avx2::vnni::panel_times_columns::<true>,
                         };
                         columns(panel, nb, xq, xq_col, m, out.add(r0), out_col, rows);
                     }
@@ -528,19 +589,46 @@ pub(crate) unsafe fn gemm_raw(
         // SAFETY: row r exists and holds nb blocks; the caller vouched for the pointers.
         let row = unsafe { std::slice::from_raw_parts(w.add(r * w_row), ty.row_bytes(k)) };
         for c in 0..m {
-            // SAFETY: as above, column c exists and holds k + k/8 bytes.
-            let col = unsafe { std::slice::from_raw_parts(xq.add(c * xq_col), k + nb * 4) };
+            // SAFETY: as above, column c exists and holds k + k/4 bytes.
+            let col = unsafe { std::slice::from_raw_parts(xq.add(c * xq_col), k + nb * 8) };
             // SAFETY: output (r, c) belongs to this thread's rows.
             unsafe { *out.add(c * out_col + r) = dot_scalar(ty, row, col, nb) };
         }
     }
 }
 
-/// Block `block` of type `ty` (exactly its bytes) decoded: its f16 scale as f32 and its 32
-/// integer values.
-fn decode_block(ty: WeightType, block: &[u8]) -> (f32, [i8; QK8_0]) {
-    let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+/// The 6-bit scale and min of sub-block `j` (0..8) of a q4_K super-block's 12 packed bytes
+/// (ggml's `get_scale_min_k4`).
+fn q4_k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Block `b` (of 32 values) of a row of type `ty` decoded: its scale `s_b` and offset `o_b` as
+/// f32 and its 32 integer values (module documentation of [`WeightType`]).
+fn decode_block(ty: WeightType, row: &[u8], b: usize) -> (f32, f32, [i8; QK8_0]) {
+    let f16_at =
+        |bytes: &[u8], i: usize| half::f16::from_le_bytes([bytes[i], bytes[i + 1]]).to_f32();
     let mut v = [0i8; QK8_0];
+    if ty == WeightType::Q4K {
+        let sb = &row[b / 8 * Q4_K_BLOCK_BYTES..(b / 8 + 1) * Q4_K_BLOCK_BYTES];
+        let (sc, m) = q4_k_scale_min(b % 8, &sb[4..16]);
+        let pair = &sb[16 + (b % 8) / 2 * 32..][..32];
+        let shift = if b.is_multiple_of(2) { 0 } else { 4 };
+        for (v, &q) in v.iter_mut().zip(pair) {
+            *v = ((q >> shift) & 0x0f) as i8;
+        }
+        return (f16_at(sb, 0) * sc as f32, f16_at(sb, 2) * m as f32, v);
+    }
+    let bytes = ty.block_bytes();
+    let block = &row[b * bytes..(b + 1) * bytes];
+    let d = f16_at(block, 0);
     match ty {
         WeightType::Q8_0 => {
             for (v, &q) in v.iter_mut().zip(&block[2..2 + QK8_0]) {
@@ -562,24 +650,31 @@ fn decode_block(ty: WeightType, block: &[u8]) -> (f32, [i8; QK8_0]) {
                 v[j + 16] = (q >> 4) as i8 - 8;
             }
         }
+        WeightType::Q4K => unreachable!("handled above"),
     }
-    (d, v)
+    (d, 0.0, v)
 }
 
 /// One output: the fold described in the module documentation.
 fn dot_scalar(ty: WeightType, row: &[u8], col: &[u8], nb: usize) -> f32 {
-    let (qx, sx) = col.split_at(nb * QK8_0);
-    let bytes = ty.block_bytes();
+    let (qx, rest) = col.split_at(nb * QK8_0);
+    let (sx, ssum) = rest.split_at(nb * 4);
+    let f32_at = |bytes: &[u8], b: usize| {
+        f32::from_le_bytes(bytes[b * 4..b * 4 + 4].try_into().expect("4 bytes"))
+    };
     let mut acc = 0f32;
     for b in 0..nb {
-        let (dw, v) = decode_block(ty, &row[b * bytes..(b + 1) * bytes]);
-        let dx = f32::from_le_bytes(sx[b * 4..b * 4 + 4].try_into().expect("4 bytes"));
+        let (dw, ow, v) = decode_block(ty, row, b);
+        let dx = f32_at(sx, b);
         let dot: i32 = v
             .iter()
             .zip(&qx[b * QK8_0..(b + 1) * QK8_0])
             .map(|(&a, &x)| a as i32 * x as i8 as i32)
             .sum();
         acc = (dot as f32).mul_add(dw * dx, acc);
+        if ty.has_offsets() {
+            acc = (-ow).mul_add(f32_at(ssum, b), acc);
+        }
     }
     acc
 }
@@ -595,20 +690,42 @@ thread_local! {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{block_scale, WeightType, ABS_OFFSET, PANEL_BLOCK, QK8_0, ROWS, SCALE_OFFSET};
+    use super::{
+        block_scale, q4_k_scale_min, WeightType, ABS_OFFSET, OFFSET_OFFSET, PANEL_BLOCK,
+        Q4_K_BLOCK_BYTES, QK8_0, ROWS, SCALE_OFFSET,
+    };
 
-    /// The 32 integer values of the weight block at `src` (of type `ty`), as int8 in order, and
-    /// its f16 scale's bits.
+    /// Block `b` (of 32 values) of the weight row at `row` (of type `ty`): its scale and offset
+    /// as f32 (as `decode_block` computes them) and its 32 integer values as int8 in order.
     ///
     /// # Safety
-    /// `src` must be readable for one whole block of `ty` (any alignment).
+    /// `row` must be readable for blocks up to `b` of `ty` (any alignment).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn load_block(ty: WeightType, src: *const u8) -> (u16, __m256i) {
+    unsafe fn load_block(ty: WeightType, row: *const u8, b: usize) -> (f32, f32, __m256i) {
+        let f16_at = |p: *const u8| {
+            // SAFETY: two readable bytes (the callers' reads below lie inside the block).
+            half::f16::from_bits(unsafe { p.cast::<u16>().read_unaligned() }).to_f32()
+        };
         // SAFETY: every read below lies inside the block (caller's guarantee): q8_0 reads bytes
-        // 2..34 of 34, q5_0 2..6 and 6..22 of 22, q4_0 2..18 of 18; all unaligned.
+        // 0..34 of 34, q5_0 0..22 of 22, q4_0 0..18 of 18, q4_K its super-block's bytes 0..16
+        // and one 32-byte run of 16..144; all unaligned.
         unsafe {
-            let d = src.cast::<u16>().read_unaligned();
+            if ty == WeightType::Q4K {
+                let sb = row.add(b / 8 * Q4_K_BLOCK_BYTES);
+                let packed = std::slice::from_raw_parts(sb.add(4), 12);
+                let (sc, m) = q4_k_scale_min(b % 8, packed);
+                let q = _mm256_loadu_si256(sb.add(16 + (b % 8) / 2 * 32).cast());
+                let q = if b.is_multiple_of(2) {
+                    q
+                } else {
+                    _mm256_srli_epi16::<4>(q)
+                };
+                let v = _mm256_and_si256(q, _mm256_set1_epi8(0x0f));
+                return (f16_at(sb) * sc as f32, f16_at(sb.add(2)) * m as f32, v);
+            }
+            let src = row.add(b * ty.block_bytes());
+            let d = f16_at(src);
             let v = match ty {
                 WeightType::Q8_0 => _mm256_loadu_si256(src.add(2).cast()),
                 WeightType::Q5_0 => {
@@ -638,8 +755,9 @@ mod avx2 {
                     nibbles(_mm_loadu_si128(src.add(2).cast())),
                     _mm256_set1_epi8(8),
                 ),
+                WeightType::Q4K => unreachable!("handled above"),
             };
-            (d, v)
+            (d, 0.0, v)
         }
     }
 
@@ -656,7 +774,7 @@ mod avx2 {
     /// Decodes `rows` (<= 8) rows of `nb` blocks of type `ty` to int8 and interleaves them into
     /// `panel`: per block, 8 vectors of 32 bytes (vector t holds values 4t..4t+4 of rows 0..8,
     /// an 8 x 8 transpose of 32-bit groups), the same 8 vectors with every byte replaced by its
-    /// magnitude (as u8), then the 8 scales as f32. Missing rows are zero.
+    /// magnitude (as u8), then the 8 scales and the 8 offsets as f32. Missing rows are zero.
     ///
     /// # Safety
     /// `w` must hold `rows` rows of `nb` blocks of `ty`, `w_row` bytes apart; `panel` must be
@@ -670,13 +788,13 @@ mod avx2 {
         nb: usize,
         panel: *mut u8,
     ) {
-        let block_bytes = ty.block_bytes();
         for b in 0..nb {
             let mut r = [_mm256_setzero_si256(); ROWS];
-            let mut d = [0u16; ROWS];
-            for (i, (v, s)) in r.iter_mut().zip(&mut d).enumerate().take(rows) {
+            let mut d = [0f32; ROWS];
+            let mut o = [0f32; ROWS];
+            for (i, v) in r.iter_mut().enumerate().take(rows) {
                 // SAFETY: block b of row i < rows exists (caller's guarantee).
-                (*s, *v) = unsafe { load_block(ty, w.add(i * w_row + b * block_bytes)) };
+                (d[i], o[i], *v) = unsafe { load_block(ty, w.add(i * w_row), b) };
             }
             let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
             let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
@@ -713,8 +831,8 @@ mod avx2 {
                     // abs(-128) wraps to -128, i.e. 128 as an unsigned byte.
                     _mm256_store_si256(dst.add(ABS_OFFSET + t * 32).cast(), _mm256_abs_epi8(v));
                 }
-                let scales = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().cast()));
-                _mm256_store_ps(dst.add(SCALE_OFFSET).cast(), scales);
+                _mm256_store_ps(dst.add(SCALE_OFFSET).cast(), _mm256_loadu_ps(d.as_ptr()));
+                _mm256_store_ps(dst.add(OFFSET_OFFSET).cast(), _mm256_loadu_ps(o.as_ptr()));
             }
         }
     }
@@ -759,10 +877,26 @@ mod avx2 {
             let q = _mm256_packs_epi16(a, c);
             let q = _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             let d = block_scale(amax);
-            // SAFETY: block b's 32 bytes and its scale lie inside the output column.
+            // The exact sum of the 32 int8 (as the scalar code sums them): u8 ones times i8 in
+            // pairs, then pairs of i16 to i32, then across the vector.
+            let pairs = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_set1_epi8(1), q),
+                _mm256_set1_epi16(1),
+            );
+            let s4 = _mm_add_epi32(
+                _mm256_castsi256_si128(pairs),
+                _mm256_extracti128_si256::<1>(pairs),
+            );
+            let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+            let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b10_11_00_01>(s4));
+            let sum = _mm_cvtsi128_si32(s4);
+            // SAFETY: block b's 32 bytes, its scale and its sum lie inside the output column.
             unsafe {
                 _mm256_storeu_si256(out.add(b * QK8_0).cast(), q);
                 out.add(k + b * 4).cast::<f32>().write_unaligned(d);
+                out.add(k + nb * 4 + b * 4)
+                    .cast::<f32>()
+                    .write_unaligned(d * sum as f32);
             }
         }
     }
@@ -776,19 +910,23 @@ mod avx2 {
     macro_rules! column_kernels {
         ($module:ident, $features:literal, |$dot:ident, $wa:ident, $xs:ident| $step:expr) => {
             pub(in super::super) mod $module {
-                use super::super::{ABS_OFFSET, PANEL_BLOCK, QK8_0, ROWS, SCALE_OFFSET};
+                use super::super::{
+                    ABS_OFFSET, OFFSET_OFFSET, PANEL_BLOCK, QK8_0, ROWS, SCALE_OFFSET,
+                };
                 use std::arch::x86_64::*;
 
                 /// All `m` columns times one panel of `nb` blocks; `rows` (<= 8) outputs per
-                /// column are written, output `(r, c)` at `out[c * out_col + r]`.
+                /// column are written, output `(r, c)` at `out[c * out_col + r]`. With
+                /// `OFFSETS` each block also subtracts its offsets times the column's scaled
+                /// block sum.
                 ///
                 /// # Safety
                 /// The CPU has `$features`; `panel` holds `nb` packed blocks (32-byte aligned);
-                /// `xq` `m` columns `xq_col` bytes apart of `k = 32 nb` int8 and `nb` f32
-                /// scales; the outputs are writable.
+                /// `xq` `m` columns `xq_col` bytes apart of `k = 32 nb` int8, `nb` f32 scales
+                /// and `nb` f32 scaled sums; the outputs are writable.
                 #[target_feature(enable = $features)]
                 #[allow(clippy::too_many_arguments)]
-                pub(in super::super::super) unsafe fn panel_times_columns(
+                pub(in super::super::super) unsafe fn panel_times_columns<const OFFSETS: bool>(
                     panel: *const u8,
                     nb: usize,
                     xq: *const u8,
@@ -804,7 +942,7 @@ mod avx2 {
                             // SAFETY: columns c..c+C exist (c + C <= m) and the caller vouched
                             // for the rest.
                             unsafe {
-                                tile::<$cols>(
+                                tile::<$cols, OFFSETS>(
                                     panel,
                                     nb,
                                     xq.add($c * xq_col),
@@ -832,7 +970,7 @@ mod avx2 {
                 /// `C` columns times one panel: `C` vectors of 8 outputs.
                 #[target_feature(enable = $features)]
                 #[inline]
-                unsafe fn tile<const C: usize>(
+                unsafe fn tile<const C: usize, const OFFSETS: bool>(
                     panel: *const u8,
                     nb: usize,
                     xq: *const u8,
@@ -876,6 +1014,14 @@ mod avx2 {
                                     _mm256_mul_ps(dw, dx),
                                     *a,
                                 );
+                                if OFFSETS {
+                                    let ow = _mm256_load_ps(pb.add(OFFSET_OFFSET).cast());
+                                    let sx = xq
+                                        .add(i * xq_col + k + nb * 4 + b * 4)
+                                        .cast::<f32>()
+                                        .read_unaligned();
+                                    *a = _mm256_fnmadd_ps(ow, _mm256_set1_ps(sx), *a);
+                                }
                             }
                         }
                     }
@@ -928,10 +1074,37 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// The integer values of a block of `ty`, written out from ggml's `dequantize_row_q8_0`,
-    /// `dequantize_row_q5_0` and `dequantize_row_q4_0` (independently of `decode_block`).
-    fn reference_values(ty: WeightType, blk: &[u8]) -> [i32; 32] {
-        std::array::from_fn(|e| {
+    /// Block `b` (of 32 values) of a row of `ty`: scale, offset and integer values, written out
+    /// from ggml's `dequantize_row_q8_0`, `_q5_0`, `_q4_0` and `_q4_K` (independently of
+    /// `decode_block`).
+    fn reference_block(ty: WeightType, row: &[u8], b: usize) -> (f32, f32, [i32; 32]) {
+        let f16 = |lo: u8, hi: u8| half::f16::from_le_bytes([lo, hi]).to_f32();
+        if ty == WeightType::Q4K {
+            let x = &row[(b / 8) * 144..(b / 8 + 1) * 144];
+            let (d, dmin, scales, qs) = (f16(x[0], x[1]), f16(x[2], x[3]), &x[4..16], &x[16..]);
+            let j = b % 8;
+            // get_scale_min_k4: 6-bit pairs, the upper two bits of scales 4..8 packed into the
+            // top bits of bytes 0..8.
+            let (sc, m) = match j {
+                0..=3 => (scales[j] & 0x3f, scales[j + 4] & 0x3f),
+                _ => (
+                    (scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4),
+                    (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
+                ),
+            };
+            let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let v = std::array::from_fn(|l| {
+                if j.is_multiple_of(2) {
+                    (q[l] & 0x0f) as i32
+                } else {
+                    (q[l] >> 4) as i32
+                }
+            });
+            return (d * sc as f32, dmin * m as f32, v);
+        }
+        let bb = ty.block_bytes();
+        let blk = &row[b * bb..(b + 1) * bb];
+        let v = std::array::from_fn(|e| {
             let (j, shift) = (e % 16, if e < 16 { 0 } else { 4 });
             match ty {
                 WeightType::Q8_0 => blk[2 + e] as i8 as i32,
@@ -941,12 +1114,15 @@ pub(crate) mod tests {
                     let q = ((blk[6 + j] >> shift) & 0x0f) as i32;
                     (q | (((qh >> e) & 1) as i32) << 4) - 16
                 }
+                WeightType::Q4K => unreachable!(),
             }
-        })
+        });
+        (f16(blk[0], blk[1]), 0.0, v)
     }
 
     /// The definition, written out: exact integer dot products, then per block
-    /// `acc = fma(dot, dw * dx, acc)` in block order.
+    /// `acc = fma(dot, dw * dx, acc)` and, for types with offsets,
+    /// `acc = fma(-o, dx * sum(x), acc)`, in block order.
     pub(crate) fn reference(
         ty: WeightType,
         w: &[u8],
@@ -955,22 +1131,29 @@ pub(crate) mod tests {
         xq: &[u8],
         m: usize,
     ) -> Vec<f32> {
-        let (row, stride, bb) = (ty.row_bytes(k), xq_stride(k), ty.block_bytes());
+        let (row, stride, nb) = (ty.row_bytes(k), xq_stride(k), k / 32);
+        let f32_at =
+            |col: &[u8], at: usize| f32::from_le_bytes(col[at..at + 4].try_into().unwrap());
         let mut out = vec![0f32; n * m];
         for c in 0..m {
             let col = &xq[c * stride..(c + 1) * stride];
             for r in 0..n {
                 let mut acc = 0f32;
-                for b in 0..k / 32 {
-                    let blk = &w[r * row + b * bb..r * row + (b + 1) * bb];
-                    let dw = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                    let dx = f32::from_le_bytes(col[k + 4 * b..k + 4 * b + 4].try_into().unwrap());
-                    let v = reference_values(ty, blk);
+                for b in 0..nb {
+                    let (dw, ow, v) = reference_block(ty, &w[r * row..(r + 1) * row], b);
+                    let dx = f32_at(col, k + 4 * b);
                     let mut dot = 0i32;
+                    let mut sum = 0i32;
                     for i in 0..32 {
-                        dot += v[i] * col[b * 32 + i] as i8 as i32;
+                        let x = col[b * 32 + i] as i8 as i32;
+                        dot += v[i] * x;
+                        sum += x;
                     }
                     acc = (dot as f32).mul_add(dw * dx, acc);
+                    if ty.has_offsets() {
+                        assert_eq!(f32_at(col, k + 4 * nb + 4 * b), dx * sum as f32);
+                        acc = (-ow).mul_add(dx * sum as f32, acc);
+                    }
                 }
                 out[c * n + r] = acc;
             }
@@ -984,10 +1167,13 @@ pub(crate) mod tests {
     pub(crate) fn weights(ty: WeightType, k: usize, n: usize, seed: u64) -> Vec<u8> {
         let mut w = quant::quantize_rows(ty.ggml(), &noise(k * n, seed, 0.2), k).unwrap();
         let bb = ty.block_bytes();
+        // The f16 scales stay (q4_K: d and dmin); q4_K's 6-bit scales and mins are overwritten
+        // with the values.
+        let skip = if ty == WeightType::Q4K { 4 } else { 2 };
         let bytes = noise(w.len(), seed + 1000, 512.0);
         let blocks = w.len() / bb;
         for b in (0..blocks).step_by(3) {
-            let blk = &mut w[b * bb + 2..(b + 1) * bb];
+            let blk = &mut w[b * bb + skip..(b + 1) * bb];
             match b % 9 {
                 0 => blk.fill(0xff),
                 3 => blk.fill(0),
@@ -1099,6 +1285,9 @@ pub(crate) mod tests {
                     assert_eq!(&col[b * 32..b * 32 + 32], &blk[2..], "{path:?} {c} {b}");
                     let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
                     assert_eq!(col[k + 4 * b..k + 4 * b + 4], d.to_le_bytes(), "{path:?}");
+                    let sum: i32 = blk[2..].iter().map(|&q| q as i8 as i32).sum();
+                    let at = k + k / 8 + 4 * b;
+                    assert_eq!(col[at..at + 4], (d * sum as f32).to_le_bytes(), "{path:?}");
                 }
             }
         }
@@ -1108,30 +1297,36 @@ pub(crate) mod tests {
     fn decoders_agree_with_ggml_dequantization() {
         for ty in WeightType::ALL {
             let k = 4864;
-            let w = weights(ty, k, 3, 5);
+            let (n, row) = (3, ty.row_bytes(k));
+            let w = weights(ty, k, n, 5);
             let want = quant::dequantize(ty.ggml(), &w).unwrap();
-            let bb = ty.block_bytes();
-            for (b, blk) in w.chunks_exact(bb).enumerate() {
-                let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                let v = reference_values(ty, blk);
-                let (dk, vk) = decode_block(ty, blk);
-                assert_eq!(dk.to_bits(), d.to_bits(), "{ty:?} block {b}");
-                for i in 0..32 {
-                    assert_eq!(vk[i] as i32, v[i], "{ty:?} block {b} value {i}");
-                    let got = v[i] as f32 * d;
-                    let ggml = want[b * 32 + i];
-                    assert_eq!(got.to_bits(), ggml.to_bits(), "{ty:?} block {b} value {i}");
+            let mut all = Vec::new();
+            for r in 0..n {
+                let row_bytes = &w[r * row..(r + 1) * row];
+                for b in 0..k / 32 {
+                    let (d, o, v) = reference_block(ty, row_bytes, b);
+                    let (dk, ok, vk) = decode_block(ty, row_bytes, b);
+                    assert_eq!(dk.to_bits(), d.to_bits(), "{ty:?} block {b}");
+                    assert_eq!(ok.to_bits(), o.to_bits(), "{ty:?} block {b}");
+                    for i in 0..32 {
+                        assert_eq!(vk[i] as i32, v[i], "{ty:?} block {b} value {i}");
+                        let ggml = want[r * k + b * 32 + i];
+                        // ggml's C may contract d * v - o into one fma.
+                        let (plain, fused) = (v[i] as f32 * d - o, (v[i] as f32).mul_add(d, -o));
+                        assert!(
+                            ggml.to_bits() == plain.to_bits() || ggml.to_bits() == fused.to_bits(),
+                            "{ty:?} block {b} value {i}: {ggml} vs {plain}"
+                        );
+                    }
+                    all.extend(v);
                 }
             }
             // The extremes are present: both ends of each type's range.
-            let all: Vec<i32> = w
-                .chunks_exact(bb)
-                .flat_map(|blk| reference_values(ty, blk))
-                .collect();
             let (lo, hi) = match ty {
                 WeightType::Q8_0 => (-128, 127),
                 WeightType::Q5_0 => (-16, 15),
                 WeightType::Q4_0 => (-8, 7),
+                WeightType::Q4K => (0, 15),
             };
             assert_eq!(all.iter().min(), Some(&lo), "{ty:?}");
             assert_eq!(all.iter().max(), Some(&hi), "{ty:?}");
@@ -1145,12 +1340,15 @@ pub(crate) mod tests {
                 (32, 1, 1),
                 (64, 13, 7),
                 (96, 21, 9),
+                (256, 9, 7),
+                (768, 21, 9),
                 (896, 40, 17),
                 (4864, 12, 5),
                 (4864, 19, 6),
             ]
             .iter()
             .enumerate()
+            .filter(|(_, &(k, _, _))| k % ty.block_values() == 0)
             {
                 let w = weights(ty, k, n, i as u64);
                 let mut x = noise(k * m, 100 + i as u64, 4.0);
@@ -1206,7 +1404,7 @@ pub(crate) mod tests {
         for ty in WeightType::ALL {
             assert_eq!(WeightType::from_ggml(ty.ggml()), Some(ty));
             assert_eq!(ty.block_bytes() as u64, ty.ggml().type_size());
-            assert_eq!(ty.ggml().block_size(), QK8_0 as u64);
+            assert_eq!(ty.ggml().block_size(), ty.block_values() as u64);
         }
         assert_eq!(WeightType::from_ggml(GgmlType::Q4_1), None);
         assert_eq!(WeightType::from_ggml(GgmlType::Q6_K), None);
