@@ -53,17 +53,19 @@ fn gpu_check_runs_end_to_end_on_the_cpu_path() {
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let report = std::fs::read_to_string(out_dir.path().join("gpu-report.md")).unwrap();
     assert!(report.contains("mode: cpu"), "{report}");
-    // Three agreement rows (f16, q8_0, q4_k), all passing with identical generations.
+    // Three agreement rows (f16, q8_0, q4_k), all passing; f16 and q8_0 with identical
+    // generations. q4_k products differ between the two paths (the CPU path's int8 GEMM
+    // quantizes activations per 32 values, ggml's q4_K product per 256), so there a generation
+    // may part at a near-tie, which the script must have explained.
     let rows: Vec<&str> = report
         .lines()
         .filter(|l| l.starts_with("| tiny |"))
         .collect();
     assert_eq!(rows.len(), 3, "{report}");
     for row in rows {
-        assert!(
-            row.ends_with("| pass |") && row.contains("identical"),
-            "{row}"
-        );
+        let same = row.contains("identical")
+            || (row.starts_with("| tiny | q4_k |") && row.contains("explained: True"));
+        assert!(row.ends_with("| pass |") && same, "{row}");
     }
     // The shipped model on both backends, exact and dual cache + threshold: four rows, the
     // device's saying how many of its 4 completions equal the CPU's.

@@ -1,7 +1,7 @@
-//! [`qgemm`](crate::simd::qgemm) as ggml graph operations (ggml custom ops run by the backend's thread
-//! pool): `W x` for q8_0, q5_0, q4_0 or q4_K weights, faster than ggml's `mul_mat` on the 0.5B
-//! model's layer shapes on an AVX2 CPU without VNNI by about 1.7x (q8_0), 2.6x (q5_0) and 2.1x
-//! (q4_0) per layer on one thread (`cargo bench -p unmask-kernels --bench qgemm`).
+//! [`qgemm`](crate::simd::qgemm) as ggml graph operations (ggml custom ops run by the backend's
+//! thread pool): `W x` for q8_0, q5_0, q4_0 or q4_K weights, faster than ggml's `mul_mat` on the
+//! 0.5B model's layer shapes on an AVX2 CPU without VNNI by about 1.7x (q8_0), 2.6x (q5_0) and
+//! 2.1x (q4_0) per layer on one thread (`cargo bench -p unmask-kernels --bench qgemm`).
 //!
 //! The "q8" in the names refers to the activations: like ggml's own `mul_mat` for these weight
 //! types, the f32 activations are quantized to ggml's q8_0 (int8 with one scale per 32 values);
@@ -145,8 +145,9 @@ impl Graph {
         })
     }
 
-    /// `w x` for a q8_0, q5_0, q4_0 or q4_K weight `w` `[k, n]` and f32 activations `x` `[k, m]`: f32
-    /// `[n, m]`, in place of `mul_mat(w, x)` (two graph nodes; see the module documentation).
+    /// `w x` for a q8_0, q5_0, q4_0 or q4_K weight `w` `[k, n]` and f32 activations `x`
+    /// `[k, m]`: f32 `[n, m]`, in place of `mul_mat(w, x)` (two graph nodes; see the module
+    /// documentation).
     pub fn mul_mat_q8(&mut self, w: TensorId, x: TensorId) -> Result<TensorId> {
         let sw = self.shape(w)?;
         let sx = self.shape(x)?;
@@ -161,11 +162,10 @@ impl Graph {
     }
 
     /// Whether [`mul_mat_q8`](Self::mul_mat_q8) applies to `w x` and is worth it: a contiguous
-    /// 2-D q8_0, q5_0, q4_0 or q4_K weight in host memory (or not yet allocated), f32 activations with
-    /// contiguous
-    /// rows, a graph without gradients (the custom operations have no backward pass) and a CPU
-    /// with AVX2, FMA and F16C. The graph must be computed on the CPU backend (ggml's GPU backends
-    /// do not run custom operations); that is not checked here.
+    /// 2-D q8_0, q5_0, q4_0 or q4_K weight in host memory (or not yet allocated), f32 activations
+    /// with contiguous rows, a graph without gradients (the custom operations have no backward
+    /// pass) and a CPU with AVX2, FMA and F16C. The graph must be computed on the CPU backend
+    /// (ggml's GPU backends do not run custom operations); that is not checked here.
     pub fn can_mul_mat_q8(&self, w: TensorId, x: TensorId) -> Result<bool> {
         let (rw, rx) = (self.raw(w)?, self.raw(x)?);
         // SAFETY: live tensors of this graph.

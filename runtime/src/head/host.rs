@@ -27,8 +27,9 @@ impl HostHead {
         let mut graph = Graph::new(8)?;
         let input = graph.input(GgmlType::F32, &[hidden_size as i64, rows as i64])?;
         let out_w = w.attach(&mut graph, output_weight_name(w))?;
-        // A q8_0 (q5_0, q4_0, q4_K) projection goes through unmask's int8 GEMM as the layers' products
-        // do: the same integer block sums as ggml's product, 1.4-1.8x faster with VNNI.
+        // A q8_0, q5_0, q4_0 or q4_K projection goes through unmask's int8 GEMM as the layers'
+        // products do (for q8_0 the same integer block sums as ggml's product, 1.4-1.8x faster
+        // with VNNI).
         let logits = graph.mul_mat_q8_or_ggml(out_w, input)?;
         graph.allocate(&[logits], backend)?;
         Ok(HostHead {
