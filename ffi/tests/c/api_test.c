@@ -47,6 +47,13 @@ static unmask_generate_params small_params(uint64_t seed) {
     return p;
 }
 
+/* The default context parameters with n compute threads. */
+static unmask_context_params params_with_threads(int32_t n) {
+    unmask_context_params cp = unmask_context_default_params();
+    cp.n_threads = n;
+    return cp;
+}
+
 static const int32_t PROMPT[] = {5, 6, 7, 8, 9, 10};
 #define N_PROMPT ((int32_t)(sizeof PROMPT / sizeof PROMPT[0]))
 
@@ -138,8 +145,7 @@ static int same_tokens(const unmask_result_t *a, const unmask_result_t *b) {
 static int cancel(const char *path, int32_t k) {
     unmask_model_t *model = NULL;
     CHECK(unmask_model_load(path, &model) == UNMASK_OK);
-    unmask_context_params cp = unmask_context_default_params();
-    cp.n_threads = 1;
+    unmask_context_params cp = params_with_threads(1);
     unmask_context_t *ctx = NULL;
     CHECK(unmask_context_new(model, cp, &ctx) == UNMASK_OK);
     unmask_generate_params p = small_params(3);
@@ -204,8 +210,7 @@ struct job {
 
 static void *worker(void *arg) {
     struct job *job = arg;
-    unmask_context_params cp = unmask_context_default_params();
-    cp.n_threads = 1;
+    unmask_context_params cp = params_with_threads(1);
     unmask_context_t *ctx = NULL;
     job->status = unmask_context_new(job->model, cp, &ctx);
     job->consistent = 1;
@@ -280,8 +285,7 @@ static int abuse(const char *path, const char *corrupt, const char *truncated) {
     unmask_model_t *model = (unmask_model_t *)0x1;
     unmask_context_t *ctx = NULL;
     unmask_result_t *result = NULL;
-    unmask_context_params cp = unmask_context_default_params();
-    cp.n_threads = 1;
+    unmask_context_params cp = params_with_threads(1);
 
     /* Versions and messages. */
     CHECK(unmask_abi_version() == UNMASK_ABI_VERSION);
@@ -548,8 +552,7 @@ static int defaults(const char *path, int32_t n) {
     print_params("builtin", &builtin);
     print_params("model", &p);
     if (n > 0) p.max_new_tokens = n;
-    unmask_context_params cp = unmask_context_default_params();
-    cp.n_threads = 1;
+    unmask_context_params cp = params_with_threads(1);
     unmask_context_t *ctx = NULL;
     unmask_result_t *r = NULL;
     CHECK(unmask_context_new(model, cp, &ctx) == UNMASK_OK);
@@ -600,8 +603,7 @@ static void *run_long(void *arg) {
 static int interrupt(const char *path) {
     unmask_model_t *model = NULL;
     CHECK(unmask_model_load(path, &model) == UNMASK_OK);
-    unmask_context_params cp = unmask_context_default_params();
-    cp.n_threads = 1;
+    unmask_context_params cp = params_with_threads(1);
     unmask_context_t *ctx = NULL, *fresh = NULL;
     CHECK(unmask_context_new(model, cp, &ctx) == UNMASK_OK);
     unmask_generate_params p = small_params(3);
@@ -679,8 +681,7 @@ struct racer {
 
 static void *racer_run(void *arg) {
     struct racer *r = arg;
-    unmask_context_params cp = unmask_context_default_params();
-    cp.n_threads = 2;
+    unmask_context_params cp = params_with_threads(2);
     unmask_context_t *ctx = NULL;
     r->status = unmask_context_new(r->model, cp, &ctx);
     for (int i = 0; i < r->rounds && r->status == UNMASK_OK; i++) {
@@ -710,8 +711,7 @@ static int race(const char *path, int n_racers, int rounds) {
     if (model == NULL) return 1;
     /* The references, one generation at a time on this thread. */
     unmask_result_t *expected[16] = {NULL};
-    unmask_context_params cp = unmask_context_default_params();
-    cp.n_threads = 2;
+    unmask_context_params cp = params_with_threads(2);
     unmask_context_t *solo = NULL;
     CHECK(unmask_context_new(model, cp, &solo) == UNMASK_OK);
     for (int i = 0; i < n_racers; i++)
